@@ -1,0 +1,308 @@
+"""Settings: flags over environment over YAML over defaults, validated once at startup.
+
+Every problem is reported as one line naming the option and the bad value, so an operator can fix a
+broken deployment from the pod's log alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from yarl import URL
+
+DEFAULT_PORT = 10150
+DEFAULT_BASE_URL = "https://api.gcore.com"
+CONFIG_ENV = "GCORE_EXPORTER_CONFIG"
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_PROM_DURATION = re.compile(
+    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
+)
+_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+_TARGET = re.compile(rf"^(?:(\d+)/(\d+)(?:/({_ID}))?/?|({_ID}))$")
+
+
+class ConfigError(Exception):
+    """Invalid configuration; `problems` holds one human-readable line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds as a number, or a Prometheus duration such as `30s`, `5m`, `1h30m`, `500ms`."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    match = _PROM_DURATION.match(text)
+    if not text or match is None:
+        raise ValueError("not a duration: use seconds or a Prometheus duration like 30s, 5m, 1h")
+    units = ("y", "w", "d", "h", "m", "s", "ms")
+    return float(sum(int(n) * _UNITS[u] for n, u in zip(match.groups(), units, strict=True) if n))
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, allow_inf_nan=False)]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Scope:
+    """A project/region pair: the unit of discovery and of Gcore's URL space."""
+
+    project_id: int
+    region_id: int
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ImageKey:
+    scope: Scope
+    image_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    images: tuple[ImageKey, ...]
+    scopes: tuple[Scope, ...]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _check_target(spec: str) -> str:
+    if not _TARGET.match(spec.strip()):
+        raise ValueError(
+            f"target {spec!r} is not PROJECT/REGION/IMAGE_ID, PROJECT/REGION or IMAGE_ID"
+        )
+    return spec.strip()
+
+
+TargetSpec = Annotated[
+    str, BeforeValidator(lambda v: _check_target(v) if isinstance(v, str) else v)
+]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GCORE_EXPORTER_", extra="forbid", frozen=True)
+
+    config: Path | None = None
+    targets: Annotated[tuple[TargetSpec, ...], NoDecode] = ()
+    interval: Duration = 60.0
+    timeout: Duration = 10.0
+    concurrency: int = Field(8, ge=1, le=256)
+    stale_after: Duration | None = None
+    listen: str = f":{DEFAULT_PORT}"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] | None = None
+    demo: bool = False
+    api_key: SecretStr | None = Field(None, validation_alias="GCORE_API_KEY")
+    api_key_file: Path | None = Field(None, validation_alias="GCORE_API_KEY_FILE")
+    base_url: str = Field(DEFAULT_BASE_URL, validation_alias="GCORE_BASE_URL")
+    project_id: int | None = Field(None, validation_alias="GCORE_CLOUD_PROJECT_ID", ge=1)
+    region_id: int | None = Field(None, validation_alias="GCORE_CLOUD_REGION_ID", ge=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = init_settings().get("config") or os.environ.get(CONFIG_ENV)
+        yaml_values = _read_yaml(Path(path)) if path else {}
+        return init_settings, env_settings, InitSettingsSource(settings_cls, yaml_values)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _targets_from_text(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        listen_address(value)
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        url = URL(value)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        if url.scheme == "http" and not _is_loopback(url.host):
+            raise ValueError(
+                f"{value!r} would send the API key in clear text: use https "
+                "(plain http only to a loopback address)"
+            )
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_whole(self) -> Settings:
+        if self.demo:
+            return self
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("set only one of GCORE_API_KEY and GCORE_API_KEY_FILE")
+        if self.api_key is None and self.api_key_file is None:
+            raise ValueError("an API key is required: set GCORE_API_KEY or GCORE_API_KEY_FILE")
+        if not self.targets:
+            raise ValueError("no targets: give --target, GCORE_EXPORTER_TARGETS or `targets`")
+        bare = [t for t in self.targets if "/" not in t]
+        if bare and (self.project_id is None or self.region_id is None):
+            raise ValueError(
+                f"target {bare[0]!r} has no project/region: write PROJECT/REGION/{bare[0]} "
+                "or set GCORE_CLOUD_PROJECT_ID and GCORE_CLOUD_REGION_ID"
+            )
+        return self
+
+    @property
+    def effective_stale_after(self) -> float:
+        return self.stale_after if self.stale_after is not None else 5 * self.interval
+
+    def resolved_targets(self) -> Targets:
+        """Explicit images and discovery scopes, deduplicated; images a scope covers are dropped."""
+        images: dict[ImageKey, None] = {}
+        scopes: dict[Scope, None] = {}
+        for spec in self.targets:
+            match = _TARGET.match(spec)
+            assert match is not None  # validated above
+            project, region, image_id, bare = match.groups()
+            if bare:
+                assert self.project_id is not None
+                assert self.region_id is not None
+                images[ImageKey(Scope(self.project_id, self.region_id), bare)] = None
+            elif image_id:
+                images[ImageKey(Scope(int(project), int(region)), image_id)] = None
+            else:
+                scopes[Scope(int(project), int(region))] = None
+        kept = tuple(key for key in images if key.scope not in scopes)
+        return Targets(images=kept, scopes=tuple(scopes))
+
+    def read_api_key(self) -> SecretStr:
+        if self.api_key is not None:
+            return self.api_key
+        if self.api_key_file is None:
+            raise ConfigError(["an API key is required: set GCORE_API_KEY or GCORE_API_KEY_FILE"])
+        try:
+            key = self.api_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) else None
+            msg = f"GCORE_API_KEY_FILE: cannot read {str(self.api_key_file)!r}: {detail or exc}"
+            raise ConfigError([msg]) from None
+        if not key:
+            raise ConfigError([f"GCORE_API_KEY_FILE: {str(self.api_key_file)!r} is empty"])
+        return SecretStr(key)
+
+    def describe(self) -> dict[str, Any]:
+        """Resolved settings for `--check-config`, secret masked."""
+        targets = self.resolved_targets()
+        return {
+            "targets": [
+                f"{k.scope.project_id}/{k.scope.region_id}/{k.image_id}" for k in targets.images
+            ]
+            + [f"{s.project_id}/{s.region_id}" for s in targets.scopes],
+            "interval": self.interval,
+            "timeout": self.timeout,
+            "concurrency": self.concurrency,
+            "stale_after": self.effective_stale_after,
+            "listen": self.listen,
+            "log_level": self.log_level,
+            "log_format": self.log_format or "auto",
+            "base_url": self.base_url,
+            "api_key": "**********" if self.api_key or self.api_key_file else None,
+            "api_key_file": str(self.api_key_file) if self.api_key_file else None,
+            "demo": self.demo,
+        }
+
+
+def listen_address(value: str) -> tuple[str | None, int]:
+    """`HOST:PORT`, `[IPV6]:PORT` or `:PORT` (all interfaces)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT with a port from 0 to 65535")
+    host = host.removeprefix("[").removesuffix("]")
+    return (host or None), int(port_text)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"config: cannot read {str(path)!r}: {exc.strerror or exc}"]) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError([f"config: {str(path)!r} is not valid YAML: {detail}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"config: {str(path)!r} must hold a mapping of settings"])
+    if "config" in data:
+        raise ConfigError([f"config: {str(path)!r}: `config` cannot be set inside a config file"])
+    return data
+
+
+_SECRET_FIELDS = {"api_key", "GCORE_API_KEY"}
+
+
+def load_settings(**cli: Any) -> Settings:
+    """Build settings from flags (`cli`, None meaning unset), the environment and the YAML file."""
+    given = {name: value for name, value in cli.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigError([_describe_error(err) for err in exc.errors()]) from None
+
+
+def _describe_error(err: Any) -> str:
+    location = ".".join(str(part) for part in err["loc"])
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if not location:
+        return message
+    if err["type"] == "extra_forbidden":
+        return f"{location}: unknown setting"
+    shown = "<hidden>" if location in _SECRET_FIELDS else repr(err.get("input"))
+    return f"{location}: {message} (got {shown})"

@@ -1,0 +1,72 @@
+"""Structured logs: JSON for machines, readable lines on a terminal, and never the API key."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+
+import structlog
+from structlog.types import EventDict, Processor, WrappedLogger
+
+REDACTED = "**********"
+
+
+class Redactor:
+    """Replaces every occurrence of a secret in the event's strings: the last line of defence."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets = tuple(s for s in secrets if s)
+
+    def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+        if self._secrets:
+            for key, value in event.items():
+                text = value if isinstance(value, str) else None
+                if text is None and not isinstance(value, int | float | bool | None):
+                    text = str(value)
+                if text is not None and any(s in text for s in self._secrets):
+                    for secret in self._secrets:
+                        text = text.replace(secret, REDACTED)
+                    event[key] = text
+        return event
+
+
+def configure_logging(level: str, fmt: str | None, secrets: Iterable[str] = ()) -> None:
+    if fmt is None:
+        fmt = "console" if sys.stderr.isatty() else "json"
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Processor
+    if fmt == "json":
+        shared.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+    redact = Redactor(secrets)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,345 @@
+"""Schedules fetches and owns the only mutable state; publishes immutable snapshots for scrapes.
+
+A round starts every `interval`. Each target (an explicit image, or a project/region to list) runs
+as its own task, so a slow or failing one never delays the others; a target still running from the
+previous round is skipped, not doubled. Each fetch re-renders that image's lines; the latest
+lines of every image are published as a `Snapshot` after each round and, in between, at most every
+second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+import structlog
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from exporter.client import FetchError, GcoreClient, Reason
+from exporter.collector import ImageView, render_image
+from exporter.config import ImageKey, Scope, Targets
+from exporter.models import Image, Task
+from exporter.telemetry import Telemetry
+
+log = structlog.get_logger("exporter.poller")
+_OM_EOF: Final = b"# EOF\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one scrape serves: every image's pre-rendered chunks and the exporter's own metrics."""
+
+    version: int
+    images: tuple[tuple[bytes, ...], ...]
+    own_text: bytes
+    own_openmetrics: bytes
+    ready: bool
+
+
+EMPTY_SNAPSHOT: Final = Snapshot(0, (), b"", b"", ready=False)
+
+
+@dataclass(slots=True)
+class _ImageState:
+    key: ImageKey
+    explicit: bool
+    image: Image | None = None
+    up: bool = False
+    last_success: float | None = None
+    errors: dict[Reason, int] = field(default_factory=dict)
+    last_error: Reason | None = None
+    lock_task_id: str | None = None
+    lock_seen: float | None = None
+    task: Task | None = None
+    rendered: tuple[bytes, ...] = ()
+
+
+@dataclass(slots=True)
+class RoundResult:
+    number: int
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    duration: float = 0.0
+
+
+class Poller:
+    def __init__(
+        self,
+        client: GcoreClient,
+        targets: Targets,
+        *,
+        interval: float,
+        stale_after: float,
+        telemetry: Telemetry,
+        wall_clock: Callable[[], float] = time.time,
+        publish_gap: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._targets = targets
+        self._interval = interval
+        self._stale_after = stale_after
+        self._telemetry = telemetry
+        self._now = wall_clock
+        self._publish_gap = publish_gap
+        self._states: dict[ImageKey, _ImageState] = {}
+        self._inflight: dict[ImageKey | Scope, asyncio.Task[bool]] = {}
+        self._rounds: set[asyncio.Task[RoundResult]] = set()
+        self._tasks: dict[str, tuple[float, asyncio.Future[Task | None]]] = {}
+        self._dirty = asyncio.Event()
+        self._round_done = asyncio.Condition()
+        self.rounds_completed = 0
+        self.last_round: RoundResult | None = None
+        self.snapshot: Snapshot = EMPTY_SNAPSHOT
+        for key in targets.images:
+            self._add_state(key, explicit=True)
+        for scope in targets.scopes:
+            telemetry.discovery_up.labels(str(scope.project_id), str(scope.region_id)).set(0)
+        self._publish()
+
+    async def run(self) -> None:
+        """Start a round every interval, and publish progress between rounds, until cancelled."""
+        publisher = asyncio.create_task(self._publish_loop())
+        try:
+            started = time.monotonic()
+            while True:
+                self.start_round()
+                started += self._interval
+                await asyncio.sleep(max(0.0, started - time.monotonic()))
+        finally:
+            publisher.cancel()
+            pending: list[asyncio.Future[Any]] = [publisher]
+            pending += self._inflight.values()
+            pending += self._rounds
+            pending += [future for _, future in self._tasks.values()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def start_round(self) -> asyncio.Task[RoundResult]:
+        number = self.rounds_completed + len(self._rounds) + 1
+        jobs: list[asyncio.Task[bool]] = []
+        skipped = 0
+        targets: Iterable[ImageKey | Scope] = (*self._targets.images, *self._targets.scopes)
+        for target in targets:
+            if target in self._inflight:
+                skipped += 1
+                continue
+            job = asyncio.create_task(self._run_target(target))
+            self._inflight[target] = job
+            job.add_done_callback(functools.partial(self._forget, target))
+            jobs.append(job)
+        round_task = asyncio.create_task(self._finish_round(number, jobs, skipped))
+        self._rounds.add(round_task)
+        round_task.add_done_callback(self._rounds.discard)
+        return round_task
+
+    def _forget(self, target: ImageKey | Scope, _: object) -> None:
+        self._inflight.pop(target, None)
+
+    async def run_once(self) -> RoundResult:
+        return await self.start_round()
+
+    async def wait_for_rounds(self, count: int) -> None:
+        """Return once `count` rounds have completed in total (for tests and `--once`)."""
+        async with self._round_done:
+            await self._round_done.wait_for(lambda: self.rounds_completed >= count)
+
+    async def _run_target(self, target: ImageKey | Scope) -> bool:
+        if isinstance(target, ImageKey):
+            return await self._fetch_image(target)
+        return await self._discover(target)
+
+    async def _finish_round(
+        self, number: int, jobs: list[asyncio.Task[bool]], skipped: int
+    ) -> RoundResult:
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*jobs) if jobs else []
+        result = RoundResult(
+            number,
+            ok=sum(outcomes),
+            failed=len(outcomes) - sum(outcomes),
+            skipped=skipped,
+            duration=time.monotonic() - started,
+        )
+        self._expire_tasks()
+        telemetry = self._telemetry
+        telemetry.polls.inc()
+        telemetry.poll_duration.set(result.duration)
+        telemetry.last_poll.set(self._now())
+        self.last_round = result
+        self.rounds_completed += 1
+        self._publish()
+        log.info(
+            "poll done",
+            round=number,
+            ok=result.ok,
+            failed=result.failed,
+            skipped=result.skipped,
+            images=len(self._states),
+            duration=round(result.duration, 3),
+        )
+        async with self._round_done:
+            self._round_done.notify_all()
+        return result
+
+    async def _fetch_image(self, key: ImageKey) -> bool:
+        state = self._states[key]
+        try:
+            image = await self._client.get_image(key)
+        except FetchError as exc:
+            self._failed(state, exc)
+            return False
+        task = await self._task_for(image)
+        self._succeeded(state, image, task)
+        return True
+
+    async def _discover(self, scope: Scope) -> bool:
+        labels = (str(scope.project_id), str(scope.region_id))
+        in_scope = [s for s in self._states.values() if s.key.scope == scope]
+        try:
+            listing = await self._client.list_images(scope)
+            if not listing.consistent:  # the list changed under our pages: once more
+                listing = await self._client.list_images(scope)
+        except FetchError as exc:
+            self._telemetry.discovery_up.labels(*labels).set(0)
+            log.warning(
+                "listing failed", project_id=labels[0], region_id=labels[1], **exc.log_fields()
+            )
+            for state in in_scope:
+                self._failed(state, exc, quiet=True)
+            return False
+        self._telemetry.discovery_up.labels(*labels).set(1)
+        tasks = await asyncio.gather(*(self._task_for(image) for image in listing.images))
+        seen: set[ImageKey] = set()
+        for image, task in zip(listing.images, tasks, strict=True):
+            key = ImageKey(scope, image.id)
+            seen.add(key)
+            self._succeeded(self._states.get(key) or self._add_state(key), image, task)
+        for image_id, problem in listing.invalid:
+            log.warning(
+                "invalid image in listing",
+                project_id=labels[0],
+                region_id=labels[1],
+                image_id=image_id,
+                problem=problem,
+            )
+            if image_id is not None:
+                key = ImageKey(scope, image_id)
+                seen.add(key)
+                state = self._states.get(key) or self._add_state(key)
+                self._failed(state, FetchError("invalid_response", problem), quiet=True)
+        if listing.consistent:
+            for state in in_scope:
+                if state.key not in seen and not state.explicit:
+                    del self._states[state.key]
+                    self._dirty.set()
+        self._telemetry.images.set(len(self._states))
+        return True
+
+    async def _task_for(self, image: Image) -> Task | None:
+        """The task locking `image`, cached per task id for one interval; None if unknown."""
+        if image.task_id is None:
+            return None
+        cached = self._tasks.get(image.task_id)
+        if cached is None or time.monotonic() - cached[0] > self._interval:
+            future = asyncio.ensure_future(self._lookup_task(image.task_id))
+            cached = (time.monotonic(), future)
+            self._tasks[image.task_id] = cached
+        return await asyncio.shield(cached[1])
+
+    async def _lookup_task(self, task_id: str) -> Task | None:
+        try:
+            return await self._client.get_task(task_id)
+        except FetchError as exc:
+            self._telemetry.task_fetch_errors.labels(exc.reason).inc()
+            log.info("task lookup failed", task_id=task_id, **exc.log_fields())
+            return None
+
+    def _expire_tasks(self) -> None:
+        horizon = time.monotonic() - 2 * self._interval
+        for task_id in [t for t, (when, _) in self._tasks.items() if when < horizon]:
+            del self._tasks[task_id]
+
+    def _add_state(self, key: ImageKey, *, explicit: bool = False) -> _ImageState:
+        state = _ImageState(key, explicit)
+        state.rendered = render_image(ImageView(key, self._now(), up=False))
+        self._states[key] = state
+        return state
+
+    def _succeeded(self, state: _ImageState, image: Image, task: Task | None) -> None:
+        now = self._now()
+        if image.task_id != state.lock_task_id:
+            state.lock_task_id = image.task_id
+            state.lock_seen = now if image.task_id is not None else None
+        state.image, state.task, state.up = image, task, True
+        state.last_success, state.last_error = now, None
+        self._render(state, now)
+
+    def _failed(self, state: _ImageState, error: FetchError, *, quiet: bool = False) -> None:
+        now = self._now()
+        state.up, state.last_error = False, error.reason
+        state.errors[error.reason] = state.errors.get(error.reason, 0) + 1
+        stale = state.last_success is None or now - state.last_success > self._stale_after
+        if error.reason == "not_found" or stale:
+            state.image = state.task = None
+            state.lock_task_id = state.lock_seen = None
+        if not quiet:
+            scope = state.key.scope
+            log.warning(
+                "fetch failed",
+                project_id=scope.project_id,
+                region_id=scope.region_id,
+                image_id=state.key.image_id,
+                **error.log_fields(),
+            )
+        self._render(state, now)
+
+    def _render(self, state: _ImageState, now: float) -> None:
+        lock_started = None
+        if state.image is not None and state.image.task_id is not None:
+            created = state.task.created_on if state.task is not None else None
+            lock_started = created.timestamp() if created is not None else state.lock_seen
+        state.rendered = render_image(
+            ImageView(
+                state.key,
+                now,
+                up=state.up,
+                image=state.image,
+                task=state.task,
+                lock_started=lock_started,
+                last_success=state.last_success,
+                errors=MappingProxyType(state.errors),
+                last_error=state.last_error,
+            )
+        )
+        self._dirty.set()
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._publish()
+            await asyncio.sleep(self._publish_gap)
+
+    def _publish(self) -> None:
+        self._dirty.clear()
+        self._telemetry.images.set(len(self._states))
+        self._telemetry.rate_limit_paused.set(int(self._client.gate.remaining > 0))
+        registry = self._telemetry.registry
+        self.snapshot = Snapshot(
+            version=self.snapshot.version + 1,
+            images=tuple(state.rendered for state in self._states.values()),
+            own_text=generate_latest(registry),
+            own_openmetrics=_without_eof(generate_openmetrics(registry)),  # type: ignore[no-untyped-call]
+            ready=self.rounds_completed > 0,
+        )
+
+
+def _without_eof(exposition: bytes) -> bytes:
+    return exposition.removesuffix(_OM_EOF)

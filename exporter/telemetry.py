@@ -1,0 +1,100 @@
+"""The exporter's own instruments, in a registry of their own (never the global one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+from exporter import __version__
+
+REQUEST_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+CACHED = "Cached from the last poll. "
+
+# `_created` series double every counter and histogram for no use in alerting or dashboards.
+disable_created_metrics()
+
+
+@dataclass
+class Telemetry:
+    registry: CollectorRegistry = field(
+        default_factory=lambda: CollectorRegistry(auto_describe=True)
+    )
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        Gauge(
+            "gcore_exporter_build_info",
+            "Version of the running exporter.",
+            ["version"],
+            registry=r,
+        ).labels(__version__).set(1)
+        self.api_requests = Counter(
+            "gcore_exporter_api_requests",
+            CACHED + "HTTP requests sent to the Gcore API, by endpoint and status code "
+            "(timeout and connection when no response came back).",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.api_request_duration = Histogram(
+            "gcore_exporter_api_request_duration_seconds",
+            CACHED + "Latency of Gcore API requests, by endpoint.",
+            ["endpoint"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.api_retries = Counter(
+            "gcore_exporter_api_retries",
+            CACHED + "Gcore API requests retried after a retryable failure, by endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.rate_limit_pauses = Counter(
+            "gcore_exporter_rate_limit_pauses",
+            CACHED + "Times a 429 from Gcore paused every request to the API.",
+            registry=r,
+        )
+        self.rate_limit_paused = Gauge(
+            "gcore_exporter_rate_limit_paused",
+            CACHED + "1 while the exporter holds all API requests back after a 429.",
+            registry=r,
+        )
+        self.task_fetch_errors = Counter(
+            "gcore_exporter_task_fetch_errors",
+            CACHED + "Failed lookups of the task that locks an image, by reason "
+            "(the image itself is still reported).",
+            ["reason"],
+            registry=r,
+        )
+        self.polls = Counter(
+            "gcore_exporter_polls",
+            CACHED + "Completed poll rounds.",
+            registry=r,
+        )
+        self.poll_duration = Gauge(
+            "gcore_exporter_poll_duration_seconds",
+            CACHED + "Wall time of the last completed poll round.",
+            registry=r,
+        )
+        self.last_poll = Gauge(
+            "gcore_exporter_last_poll_timestamp_seconds",
+            CACHED + "Unix time at which the last poll round completed.",
+            registry=r,
+        )
+        self.images = Gauge(
+            "gcore_exporter_images",
+            CACHED + "Images currently monitored (configured and discovered).",
+            registry=r,
+        )
+        self.discovery_up = Gauge(
+            "gcore_exporter_discovery_up",
+            CACHED + "Whether the last listing of a project/region's images succeeded.",
+            ["project_id", "region_id"],
+            registry=r,
+        )

@@ -1,0 +1,438 @@
+"""The whole exporter, in process, polling the fake Gcore API over loopback HTTP."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import pytest
+from conftest import (
+    ExporterFactory,
+    parse_samples,
+    series,
+    value,
+    wait_until,
+)
+
+from exporter.fakeapi import FakeGcore, make_image, make_task
+
+P, R = 7, 11
+IMG = "a1b2c3d4-0000-4000-8000-000000000001"
+
+
+def image_id(n: int) -> str:
+    return f"a1b2c3d4-0000-4000-8000-{n:012d}"
+
+
+def labels(image: str = IMG, project: int = P, region: int = R) -> dict[str, str]:
+    return {"project_id": str(project), "region_id": str(region), "image_id": image}
+
+
+def ago(**delta: float) -> str:
+    return (datetime.now(UTC) - timedelta(**delta)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+async def test_explicit_image_exposes_every_metric(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.put_image(
+        P,
+        R,
+        make_image(
+            IMG,
+            "gpu-base",
+            size=1024,
+            min_disk=20,
+            min_ram=2048,
+            created_at=ago(hours=2),
+            tags=[{"key": "team", "value": "ml", "read_only": True}],
+        ),
+    )
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        s = await running.samples()
+    ls = labels()
+    assert value(s, "gcore_gpu_image_info", **ls, name="gpu-base", gpu_driver="nvidia") == 1
+    assert value(s, "gcore_gpu_image_status", **ls, status="active") == 1
+    assert value(s, "gcore_gpu_image_status", **ls, status="queued") == 0
+    assert value(s, "gcore_gpu_image_size_bytes", **ls) == 1024
+    assert value(s, "gcore_gpu_image_min_disk_bytes", **ls) == 20 * 2**30
+    assert value(s, "gcore_gpu_image_min_ram_bytes", **ls) == 2048 * 2**20
+    assert value(s, "gcore_gpu_image_locked", **ls) == 0
+    assert value(s, "gcore_gpu_image_lock_age_seconds", **ls) is None
+    assert value(s, "gcore_gpu_image_task_info", **ls) is None
+    age = value(s, "gcore_gpu_image_age_seconds", **ls)
+    assert age is not None and 7190 < age < 7300
+    assert value(s, "gcore_gpu_image_tag_info", **ls, key="team", value="ml", read_only="true") == 1
+    assert value(s, "gcore_gpu_image_up", **ls) == 1
+    last = value(s, "gcore_gpu_image_last_success_timestamp_seconds", **ls)
+    assert last is not None and abs(last - time.time()) < 30
+    assert value(s, "gcore_exporter_images") == 1
+    assert value(s, "gcore_exporter_api_requests_total", endpoint="image", code="200") == 1
+
+
+async def test_discovery_pages_through_the_list_without_per_image_requests(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.max_page = 3
+    for n in range(10):
+        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        s = await running.samples()
+    assert len(series(s, "gcore_gpu_image_up")) == 10
+    assert fake.count(r"/images\?") == 4  # offsets 0, 3, 6, 9
+    assert fake.count(r"/images/") == 0
+    assert value(s, "gcore_exporter_discovery_up", project_id=str(P), region_id=str(R)) == 1
+
+
+async def test_discovered_image_leaves_and_joins_at_the_next_poll(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    for n in range(3):
+        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        fake.remove_image(P, R, image_id(1))
+        fake.put_image(P, R, make_image(image_id(3), "newcomer"))
+        await running.round()
+        s = await running.samples()
+    present = {ls["image_id"] for ls in series(s, "gcore_gpu_image_up")}
+    assert present == {image_id(0), image_id(2), image_id(3)}
+    assert series(s, "gcore_gpu_image_status", image_id=image_id(1)) == []
+    assert value(s, "gcore_gpu_image_info", image_id=image_id(3), name="newcomer") == 1
+
+
+async def test_list_that_changes_while_paged_is_read_again_and_loses_nothing(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.max_page = 2
+    for n in range(4):
+        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        # From now on every first page shows one more image than the list really has.
+        fake.inject(r"/images\?limit=1000&offset=0", 200, body={"count": 5, "results": []}, times=2)
+        await running.round()
+        s = await running.samples()
+    assert fake.count(r"/images\?limit=1000&offset=0") == 3  # first round, then twice
+    assert len(series(s, "gcore_gpu_image_up")) == 4
+    assert all(
+        v == 1 for v in [value(s, "gcore_gpu_image_up", image_id=image_id(n)) for n in range(4)]
+    )
+
+
+async def test_not_found_withdraws_values_at_once_but_keeps_up(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.put_image(P, R, make_image(IMG, "doomed"))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"], stale_after="1h") as running:
+        fake.remove_image(P, R, IMG)
+        await running.round()
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_up", **labels()) == 0
+    assert value(s, "gcore_gpu_image_info", **labels()) is None
+    assert series(s, "gcore_gpu_image_status") == []
+    assert value(s, "gcore_gpu_image_fetch_errors_total", **labels(), reason="not_found") == 1
+    assert value(s, "gcore_gpu_image_last_error_info", **labels(), reason="not_found") == 1
+
+
+async def test_configured_image_has_up_even_when_it_never_answered(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.inject("/images/", 503, body="<html>down</html>", content_type="text/html", times=None)
+    async with exporter(targets=[f"{P}/{R}/{IMG}"], timeout="1s") as running:
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_up", **labels()) == 0
+    assert value(s, "gcore_gpu_image_fetch_errors_total", **labels(), reason="server_error") == 1
+    assert fake.count("/images/") == 3  # retried twice
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(401, "unauthorized"), (403, "forbidden"), (404, "not_found"), (400, "invalid_response")],
+)
+async def test_client_errors_are_counted_by_reason_and_not_retried(
+    fake: FakeGcore, exporter: ExporterFactory, status: int, reason: str
+) -> None:
+    fake.inject("/images/", status, times=None)
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_fetch_errors_total", **labels(), reason=reason) == 1
+    assert fake.count("/images/") == 1
+
+
+async def test_bad_key_is_unauthorized(fake: FakeGcore, exporter: ExporterFactory) -> None:
+    fake.api_key = "another-key"
+    fake.put_image(P, R, make_image(IMG, "x"))
+    async with exporter(targets=[f"{P}/{R}/{IMG}", f"{P}/{R + 1}"]) as running:
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_last_error_info", **labels(), reason="unauthorized") == 1
+    assert value(s, "gcore_exporter_api_requests_total", endpoint="images", code="401") == 1
+    assert value(s, "gcore_exporter_discovery_up", project_id=str(P), region_id=str(R + 1)) == 0
+
+
+async def test_invalid_image_body_is_invalid_response(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.inject("/images/", 200, body={"id": IMG, "name": "no status"}, times=None)
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        s = await running.samples()
+    assert (
+        value(s, "gcore_gpu_image_fetch_errors_total", **labels(), reason="invalid_response") == 1
+    )
+
+
+async def test_invalid_item_in_a_listing_fails_only_that_image(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.put_image(P, R, make_image(image_id(1), "good"))
+    fake.put_image(P, R, {"id": image_id(2), "name": "broken", "status": "active"})
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_up", **labels(image_id(1))) == 1
+    assert value(s, "gcore_gpu_image_up", **labels(image_id(2))) == 0
+    reason = "invalid_response"
+    assert value(s, "gcore_gpu_image_fetch_errors_total", **labels(image_id(2)), reason=reason) == 1
+
+
+async def test_rate_limit_pauses_every_request_until_retry_after(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    for n in range(4):
+        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    targets = [f"{P}/{R}/{image_id(n)}" for n in range(4)]
+    async with exporter(targets=targets, concurrency=1) as running:
+        fake.inject(f"/images/{image_id(0)}", 429, headers={"Retry-After": "1"})
+        start = len(fake.request_times)
+        await running.round()
+        s = await running.samples()
+    times = fake.request_times[start:]
+    assert fake.requests[start].endswith(image_id(0))
+    assert len(times) == 5  # the 429, its retry, and the three others
+    assert all(t - times[0] >= 0.95 for t in times[1:]), "a request went out during the pause"
+    assert all(value(s, "gcore_gpu_image_up", **labels(image_id(n))) == 1 for n in range(4))
+    assert value(s, "gcore_exporter_rate_limit_pauses_total") == 1
+
+
+async def test_slow_image_does_not_delay_the_others(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    for n in range(3):
+        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    targets = [f"{P}/{R}/{image_id(n)}" for n in range(3)]
+    async with exporter(targets=targets) as running:
+        fake.inject(f"/images/{image_id(0)}", 200, delay=3, body=make_image(image_id(0), "slow"))
+        for n in (1, 2):
+            fake.update_image(P, R, image_id(n), name=f"renamed-{n}")
+        slow_round = running.poller.start_round()
+
+        async def others_renamed() -> bool:
+            s = await running.samples()
+            return all(
+                value(s, "gcore_gpu_image_info", image_id=image_id(n), name=f"renamed-{n}") == 1
+                for n in (1, 2)
+            )
+
+        await wait_until(others_renamed, timeout=2.5, what="the fast images to refresh")
+        assert not slow_round.done()
+        result = await slow_round
+    assert (result.ok, result.failed) == (3, 0)
+
+
+async def test_round_skips_a_target_still_in_flight(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.put_image(P, R, make_image(IMG, "slow"))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        fake.inject("/images/", 200, delay=1, body=make_image(IMG, "slow"))
+        first = running.poller.start_round()
+        second = await running.poller.start_round()
+        assert (second.ok, second.skipped) == (0, 1)
+        assert (await first).ok == 1
+    assert fake.count("/images/") == 2
+
+
+async def test_locked_image_reports_task_and_lock_age(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    task_id = "7a5c0000-0000-4000-8000-00000000beef"
+    fake.put_task(make_task(task_id, "ERROR", "upload_virtual_image", created_on=ago(minutes=10)))
+    fake.put_image(P, R, make_image(IMG, "busy", status="saving", task_id=task_id))
+    fake.put_image(P, R, make_image(image_id(2), "also busy", task_id=task_id))
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_locked", **labels()) == 1
+    lock_age = value(s, "gcore_gpu_image_lock_age_seconds", **labels())
+    assert lock_age is not None and 595 < lock_age < 700
+    task = {"task_id": task_id, "task_type": "upload_virtual_image", "task_state": "ERROR"}
+    assert value(s, "gcore_gpu_image_task_info", **labels(), **task) == 1
+    assert fake.count("/tasks/") == 1  # one lookup for both images
+
+
+async def test_task_api_failure_does_not_fail_the_image(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    task_id = "7a5c0000-0000-4000-8000-00000000dead"
+    fake.inject("/tasks/", 500, times=None)
+    fake.put_image(P, R, make_image(IMG, "busy", task_id=task_id))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_up", **labels()) == 1
+    unknown = {"task_id": task_id, "task_type": "", "task_state": ""}
+    assert value(s, "gcore_gpu_image_task_info", **labels(), **unknown) == 1
+    lock_age = value(s, "gcore_gpu_image_lock_age_seconds", **labels())
+    assert lock_age is not None and 0 <= lock_age < 30  # since the exporter first saw the lock
+    assert value(s, "gcore_exporter_task_fetch_errors_total", reason="server_error") == 1
+
+
+async def test_unlocking_removes_lock_series(fake: FakeGcore, exporter: ExporterFactory) -> None:
+    task_id = "7a5c0000-0000-4000-8000-00000000f00d"
+    fake.put_task(make_task(task_id))
+    fake.put_image(P, R, make_image(IMG, "busy", task_id=task_id))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        fake.update_image(P, R, IMG, task_id=None)
+        await running.round()
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_locked", **labels()) == 0
+    assert series(s, "gcore_gpu_image_task_info") == []
+    assert series(s, "gcore_gpu_image_lock_age_seconds") == []
+
+
+async def test_status_set_and_unknown_status(fake: FakeGcore, exporter: ExporterFactory) -> None:
+    fake.put_image(P, R, make_image(IMG, "odd", status="quarantined", size=None))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        s = await running.samples()
+    statuses = {
+        ls["status"]: v
+        for (n, lset), v in s.items()
+        if n == "gcore_gpu_image_status"
+        for ls in [dict(lset)]
+    }
+    assert statuses["quarantined"] == 1
+    assert sum(statuses.values()) == 1
+    assert len(statuses) == 10
+    assert value(s, "gcore_gpu_image_size_bytes", **labels()) is None
+
+
+async def test_api_drift_old_and_new_fields(fake: FakeGcore, exporter: ExporterFactory) -> None:
+    old = make_image(IMG, "old api")
+    for key in ("disk_format", "hw_firmware_type", "gpu_driver", "cuda_toolkit_version", "tags"):
+        del old[key]
+    new = make_image(image_id(2), "new api", secure_boot=True, checksum={"sha256": "ab"})
+    fake.put_image(P, R, old)
+    fake.put_image(P, R, new)
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_info", **labels(), disk_format="", gpu_driver="") == 1
+    assert value(s, "gcore_gpu_image_up", **labels(image_id(2))) == 1
+
+
+async def test_odd_names_round_trip_through_the_exposition(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    name = 'he said "hi"\\ then\nleft — ünïcødé 🚀'
+    tags = [{"key": 'k"\\', "value": "line1\nline2", "read_only": False}]
+    fake.put_image(P, R, make_image(IMG, name, tags=tags))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_info", **labels(), name=name) == 1
+    assert value(s, "gcore_gpu_image_tag_info", **labels(), key='k"\\', value="line1\nline2") == 1
+
+
+async def test_openmetrics_and_gzip_are_negotiated(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.put_image(P, R, make_image(IMG, "x"))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        async with running.http.get(running.url + "/metrics") as plain:
+            assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            plain_text = await plain.text()
+        accept = "application/openmetrics-text;version=1.0.0;q=0.9,text/plain;q=0.5"
+        async with running.http.get(
+            running.url + "/metrics",
+            headers={"Accept": accept, "Accept-Encoding": "gzip"},
+            auto_decompress=False,
+        ) as om:
+            assert om.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert om.headers["Content-Encoding"] == "gzip"
+            om_text = gzip.decompress(await om.read()).decode()
+    assert om_text.endswith("# EOF\n")
+    assert "# TYPE gcore_gpu_image_fetch_errors counter" in om_text
+    assert "# TYPE gcore_gpu_image_fetch_errors_total counter" in plain_text
+    assert "# EOF" not in plain_text
+
+
+async def test_scrapes_never_call_the_api(fake: FakeGcore, exporter: ExporterFactory) -> None:
+    fake.put_image(P, R, make_image(IMG, "x"))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        before = len(fake.requests)
+        for _ in range(5):
+            await running.scrape()
+        assert len(fake.requests) == before
+
+
+async def test_scrape_during_a_stalled_poll_answers_at_once(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.put_image(P, R, make_image(IMG, "x"))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"], timeout="30s") as running:
+        fake.inject("/images/", 200, delay=5, body=make_image(IMG, "x"))
+        stalled = running.poller.start_round()
+        started = time.monotonic()
+        await running.scrape()
+        assert time.monotonic() - started < 1
+        assert not stalled.done()
+        stalled.cancel()
+
+
+async def test_readyz_waits_for_the_first_poll(
+    fake: FakeGcore, fake_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiohttp import web
+
+    from exporter.config import load_settings
+    from exporter.web import create_app
+
+    monkeypatch.setenv("GCORE_API_KEY", "test-key-5f3a9c1e-SECRET")
+    monkeypatch.setenv("GCORE_BASE_URL", fake_url)
+    fake.put_image(P, R, make_image(IMG, "x"))
+    fake.inject("/images/", 200, delay=1, body=make_image(IMG, "x"))
+    runner = web.AppRunner(create_app(load_settings(targets=[f"{P}/{R}/{IMG}"], interval="1h")))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/readyz") as response:
+                assert response.status == 503
+            async with http.get(url + "/healthz") as response:
+                assert response.status == 200
+
+            async def ready() -> bool:
+                async with http.get(url + "/readyz") as response:
+                    return response.status == 200
+
+            await wait_until(ready, timeout=5, what="/readyz")
+            async with http.get(url + "/") as response:
+                assert "/metrics" in await response.text()
+            async with http.post(url + "/metrics") as response:
+                assert response.status == 405
+    finally:
+        await runner.cleanup()
+
+
+async def test_concurrency_caps_requests_in_flight(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.latency = 0.05
+    for n in range(12):
+        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    async with exporter(targets=[f"{P}/{R}/{image_id(n)}" for n in range(12)], concurrency=3):
+        pass
+    assert fake.peak_in_flight == 3
+
+
+def test_parse_samples_rejects_duplicates() -> None:
+    text = '# TYPE a gauge\na{x="1"} 1\na{x="1"} 2\n'
+    with pytest.raises(AssertionError, match="duplicate"):
+        parse_samples(text)
