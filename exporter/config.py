@@ -100,9 +100,7 @@ def _split_commas(value: Any) -> Any:
 
 def _check_target(spec: str) -> str:
     if not _TARGET.match(spec.strip()):
-        raise ValueError(
-            f"target {spec!r} is not PROJECT/REGION/IMAGE_ID, PROJECT/REGION or IMAGE_ID"
-        )
+        raise ValueError("not a target: write PROJECT/REGION/IMAGE_ID, PROJECT/REGION or IMAGE_ID")
     return spec.strip()
 
 
@@ -164,11 +162,11 @@ class Settings(BaseSettings):
     def _check_base_url(cls, value: str) -> str:
         url = URL(value)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"{value!r} is not an http(s) URL")
+            raise ValueError("not an http(s) URL")
         if url.scheme == "http" and not _is_loopback(url.host):
             raise ValueError(
-                f"{value!r} would send the API key in clear text: use https "
-                "(plain http only to a loopback address)"
+                "plain http would send the API key in clear text: use https "
+                "(http only to a loopback address)"
             )
         return value.rstrip("/")
 
@@ -254,7 +252,7 @@ def listen_address(value: str) -> tuple[str | None, int]:
     """`HOST:PORT`, `[IPV6]:PORT` or `:PORT` (all interfaces)."""
     host, sep, port_text = value.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT with a port from 0 to 65535")
+        raise ValueError("not HOST:PORT with a port from 0 to 65535")
     host = host.removeprefix("[").removesuffix("]")
     return (host or None), int(port_text)
 

@@ -18,7 +18,7 @@ REQUEST_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CACHED = "Cached from the last poll. "
 
 # `_created` series double every counter and histogram for no use in alerting or dashboards.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 @dataclass

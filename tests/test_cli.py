@@ -1,0 +1,215 @@
+"""The console entry point as users run it: a real process, its exit codes, signals and output."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import API_KEY, parse_samples, require_binary, value, wait_until
+
+from exporter.fakeapi import FakeGcore, make_image, make_task
+
+P, R = 3, 5
+IMG = "c0ffee00-0000-4000-8000-000000000001"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def env_for(fake_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GCORE_")}
+    return {**env, "GCORE_API_KEY": API_KEY, "GCORE_BASE_URL": fake_url, **extra}
+
+
+async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exporter",
+        *args,
+        env=env if env is not None else env_for("https://api.gcore.com"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@asynccontextmanager
+async def serving(
+    *args: str, env: dict[str, str]
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exporter",
+        "--listen",
+        f"127.0.0.1:{port}",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_once_prints_metrics_and_exits_0(fake: FakeGcore, fake_url: str) -> None:
+    fake.put_image(P, R, make_image(IMG, "gpu"))
+    code, out, err = await run("--once", "--target", f"{P}/{R}/{IMG}", env=env_for(fake_url))
+    assert code == 0, err
+    samples = parse_samples(out)
+    assert value(samples, "gcore_gpu_image_up", image_id=IMG) == 1
+    assert value(samples, "gcore_gpu_image_info", image_id=IMG, name="gpu") == 1
+
+
+async def test_once_exits_1_when_a_fetch_fails(fake: FakeGcore, fake_url: str) -> None:
+    fake.put_image(P, R, make_image(IMG, "gpu"))
+    missing = "c0ffee00-0000-4000-8000-000000000404"
+    targets = ["--target", f"{P}/{R}/{IMG}", "--target", f"{P}/{R}/{missing}"]
+    code, out, err = await run("--once", *targets, env=env_for(fake_url))
+    assert code == 1
+    assert value(parse_samples(out), "gcore_gpu_image_up", image_id=missing) == 0
+    assert '"reason": "not_found"' in err
+    assert '"request_id"' in err
+
+
+@pytest.mark.parametrize(
+    ("args", "env_extra", "expected"),
+    [
+        (["--interval", "soon"], {}, ["interval: not a duration"]),
+        (["--interval", "0", "--concurrency", "0"], {}, ["interval:", "concurrency:"]),
+        (["--target", "a/b/c/d"], {}, ["targets.0: not a target: write PROJECT/REGION/IMAGE_ID"]),
+        ([], {"GCORE_BASE_URL": "http://api.gcore.com"}, ["GCORE_BASE_URL: plain http would"]),
+        ([], {"GCORE_EXPORTER_LISTEN": "nowhere"}, ["listen: not HOST:PORT"]),
+    ],
+)
+async def test_invalid_configuration_exits_2_with_one_line_per_problem(
+    args: list[str], env_extra: dict[str, str], expected: list[str]
+) -> None:
+    env = env_for("https://api.gcore.com", GCORE_EXPORTER_TARGETS="1/2", **env_extra)
+    code, out, err = await run("--once", *args, env=env)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == len(expected)
+    for line, fragment in zip(lines, expected, strict=True):
+        assert line.startswith("gcore-gpu-image-exporter: config error: ")
+        assert fragment in line
+        assert "(got " in line
+    assert "Traceback" not in err
+    assert out == ""
+
+
+async def test_missing_key_and_broken_yaml_exit_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GCORE_")}
+    code, _, err = await run("--target", "1/2", env=env)
+    assert (code, "GCORE_API_KEY or GCORE_API_KEY_FILE" in err) == (2, True)
+    broken = tmp_path / "config.yaml"
+    broken.write_text("targets: [1/2\n")
+    code, _, err = await run("--config", str(broken), env=env_for("https://api.gcore.com"))
+    assert code == 2
+    assert "is not valid YAML" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+async def test_check_config_prints_resolved_settings_with_the_key_masked(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("targets: [1/2, 1/2/abc, 3/4/def]\ninterval: 2m\n")
+    env = env_for("https://api.gcore.com", GCORE_EXPORTER_INTERVAL="90s")
+    code, out, err = await run(
+        "--check-config", "--config", str(config), "--interval", "30s", env=env
+    )
+    assert code == 0, err
+    assert API_KEY not in out + err
+    assert '"api_key": "**********"' in out
+    assert '"interval": 30.0' in out
+    assert '"stale_after": 150.0' in out
+    assert '"3/4/def"' in out
+    assert '"1/2/abc"' not in out  # covered by the 1/2 listing
+
+
+async def test_sigterm_stops_the_daemon_with_exit_0(fake: FakeGcore, fake_url: str) -> None:
+    fake.put_image(P, R, make_image(IMG, "gpu"))
+    env = env_for(fake_url)
+    async with serving("--target", f"{P}/{R}/{IMG}", "--interval", "1s", env=env) as (proc, url):
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                try:
+                    async with http.get(url + "/readyz") as response:
+                        return response.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_until(ready, timeout=15, what="the exporter to get ready")
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 5)
+        assert proc.stderr is not None
+        err = (await proc.stderr.read()).decode()
+    assert code == 0
+    assert "Unclosed" not in err
+    assert "Traceback" not in err
+
+
+async def test_api_key_never_appears_in_logs_at_debug(fake: FakeGcore, fake_url: str) -> None:
+    fake.api_key = "the-right-key"  # ours is refused: 401s all the way
+    fake.inject("/tasks/", 500, times=None)
+    fake.put_task(make_task("t-1"))
+    targets = ["--target", f"{P}/{R}/{IMG}", "--target", f"{P}/{R + 1}"]
+    code, out, err = await run("--once", "--log-level", "debug", *targets, env=env_for(fake_url))
+    assert code == 1
+    assert "unauthorized" in err
+    assert API_KEY not in out + err
+
+
+async def test_demo_serves_metrics_that_promtool_accepts(tmp_path: Path) -> None:
+    promtool = require_binary("promtool")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GCORE_")}
+    async with serving("--demo", env=env) as (_, url), aiohttp.ClientSession() as http:
+
+        async def ready() -> bool:
+            try:
+                async with http.get(url + "/readyz") as response:
+                    return response.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await wait_until(ready, timeout=15, what="the demo to get ready")
+        async with http.get(url + "/metrics") as response:
+            text = await response.text()
+    samples = parse_samples(text)
+    assert (
+        len(
+            {ls["image_id"] for ls in [dict(k[1]) for k in samples if k[0] == "gcore_gpu_image_up"]}
+        )
+        == 13
+    )
+    check = await asyncio.create_subprocess_exec(
+        promtool,
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await check.communicate(text.encode())
+    assert check.returncode == 0, output.decode()
+    assert output.decode().strip() == ""

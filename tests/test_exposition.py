@@ -1,0 +1,165 @@
+"""Rendering: a golden exposition for fixed images, format negotiation, promtool's verdict."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from conftest import parse_samples, require_binary
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+
+from exporter.collector import ImageView, render_image
+from exporter.config import ImageKey, Scope
+from exporter.exposition import render, wants_gzip, wants_openmetrics
+from exporter.models import Image, Task
+from exporter.poller import Snapshot
+
+GOLDEN = Path(__file__).parent / "golden" / "images.prom"
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()
+SCOPE = Scope(42, 76)
+
+
+def image(image_id: str, name: str, **fields: object) -> Image:
+    data: dict[str, object] = {
+        "id": image_id,
+        "name": name,
+        "status": "active",
+        "size": 3221225472,
+        "min_disk": 20,
+        "min_ram": 2048,
+        "created_at": "2026-05-01T12:00:00",
+        "updated_at": "2026-05-31T12:00:00Z",
+        "visibility": "private",
+        "architecture": "x86_64",
+        "gpu_driver": "nvidia",
+        "gpu_driver_version": "570.148.08",
+        "tags": [{"key": "team", "value": "ml", "read_only": False}],
+    }
+    data.update(fields)
+    return Image.model_validate(data)
+
+
+def views() -> list[ImageView]:
+    task = Task.model_validate(
+        {
+            "id": "t-1",
+            "state": "ERROR",
+            "task_type": "upload_virtual_image",
+            "created_on": "2026-06-01T11:30:00",
+        }
+    )
+    return [
+        ImageView(
+            ImageKey(SCOPE, "img-active"),
+            NOW,
+            up=True,
+            image=image("img-active", "base"),
+            last_success=NOW,
+        ),
+        ImageView(
+            ImageKey(SCOPE, "img-locked"),
+            NOW,
+            up=True,
+            image=image("img-locked", "uploading", status="saving", task_id="t-1", size=None),
+            task=task,
+            lock_started=task.created_on.timestamp() if task.created_on else None,
+            last_success=NOW,
+        ),
+        ImageView(
+            ImageKey(SCOPE, "img-odd"),
+            NOW,
+            up=False,
+            image=image("img-odd", 'q"uote\\back\nnew ünï', status="Quarantined", tags=[]),
+            last_success=NOW - 60,
+            errors={"server_error": 2},
+            last_error="server_error",
+        ),
+        ImageView(
+            ImageKey(SCOPE, "img-gone"),
+            NOW,
+            up=False,
+            errors={"not_found": 1, "timeout": 3},
+            last_error="not_found",
+        ),
+    ]
+
+
+def snapshot() -> Snapshot:
+    own = b"# HELP gcore_exporter_images Images.\n# TYPE gcore_exporter_images gauge\n"
+    own += b"gcore_exporter_images 4.0\n"
+    chunks = tuple(render_image(v) for v in views())
+    return Snapshot(1, chunks, own_text=own, own_openmetrics=own, ready=True)
+
+
+def test_exposition_matches_golden_file() -> None:
+    text = render(snapshot(), openmetrics=False).decode()
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_golden_file_passes_promtool_check_metrics() -> None:
+    promtool = require_binary("promtool")
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=GOLDEN.read_bytes(), capture_output=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == b""
+
+
+def test_openmetrics_rendering_parses_and_ends_with_eof() -> None:
+    text = render(snapshot(), openmetrics=True).decode()
+    families = {f.name: f for f in parse_om(text)}
+    assert families["gcore_gpu_image_fetch_errors"].type == "counter"
+    assert text.endswith("# EOF\n")
+    assert text.count("# EOF") == 1
+
+
+def test_rendered_values_follow_the_views() -> None:
+    samples = parse_samples(render(snapshot(), openmetrics=False).decode())
+    locked = {"project_id": "42", "region_id": "76", "image_id": "img-locked"}
+    assert samples[("gcore_gpu_image_lock_age_seconds", frozenset(locked.items()))] == 1800
+    gone = [k for k in samples if dict(k[1]).get("image_id") == "img-gone"]
+    assert sorted(k[0] for k in gone) == [
+        "gcore_gpu_image_fetch_errors_total",
+        "gcore_gpu_image_fetch_errors_total",
+        "gcore_gpu_image_last_error_info",
+        "gcore_gpu_image_up",
+    ]
+
+
+def test_lone_surrogate_in_a_name_does_not_break_rendering() -> None:
+    view = ImageView(ImageKey(SCOPE, "x"), NOW, up=True, image=image("x", "bad \ud800 name"))
+    assert b'name="bad ? name"' in b"".join(render_image(view))
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("", False),
+        ("text/plain;version=0.0.4", False),
+        ("application/openmetrics-text;version=1.0.0;q=0.9,text/plain;q=0.5", True),
+        ("application/openmetrics-text; q=0", False),
+        ("application/openmetrics-text;q=bogus", False),
+        ("*/*", False),
+    ],
+)
+def test_openmetrics_negotiation(accept: str, expected: bool) -> None:
+    assert wants_openmetrics(accept) is expected
+
+
+@pytest.mark.parametrize(
+    ("encoding", "expected"),
+    [
+        ("", False),
+        ("gzip", True),
+        ("br, gzip;q=0.5", True),
+        ("gzip;q=0", False),
+        ("identity", False),
+    ],
+)
+def test_gzip_negotiation(encoding: str, expected: bool) -> None:
+    assert wants_gzip(encoding) is expected
