@@ -1,7 +1,8 @@
 """Turns one image's state into its exposition lines, one chunk per metric family.
 
-Families are data (`FAMILIES`); each image is rendered once per fetch into a tuple of byte chunks
-indexed like `FAMILIES`, so a scrape only concatenates (kube-state-metrics' per-object rendering).
+Families are data (`FAMILIES`). Each image is rendered into byte chunks indexed like `FAMILIES`: its
+values once per successful fetch, its health once per attempt, so a scrape only concatenates
+(kube-state-metrics' per-object rendering) and last known values survive failures unchanged.
 For one active, unlocked image the chunks read, family by family:
 
     gcore_gpu_image_info{project_id="1",region_id="10",image_id="f0e1…",name="ubuntu-22.04-gpu",…} 1
@@ -57,7 +58,7 @@ class Family:
     help: str
 
 
-FAMILIES: Final = (
+VALUE_FAMILIES: Final = (
     Family("gcore_gpu_image_info", "gauge", "Descriptive attributes of a GPU image, always 1."),
     Family(
         "gcore_gpu_image_status",
@@ -82,6 +83,8 @@ FAMILIES: Final = (
     Family("gcore_gpu_image_updated_timestamp_seconds", "gauge", "When the image last changed."),
     Family("gcore_gpu_image_age_seconds", "gauge", "Time since the image was created."),
     Family("gcore_gpu_image_tag_info", "gauge", "One series per tag of the image, always 1."),
+)
+HEALTH_FAMILIES: Final = (
     Family("gcore_gpu_image_up", "gauge", "Whether the last fetch of this image succeeded."),
     Family(
         "gcore_gpu_image_last_success_timestamp_seconds",
@@ -99,21 +102,8 @@ FAMILIES: Final = (
         "Reason of the failure of the last fetch; present only while up is 0.",
     ),
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ImageView:
-    """Everything one image contributes to a scrape, as of `now` (Unix seconds)."""
-
-    key: ImageKey
-    now: float
-    up: bool
-    image: Image | None = None
-    task: Task | None = None
-    lock_started: float | None = None
-    last_success: float | None = None
-    errors: Mapping[Reason, int] | None = None
-    last_error: Reason | None = None
+FAMILIES: Final = VALUE_FAMILIES + HEALTH_FAMILIES
+NO_VALUES: Final = (b"",) * len(VALUE_FAMILIES)
 
 
 def escape_label(value: str) -> str:
@@ -143,66 +133,99 @@ def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
     return ",".join(f'{k}="{escape_label(v)}"' for k, v in pairs)
 
 
-def render_image(view: ImageView) -> tuple[bytes, ...]:
-    """The image's lines for each family of `FAMILIES`, in order (b"" where it has none)."""
-    scope = view.key.scope
-    base = _labels(
+def _identity(key: ImageKey) -> str:
+    scope = key.scope
+    return _labels(
         (
             ("project_id", str(scope.project_id)),
             ("region_id", str(scope.region_id)),
-            ("image_id", view.key.image_id),
+            ("image_id", key.image_id),
         )
     )
-    lines: dict[str, list[str]] = {family.name: [] for family in FAMILIES}
 
-    def add(name: str, value: float, extra: tuple[tuple[str, str], ...] = ()) -> None:
-        labels = f"{base},{_labels(extra)}" if extra else base
-        lines[name].append(f"{name}{{{labels}}} {format_value(value)}\n")
 
-    image = view.image
-    if image is not None:
-        info = (("name", image.name), *((f, getattr(image, f) or "") for f in INFO_FIELDS))
-        add("gcore_gpu_image_info", 1, info)
-        status = image.status.strip().lower() or "unknown"
-        for known in KNOWN_STATUSES:
-            add("gcore_gpu_image_status", int(known == status), (("status", known),))
-        if status not in KNOWN_STATUSES:
-            add("gcore_gpu_image_status", 1, (("status", status),))
-        if image.size is not None:
-            add("gcore_gpu_image_size_bytes", image.size)
-        if image.min_disk is not None:
-            add("gcore_gpu_image_min_disk_bytes", image.min_disk * 2**30)
-        if image.min_ram is not None:
-            add("gcore_gpu_image_min_ram_bytes", image.min_ram * 2**20)
-        add("gcore_gpu_image_locked", int(image.task_id is not None))
-        if image.task_id is not None:
-            if view.lock_started is not None:
-                add("gcore_gpu_image_lock_age_seconds", max(0.0, view.now - view.lock_started))
-            task = view.task if view.task is not None and view.task.id == image.task_id else None
-            add(
-                "gcore_gpu_image_task_info",
-                1,
-                (
-                    ("task_id", image.task_id),
-                    ("task_type", (task.task_type or "") if task else ""),
-                    ("task_state", task.state if task else ""),
-                ),
-            )
-        created = image.created_at.timestamp()
-        add("gcore_gpu_image_created_timestamp_seconds", created)
-        add("gcore_gpu_image_updated_timestamp_seconds", image.updated_at.timestamp())
-        add("gcore_gpu_image_age_seconds", max(0.0, view.now - created))
-        for tag in image.tags or ():
-            add(
-                "gcore_gpu_image_tag_info",
-                1,
-                (("key", tag.key), ("value", tag.value), ("read_only", str(tag.read_only).lower())),
-            )
-    add("gcore_gpu_image_up", int(view.up))
-    if view.last_success is not None:
-        add("gcore_gpu_image_last_success_timestamp_seconds", view.last_success)
-    for reason, count in sorted((view.errors or {}).items()):
-        add("gcore_gpu_image_fetch_errors_total", count, (("reason", reason),))
-    if not view.up and view.last_error is not None:
-        add("gcore_gpu_image_last_error_info", 1, (("reason", view.last_error),))
-    return tuple("".join(lines[family.name]).encode("utf-8", "replace") for family in FAMILIES)
+class _Lines:
+    """Collects sample lines per family for one image."""
+
+    def __init__(self, key: ImageKey, families: tuple[Family, ...]) -> None:
+        self._base = _identity(key)
+        self._families = families
+        self._lines: dict[str, list[str]] = {family.name: [] for family in families}
+
+    def add(self, name: str, value: float, extra: tuple[tuple[str, str], ...] = ()) -> None:
+        labels = f"{self._base},{_labels(extra)}" if extra else self._base
+        self._lines[name].append(f"{name}{{{labels}}} {format_value(value)}\n")
+
+    def chunks(self) -> tuple[bytes, ...]:
+        # errors="replace": a lone surrogate from JSON must not sink the whole scrape
+        return tuple(
+            "".join(self._lines[f.name]).encode("utf-8", "replace") for f in self._families
+        )
+
+
+def render_values(
+    key: ImageKey,
+    image: Image,
+    *,
+    now: float,
+    task: Task | None = None,
+    lock_started: float | None = None,
+) -> tuple[bytes, ...]:
+    """What a successful fetch knows, one chunk per family of `VALUE_FAMILIES`."""
+    out = _Lines(key, VALUE_FAMILIES)
+    info = (("name", image.name), *((f, getattr(image, f) or "") for f in INFO_FIELDS))
+    out.add("gcore_gpu_image_info", 1, info)
+    status = image.status.strip().lower() or "unknown"
+    for known in KNOWN_STATUSES:
+        out.add("gcore_gpu_image_status", int(known == status), (("status", known),))
+    if status not in KNOWN_STATUSES:
+        out.add("gcore_gpu_image_status", 1, (("status", status),))
+    if image.size is not None:
+        out.add("gcore_gpu_image_size_bytes", image.size)
+    if image.min_disk is not None:
+        out.add("gcore_gpu_image_min_disk_bytes", image.min_disk * 2**30)
+    if image.min_ram is not None:
+        out.add("gcore_gpu_image_min_ram_bytes", image.min_ram * 2**20)
+    out.add("gcore_gpu_image_locked", int(image.task_id is not None))
+    if image.task_id is not None:
+        if lock_started is not None:
+            out.add("gcore_gpu_image_lock_age_seconds", max(0.0, now - lock_started))
+        known_task = task if task is not None and task.id == image.task_id else None
+        out.add(
+            "gcore_gpu_image_task_info",
+            1,
+            (
+                ("task_id", image.task_id),
+                ("task_type", (known_task.task_type or "") if known_task else ""),
+                ("task_state", known_task.state if known_task else ""),
+            ),
+        )
+    created = image.created_at.timestamp()
+    out.add("gcore_gpu_image_created_timestamp_seconds", created)
+    out.add("gcore_gpu_image_updated_timestamp_seconds", image.updated_at.timestamp())
+    out.add("gcore_gpu_image_age_seconds", max(0.0, now - created))
+    for tag in image.tags or ():
+        read_only = str(tag.read_only).lower()
+        tag_labels = (("key", tag.key), ("value", tag.value), ("read_only", read_only))
+        out.add("gcore_gpu_image_tag_info", 1, tag_labels)
+    return out.chunks()
+
+
+def render_health(
+    key: ImageKey,
+    *,
+    up: bool,
+    last_success: float | None = None,
+    errors: Mapping[Reason, int] | None = None,
+    last_error: Reason | None = None,
+) -> tuple[bytes, ...]:
+    """How fetching the image goes, one chunk per family of `HEALTH_FAMILIES`."""
+    out = _Lines(key, HEALTH_FAMILIES)
+    out.add("gcore_gpu_image_up", int(up))
+    if last_success is not None:
+        out.add("gcore_gpu_image_last_success_timestamp_seconds", last_success)
+    for reason, count in sorted((errors or {}).items()):
+        out.add("gcore_gpu_image_fetch_errors_total", count, (("reason", reason),))
+    if not up and last_error is not None:
+        out.add("gcore_gpu_image_last_error_info", 1, (("reason", last_error),))
+    return out.chunks()

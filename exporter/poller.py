@@ -22,13 +22,14 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter.client import FetchError, GcoreClient, Reason
-from exporter.collector import ImageView, render_image
+from exporter.collector import NO_VALUES, render_health, render_values
 from exporter.config import ImageKey, Scope, Targets
 from exporter.models import Image, Task
 from exporter.telemetry import Telemetry
 
 log = structlog.get_logger("exporter.poller")
 _OM_EOF: Final = b"# EOF\n"
+_YIELD_EVERY: Final = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,16 +48,17 @@ EMPTY_SNAPSHOT: Final = Snapshot(0, (), b"", b"", ready=False)
 
 @dataclass(slots=True)
 class _ImageState:
+    """What the poller remembers of one image: its rendered lines, not the API's model of it."""
+
     key: ImageKey
     explicit: bool
-    image: Image | None = None
     up: bool = False
     last_success: float | None = None
     errors: dict[Reason, int] = field(default_factory=dict)
     last_error: Reason | None = None
     lock_task_id: str | None = None
     lock_seen: float | None = None
-    task: Task | None = None
+    values: tuple[bytes, ...] = NO_VALUES
     rendered: tuple[bytes, ...] = ()
 
 
@@ -216,12 +218,17 @@ class Poller:
                 self._failed(state, exc, quiet=True)
             return False
         self._telemetry.discovery_up.labels(*labels).set(1)
-        tasks = await asyncio.gather(*(self._task_for(image) for image in listing.images))
+        locked = [image for image in listing.images if image.task_id is not None]
+        found = await asyncio.gather(*(self._task_for(image) for image in locked))
+        tasks = {image.id: task for image, task in zip(locked, found, strict=True)}
         seen: set[ImageKey] = set()
-        for image, task in zip(listing.images, tasks, strict=True):
+        for count, image in enumerate(listing.images, 1):
             key = ImageKey(scope, image.id)
             seen.add(key)
-            self._succeeded(self._states.get(key) or self._add_state(key), image, task)
+            state = self._states.get(key) or self._add_state(key)
+            self._succeeded(state, image, tasks.get(image.id))
+            if count % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let scrapes in between: a big listing renders for a while
         for image_id, problem in listing.invalid:
             log.warning(
                 "invalid image in listing",
@@ -269,7 +276,7 @@ class Poller:
 
     def _add_state(self, key: ImageKey, *, explicit: bool = False) -> _ImageState:
         state = _ImageState(key, explicit)
-        state.rendered = render_image(ImageView(key, self._now(), up=False))
+        self._render_health(state)
         self._states[key] = state
         return state
 
@@ -278,9 +285,14 @@ class Poller:
         if image.task_id != state.lock_task_id:
             state.lock_task_id = image.task_id
             state.lock_seen = now if image.task_id is not None else None
-        state.image, state.task, state.up = image, task, True
-        state.last_success, state.last_error = now, None
-        self._render(state, now)
+        lock_started = state.lock_seen
+        if task is not None and task.id == image.task_id and task.created_on is not None:
+            lock_started = task.created_on.timestamp()
+        state.values = render_values(
+            state.key, image, now=now, task=task, lock_started=lock_started
+        )
+        state.up, state.last_success, state.last_error = True, now, None
+        self._render_health(state)
 
     def _failed(self, state: _ImageState, error: FetchError, *, quiet: bool = False) -> None:
         now = self._now()
@@ -288,7 +300,7 @@ class Poller:
         state.errors[error.reason] = state.errors.get(error.reason, 0) + 1
         stale = state.last_success is None or now - state.last_success > self._stale_after
         if error.reason == "not_found" or stale:
-            state.image = state.task = None
+            state.values = NO_VALUES
             state.lock_task_id = state.lock_seen = None
         if not quiet:
             scope = state.key.scope
@@ -299,26 +311,17 @@ class Poller:
                 image_id=state.key.image_id,
                 **error.log_fields(),
             )
-        self._render(state, now)
+        self._render_health(state)
 
-    def _render(self, state: _ImageState, now: float) -> None:
-        lock_started = None
-        if state.image is not None and state.image.task_id is not None:
-            created = state.task.created_on if state.task is not None else None
-            lock_started = created.timestamp() if created is not None else state.lock_seen
-        state.rendered = render_image(
-            ImageView(
-                state.key,
-                now,
-                up=state.up,
-                image=state.image,
-                task=state.task,
-                lock_started=lock_started,
-                last_success=state.last_success,
-                errors=MappingProxyType(state.errors),
-                last_error=state.last_error,
-            )
+    def _render_health(self, state: _ImageState) -> None:
+        health = render_health(
+            state.key,
+            up=state.up,
+            last_success=state.last_success,
+            errors=MappingProxyType(state.errors),
+            last_error=state.last_error,
         )
+        state.rendered = state.values + health
         self._dirty.set()
 
     async def _publish_loop(self) -> None:

@@ -11,7 +11,7 @@ import pytest
 from conftest import parse_samples, require_binary
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
-from exporter.collector import ImageView, render_image
+from exporter.collector import NO_VALUES, render_health, render_values
 from exporter.config import ImageKey, Scope
 from exporter.exposition import render, wants_gzip, wants_openmetrics
 from exporter.models import Image, Task
@@ -42,7 +42,7 @@ def image(image_id: str, name: str, **fields: object) -> Image:
     return Image.model_validate(data)
 
 
-def views() -> list[ImageView]:
+def rendered() -> list[tuple[bytes, ...]]:
     task = Task.model_validate(
         {
             "id": "t-1",
@@ -51,38 +51,33 @@ def views() -> list[ImageView]:
             "created_on": "2026-06-01T11:30:00",
         }
     )
+    active, locked, odd, gone = (
+        ImageKey(SCOPE, f"img-{n}") for n in ("active", "locked", "odd", "gone")
+    )
     return [
-        ImageView(
-            ImageKey(SCOPE, "img-active"),
-            NOW,
-            up=True,
-            image=image("img-active", "base"),
-            last_success=NOW,
-        ),
-        ImageView(
-            ImageKey(SCOPE, "img-locked"),
-            NOW,
-            up=True,
-            image=image("img-locked", "uploading", status="saving", task_id="t-1", size=None),
+        render_values(active, image("img-active", "base"), now=NOW)
+        + render_health(active, up=True, last_success=NOW),
+        render_values(
+            locked,
+            image("img-locked", "uploading", status="saving", task_id="t-1", size=None),
+            now=NOW,
             task=task,
-            lock_started=task.created_on.timestamp() if task.created_on else None,
-            last_success=NOW,
-        ),
-        ImageView(
-            ImageKey(SCOPE, "img-odd"),
-            NOW,
+            lock_started=NOW - 1800,
+        )
+        + render_health(locked, up=True, last_success=NOW),
+        render_values(
+            odd, image("img-odd", 'q"uote\\back\nnew ünï', status="Quarantined", tags=[]), now=NOW
+        )
+        + render_health(
+            odd,
             up=False,
-            image=image("img-odd", 'q"uote\\back\nnew ünï', status="Quarantined", tags=[]),
             last_success=NOW - 60,
             errors={"server_error": 2},
             last_error="server_error",
         ),
-        ImageView(
-            ImageKey(SCOPE, "img-gone"),
-            NOW,
-            up=False,
-            errors={"not_found": 1, "timeout": 3},
-            last_error="not_found",
+        NO_VALUES
+        + render_health(
+            gone, up=False, errors={"not_found": 1, "timeout": 3}, last_error="not_found"
         ),
     ]
 
@@ -90,8 +85,7 @@ def views() -> list[ImageView]:
 def snapshot() -> Snapshot:
     own = b"# HELP gcore_exporter_images Images.\n# TYPE gcore_exporter_images gauge\n"
     own += b"gcore_exporter_images 4.0\n"
-    chunks = tuple(render_image(v) for v in views())
-    return Snapshot(1, chunks, own_text=own, own_openmetrics=own, ready=True)
+    return Snapshot(1, tuple(rendered()), own_text=own, own_openmetrics=own, ready=True)
 
 
 def test_exposition_matches_golden_file() -> None:
@@ -132,8 +126,8 @@ def test_rendered_values_follow_the_views() -> None:
 
 
 def test_lone_surrogate_in_a_name_does_not_break_rendering() -> None:
-    view = ImageView(ImageKey(SCOPE, "x"), NOW, up=True, image=image("x", "bad \ud800 name"))
-    assert b'name="bad ? name"' in b"".join(render_image(view))
+    chunks = render_values(ImageKey(SCOPE, "x"), image("x", "bad \ud800 name"), now=NOW)
+    assert b'name="bad ? name"' in b"".join(chunks)
 
 
 @pytest.mark.parametrize(
