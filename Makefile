@@ -19,7 +19,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/gcore-gpu-image-exporter --demo $(ARGS)
+	$(BIN)/gcore-gpu-image-exporter --demo --interval 5s $(ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

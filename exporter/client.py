@@ -87,8 +87,13 @@ class RetryPolicy:
 class RateGate:
     """Holds every request back until a 429's `Retry-After` has passed."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._clock = clock
+        self._sleep = sleep
         self._until = 0.0
 
     @property
@@ -101,7 +106,7 @@ class RateGate:
     async def wait(self) -> None:
         delay = self.remaining
         while delay > 0:  # a pause can be extended while we wait
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
             delay = self.remaining
 
 
@@ -255,8 +260,9 @@ class GcoreClient:
     def _pause(self, retry_after: str | None, attempt: int) -> None:
         seconds = _retry_after_seconds(retry_after)
         if seconds is None:
-            seconds = max(1.0, self._backoff(attempt + 1))
-        self.gate.pause(min(seconds, self._retry.max_pause))
+            seconds = self._backoff(attempt + 1)
+        # at least a second: a Retry-After of 0 or in the past must not turn into a tight loop
+        self.gate.pause(min(max(seconds, 1.0), self._retry.max_pause))
         self._telemetry.rate_limit_pauses.inc()
 
     def _backoff(self, attempt: int) -> float:

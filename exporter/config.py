@@ -53,7 +53,9 @@ class ConfigError(Exception):
 
 def parse_duration(value: Any) -> Any:
     """Seconds as a number, or a Prometheus duration such as `30s`, `5m`, `1h30m`, `500ms`."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if isinstance(value, bool):  # YAML's `yes` must not become a one-second interval
+        raise ValueError("not a duration: use seconds or a Prometheus duration like 30s, 5m, 1h")
+    if not isinstance(value, str | int | float):
         return value
     if isinstance(value, int | float):
         return float(value)
@@ -170,22 +172,31 @@ class Settings(BaseSettings):
             )
         return value.rstrip("/")
 
+    @field_validator("api_key")
+    @classmethod
+    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else SecretStr(_clean_key(value.get_secret_value()))
+
     @model_validator(mode="after")
     def _check_whole(self) -> Settings:
         if self.demo:
             return self
+        problems = []
         if self.api_key is not None and self.api_key_file is not None:
-            raise ValueError("set only one of GCORE_API_KEY and GCORE_API_KEY_FILE")
+            problems.append("set only one of GCORE_API_KEY and GCORE_API_KEY_FILE")
         if self.api_key is None and self.api_key_file is None:
-            raise ValueError("an API key is required: set GCORE_API_KEY or GCORE_API_KEY_FILE")
+            problems.append("an API key is required: set GCORE_API_KEY or GCORE_API_KEY_FILE")
         if not self.targets:
-            raise ValueError("no targets: give --target, GCORE_EXPORTER_TARGETS or `targets`")
-        bare = [t for t in self.targets if "/" not in t]
-        if bare and (self.project_id is None or self.region_id is None):
-            raise ValueError(
-                f"target {bare[0]!r} has no project/region: write PROJECT/REGION/{bare[0]} "
+            problems.append("no targets: give --target, GCORE_EXPORTER_TARGETS or `targets`")
+        if self.project_id is None or self.region_id is None:
+            problems.extend(
+                f"target {t!r} has no project/region: write PROJECT/REGION/{t} "
                 "or set GCORE_CLOUD_PROJECT_ID and GCORE_CLOUD_REGION_ID"
+                for t in self.targets
+                if "/" not in t
             )
+        if problems:
+            raise ValueError("\n".join(problems))  # load_settings reports one line each
         return self
 
     @property
@@ -216,15 +227,16 @@ class Settings(BaseSettings):
             return self.api_key
         if self.api_key_file is None:
             raise ConfigError(["an API key is required: set GCORE_API_KEY or GCORE_API_KEY_FILE"])
+        where = f"GCORE_API_KEY_FILE: {str(self.api_key_file)!r}"
         try:
-            key = self.api_key_file.read_text(encoding="utf-8").strip()
+            text = self.api_key_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            detail = exc.strerror if isinstance(exc, OSError) else None
-            msg = f"GCORE_API_KEY_FILE: cannot read {str(self.api_key_file)!r}: {detail or exc}"
-            raise ConfigError([msg]) from None
-        if not key:
-            raise ConfigError([f"GCORE_API_KEY_FILE: {str(self.api_key_file)!r} is empty"])
-        return SecretStr(key)
+            detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError([f"{where}: cannot read: {detail or exc}"]) from None
+        try:
+            return SecretStr(_clean_key(text))
+        except ValueError as exc:
+            raise ConfigError([f"{where}: {exc}"]) from None
 
     def describe(self) -> dict[str, Any]:
         """Resolved settings for `--check-config`, secret masked."""
@@ -266,24 +278,57 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _clean_key(key: str) -> str:
+    """Strip what secret files and `--from-file` secrets add; refuse what no header can carry."""
+    key = key.strip()
+    if not key:
+        raise ValueError("the API key is empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise ValueError("the API key contains control characters")
+    return key
+
+
+# Keys a config file may hold: secrets, endpoint and mode stay in flags and the environment.
+YAML_KEYS = frozenset(
+    {"targets", "interval", "timeout", "concurrency", "stale_after", "listen"}
+    | {"log_level", "log_format"}
+)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    where = f"config: {str(path)!r}"
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError([f"config: cannot read {str(path)!r}: {exc.strerror or exc}"]) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        detail = " ".join(str(exc).split())
-        raise ConfigError([f"config: {str(path)!r} is not valid YAML: {detail}"]) from None
+        raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{where}: not UTF-8 text"]) from None
+    except yaml.YAMLError as exc:
+        # Only PyYAML's problem and position: its snippet of the line could quote a secret.
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{where} is not valid YAML: {problem}{at}"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError([f"config: {str(path)!r} must hold a mapping of settings"])
+        raise ConfigError([f"{where} must hold a mapping of settings"])
     if "config" in data:
-        raise ConfigError([f"config: {str(path)!r}: `config` cannot be set inside a config file"])
+        raise ConfigError([f"{where}: `config` cannot be set inside a config file"])
+    refused = sorted(str(k) for k in data if k not in YAML_KEYS and str(k) in _ENV_ONLY)
+    if refused:
+        raise ConfigError(
+            [f"{where}: {key} belongs in the environment, not a config file" for key in refused]
+        )
     return data
 
 
 _SECRET_FIELDS = {"api_key", "GCORE_API_KEY"}
+_ENV_ONLY = frozenset(
+    {"demo", "api_key", "api_key_file", "base_url", "project_id", "region_id"}
+    | {"GCORE_API_KEY", "GCORE_API_KEY_FILE", "GCORE_BASE_URL"}
+    | {"GCORE_CLOUD_PROJECT_ID", "GCORE_CLOUD_REGION_ID"}
+)
 
 
 def load_settings(**cli: Any) -> Settings:
@@ -292,7 +337,8 @@ def load_settings(**cli: Any) -> Settings:
     try:
         return Settings(**given)
     except ValidationError as exc:
-        raise ConfigError([_describe_error(err) for err in exc.errors()]) from None
+        problems = [line for err in exc.errors() for line in _describe_error(err).splitlines()]
+        raise ConfigError(problems) from None
 
 
 def _describe_error(err: Any) -> str:

@@ -154,9 +154,16 @@ class Poller:
             await self._round_done.wait_for(lambda: self.rounds_completed >= count)
 
     async def _run_target(self, target: ImageKey | Scope) -> bool:
-        if isinstance(target, ImageKey):
-            return await self._fetch_image(target)
-        return await self._discover(target)
+        try:
+            if isinstance(target, ImageKey):
+                return await self._fetch_image(target)
+            return await self._discover(target)
+        except Exception as exc:  # a bug must cost one fetch, never the poll loop
+            log.exception("unexpected error while polling", target=repr(target))
+            if isinstance(target, ImageKey):
+                problem = FetchError("invalid_response", f"unexpected {type(exc).__name__}")
+                self._failed(self._states[target], problem, quiet=True)
+            return False
 
     async def _finish_round(
         self, number: int, jobs: list[asyncio.Task[bool]], skipped: int

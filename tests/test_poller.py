@@ -131,3 +131,21 @@ async def test_wait_for_rounds_returns_after_n_rounds(
     await poller.wait_for_rounds(3)
     assert poller.rounds_completed == 3
     assert poller.snapshot.ready
+
+
+async def test_unexpected_error_costs_one_fetch_not_the_loop(
+    fake: FakeGcore, fake_url: str, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.put_image(1, 2, make_image(KEY.image_id, "x"))
+    poller = make_poller(session, fake_url, Targets((KEY,), ()), Clock())
+
+    async def broken(key: ImageKey) -> None:
+        raise RuntimeError("bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GcoreClient, "get_image", broken)
+        result = await poller.run_once()
+    assert (result.ok, result.failed) == (0, 1)
+    s = scrape(poller)
+    assert value(s, "gcore_gpu_image_last_error_info", reason="invalid_response") == 1
+    assert (await poller.run_once()).ok == 1

@@ -1,0 +1,534 @@
+"""Settings: durations, precedence of flags/env/YAML/defaults, targets, problems, secrets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.config import (
+    ConfigError,
+    ImageKey,
+    Scope,
+    Settings,
+    listen_address,
+    load_settings,
+    parse_duration,
+)
+
+API_KEY = "sekrit-93be0f1a-API-KEY"
+IMG = "f0e1d2c3-aaaa-4bbb-8ccc-0123456789ab"
+IMG2 = "f0e1d2c3-aaaa-4bbb-8ccc-000000000002"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("GCORE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def keyed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GCORE_API_KEY", API_KEY)
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def problems(**cli: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(**cli)
+    assert str(info.value) == "\n".join(info.value.problems)
+    return info.value.problems
+
+
+def valid(**cli: Any) -> Settings:
+    """Settings from `cli` over a minimal valid configuration (key set by `keyed`)."""
+    return load_settings(**{"targets": ["7/11"], **cli})
+
+
+# --- durations -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("500ms", 0.5),
+        ("1d", 86400.0),
+        ("90", 90.0),
+        ("2.5", 2.5),
+        (" 45s ", 45.0),
+        (45, 45.0),
+        (2.5, 2.5),
+    ],
+)
+def test_parse_duration_accepts_seconds_and_prometheus_durations(
+    text: str | float, seconds: float
+) -> None:
+    assert parse_duration(text) == seconds
+    assert isinstance(parse_duration(text), float)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30.0), ("1h30m", 5400.0), (45, 45.0)])
+def test_durations_apply_to_settings(keyed: None, text: str | float, seconds: float) -> None:
+    settings = valid(interval=text, timeout=text, stale_after=text)
+    assert (settings.interval, settings.timeout, settings.stale_after) == (seconds,) * 3
+
+
+@pytest.mark.parametrize("text", ["abc", "5x", "", "   ", "1.5h", "m5", "5 m"])
+def test_parse_duration_rejects_what_is_not_a_duration(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["abc", "5x", ""])
+def test_bad_duration_is_a_problem_naming_option_and_value(keyed: None, text: str) -> None:
+    assert problems(targets=["7/11"], interval=text) == [
+        f"interval: not a duration: use seconds or a Prometheus duration like 30s, 5m, 1h "
+        f"(got {text!r})"
+    ]
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "0s", 0, -1.5, "nan", "inf"])
+def test_duration_must_be_positive_and_finite(keyed: None, value: str | float) -> None:
+    (line,) = problems(targets=["7/11"], interval=value)
+    assert line.startswith("interval: ")
+    assert f"(got {value!r})" in line
+
+
+def test_boolean_is_not_a_duration(keyed: None, tmp_path: Path) -> None:
+    # `interval: yes` in YAML is True, which must not become a 1 s poll interval
+    config = tmp_path / "config.yaml"
+    config.write_text("targets: [7/11]\ninterval: yes\n", encoding="utf-8")
+    (line,) = problems(config=str(config))
+    assert line.startswith("interval: ")
+
+
+# --- precedence ----------------------------------------------------------------------------------
+
+
+def test_interval_precedence_flag_over_env_over_yaml_over_default(
+    keyed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert valid().interval == 60.0
+    config = write_yaml(tmp_path / "config.yaml", {"interval": "2m"})
+    assert valid(config=str(config)).interval == 120.0
+    monkeypatch.setenv("GCORE_EXPORTER_INTERVAL", "30s")
+    assert valid(config=str(config)).interval == 30.0
+    assert valid(config=str(config), interval="10s").interval == 10.0
+
+
+def test_targets_precedence_flag_over_env_over_yaml(
+    keyed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_yaml(tmp_path / "config.yaml", {"targets": ["1/1"]})
+    assert load_settings(config=str(config)).targets == ("1/1",)
+    monkeypatch.setenv("GCORE_EXPORTER_TARGETS", "2/2")
+    assert load_settings(config=str(config)).targets == ("2/2",)
+    assert load_settings(config=str(config), targets=["3/3"]).targets == ("3/3",)
+
+
+def test_config_file_can_come_from_environment(
+    keyed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from_env = write_yaml(tmp_path / "env.yaml", {"targets": ["1/1"], "interval": "5m"})
+    from_flag = write_yaml(tmp_path / "flag.yaml", {"targets": ["2/2"], "interval": "7m"})
+    monkeypatch.setenv("GCORE_EXPORTER_CONFIG", str(from_env))
+    settings = load_settings()
+    assert (settings.targets, settings.interval) == (("1/1",), 300.0)
+    settings = load_settings(config=str(from_flag))
+    assert (settings.targets, settings.interval) == (("2/2",), 420.0)
+
+
+def test_unset_flags_do_not_override(keyed: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GCORE_EXPORTER_INTERVAL", "30s")
+    assert valid(interval=None).interval == 30.0
+
+
+def test_empty_yaml_file_means_defaults(keyed: None, tmp_path: Path) -> None:
+    config = tmp_path / "empty.yaml"
+    config.write_text("", encoding="utf-8")
+    assert valid(config=str(config)).interval == 60.0
+
+
+# --- targets -------------------------------------------------------------------------------------
+
+
+def test_env_targets_are_comma_separated_with_spaces(
+    keyed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GCORE_EXPORTER_TARGETS", f" 7/11 , 7/12/{IMG} ,, 8/9/ ")
+    assert load_settings().targets == ("7/11", f"7/12/{IMG}", "8/9/")
+
+
+def test_target_forms_resolve_to_images_and_scopes(
+    keyed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GCORE_CLOUD_PROJECT_ID", "5")
+    monkeypatch.setenv("GCORE_CLOUD_REGION_ID", "6")
+    settings = load_settings(targets=[f"7/11/{IMG}", "8/12", IMG2])
+    resolved = settings.resolved_targets()
+    assert resolved.images == (ImageKey(Scope(7, 11), IMG), ImageKey(Scope(5, 6), IMG2))
+    assert resolved.scopes == (Scope(8, 12),)
+
+
+def test_bare_image_id_without_project_and_region_is_a_problem_naming_it(keyed: None) -> None:
+    (line,) = problems(targets=["7/11", IMG2])
+    assert IMG2 in line
+    assert "GCORE_CLOUD_PROJECT_ID" in line
+    assert "GCORE_CLOUD_REGION_ID" in line
+
+
+def test_bare_image_id_with_only_a_project_is_a_problem(
+    keyed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GCORE_CLOUD_PROJECT_ID", "5")
+    (line,) = problems(targets=[IMG2])
+    assert IMG2 in line
+
+
+@pytest.mark.parametrize("spec", ["7/x/img", "7/11/img/extra", "/7/11", "7//img", "-bad"])
+def test_malformed_target_is_a_problem_naming_it(keyed: None, spec: str) -> None:
+    (line,) = problems(targets=["7/11", spec])
+    assert line.startswith("targets.1: not a target")
+    assert f"(got {spec!r})" in line
+
+
+def test_images_inside_a_discovered_scope_are_dropped_and_duplicates_removed(
+    keyed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GCORE_CLOUD_PROJECT_ID", "7")
+    monkeypatch.setenv("GCORE_CLOUD_REGION_ID", "11")
+    settings = load_settings(
+        targets=[
+            f"7/11/{IMG}",  # covered by 7/11 below
+            IMG2,  # bare: 7/11 too, covered
+            f"8/12/{IMG}",
+            f"8/12/{IMG}",  # duplicate
+            "7/11",
+            "7/11/",  # same scope again
+            "9/13",
+        ]
+    )
+    resolved = settings.resolved_targets()
+    assert resolved.images == (ImageKey(Scope(8, 12), IMG),)
+    assert resolved.scopes == (Scope(7, 11), Scope(9, 13))
+
+
+def test_no_targets_is_a_problem(keyed: None) -> None:
+    (line,) = problems()
+    assert "targets" in line
+
+
+# --- problems reported ---------------------------------------------------------------------------
+
+
+def test_several_problems_give_one_line_each_naming_option_and_value(keyed: None) -> None:
+    lines = problems(
+        targets=["7/11"],
+        interval="soon",
+        concurrency=0,
+        listen="nowhere",
+        log_level="loud",
+    )
+    assert len(lines) == 4
+    expected = {
+        "interval": "'soon'",
+        "concurrency": "0",
+        "listen": "'nowhere'",
+        "log_level": "'loud'",
+    }
+    for option, shown in expected.items():
+        (line,) = [line for line in lines if line.startswith(f"{option}: ")]
+        assert line.endswith(f"(got {shown})")
+    assert all("\n" not in line for line in lines)
+
+
+def test_cross_field_problems_are_all_reported() -> None:
+    # no API key and no targets: two problems, two lines
+    lines = problems()
+    assert len(lines) == 2
+    assert any("GCORE_API_KEY" in line for line in lines)
+    assert any("targets" in line for line in lines)
+
+
+def test_unknown_yaml_key_is_an_unknown_setting(keyed: None, tmp_path: Path) -> None:
+    config = write_yaml(tmp_path / "config.yaml", {"targets": ["7/11"], "intervall": "5m"})
+    assert problems(config=str(config)) == ["intervall: unknown setting"]
+
+
+def test_unknown_flag_is_an_unknown_setting(keyed: None) -> None:
+    assert problems(targets=["7/11"], colour="blue") == ["colour: unknown setting"]
+
+
+def test_yaml_that_is_not_a_mapping_is_one_line(keyed: None, tmp_path: Path) -> None:
+    config = write_yaml(tmp_path / "config.yaml", ["7/11", "8/12"])
+    (line,) = problems(config=str(config))
+    assert line.startswith("config: ")
+    assert str(config) in line
+    assert "mapping" in line
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_unreadable_config_file_is_one_line(keyed: None, tmp_path: Path, kind: str) -> None:
+    config = tmp_path / "missing.yaml" if kind == "missing" else tmp_path
+    (line,) = problems(config=str(config))
+    assert line.startswith(f"config: {str(config)!r}: cannot read: ")
+
+
+def test_broken_yaml_is_one_line(keyed: None, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("targets: [7/11\ninterval: 5m\n", encoding="utf-8")
+    (line,) = problems(config=str(config))
+    assert line.startswith(f"config: {str(config)!r} is not valid YAML")
+    assert "\n" not in line
+
+
+def test_config_inside_yaml_is_refused(keyed: None, tmp_path: Path) -> None:
+    other = write_yaml(tmp_path / "other.yaml", {"targets": ["7/11"]})
+    config = write_yaml(tmp_path / "config.yaml", {"config": str(other)})
+    (line,) = problems(config=str(config))
+    assert line.startswith("config: ")
+    assert "`config` cannot be set inside a config file" in line
+
+
+# --- base URL ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://api.gcore.com",
+        "http://10.0.0.1:8080",
+        "http://localhost.example.com",
+        "http://[::2]",
+    ],
+)
+def test_plain_http_base_url_is_refused(
+    keyed: None, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("GCORE_BASE_URL", url)
+    (line,) = problems(targets=["7/11"])
+    assert line.startswith("GCORE_BASE_URL: plain http")
+    assert f"(got {url!r})" in line
+
+
+@pytest.mark.parametrize(
+    ("url", "stored"),
+    [
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("http://[::1]:8080/", "http://[::1]:8080"),
+        ("http://localhost:8080", "http://localhost:8080"),
+        ("https://api.gcore.com/", "https://api.gcore.com"),
+        ("https://eu.example.com:8443", "https://eu.example.com:8443"),
+    ],
+)
+def test_https_or_loopback_http_base_url_is_accepted(
+    keyed: None, monkeypatch: pytest.MonkeyPatch, url: str, stored: str
+) -> None:
+    monkeypatch.setenv("GCORE_BASE_URL", url)
+    assert valid().base_url == stored
+
+
+@pytest.mark.parametrize("url", ["ftp://api.gcore.com", "api.gcore.com", "https://"])
+def test_base_url_that_is_not_http_is_refused(
+    keyed: None, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("GCORE_BASE_URL", url)
+    (line,) = problems(targets=["7/11"])
+    assert line.startswith("GCORE_BASE_URL: ")
+
+
+# --- API key -------------------------------------------------------------------------------------
+
+
+def test_api_key_is_required() -> None:
+    (line,) = problems(targets=["7/11"])
+    assert "API key is required" in line
+    assert "GCORE_API_KEY" in line
+
+
+def test_demo_needs_no_api_key_nor_targets() -> None:
+    settings = load_settings(demo=True)
+    assert settings.demo is True
+    assert settings.api_key is None
+
+
+def test_api_key_from_environment(keyed: None) -> None:
+    assert valid().read_api_key().get_secret_value() == API_KEY
+
+
+def test_api_key_and_key_file_together_are_refused(
+    keyed: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY, encoding="utf-8")
+    monkeypatch.setenv("GCORE_API_KEY_FILE", str(key_file))
+    (line,) = problems(targets=["7/11"])
+    assert "set only one of GCORE_API_KEY and GCORE_API_KEY_FILE" in line
+    assert API_KEY not in line
+
+
+def test_key_file_is_read_and_stripped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(f"  {API_KEY}\n\n", encoding="utf-8")
+    monkeypatch.setenv("GCORE_API_KEY_FILE", str(key_file))
+    settings = valid()
+    assert settings.read_api_key().get_secret_value() == API_KEY
+    assert settings.describe()["api_key"] == "**********"
+
+
+@pytest.mark.parametrize("content", [None, "", " \n\t\n"])
+def test_missing_or_empty_key_file_is_a_config_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str | None
+) -> None:
+    key_file = tmp_path / "key"
+    if content is not None:
+        key_file.write_text(content, encoding="utf-8")
+    monkeypatch.setenv("GCORE_API_KEY_FILE", str(key_file))
+    settings = valid()
+    with pytest.raises(ConfigError) as info:
+        settings.read_api_key()
+    (line,) = info.value.problems
+    assert line.startswith("GCORE_API_KEY_FILE: ")
+    assert str(key_file) in line
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\n"])
+def test_empty_api_key_in_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("GCORE_API_KEY", value)
+    with pytest.raises(ConfigError) as info:
+        valid().read_api_key()
+    assert any("GCORE_API_KEY" in line for line in info.value.problems)
+
+
+def test_api_key_from_environment_is_stripped_like_the_key_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a Kubernetes secret made with `--from-file` usually ends in a newline, which aiohttp
+    # refuses in a header with a ValueError that is no FetchError
+    monkeypatch.setenv("GCORE_API_KEY", f"{API_KEY}\n")
+    assert valid().read_api_key().get_secret_value() == API_KEY
+
+
+def test_api_key_never_appears_in_repr_str_or_describe(keyed: None) -> None:
+    settings = valid()
+    assert settings.read_api_key().get_secret_value() == API_KEY  # it is really set
+    for text in (repr(settings), str(settings), repr(settings.describe())):
+        assert API_KEY not in text
+    assert settings.describe()["api_key"] == "**********"
+
+
+def test_api_key_never_appears_in_problems_about_other_options(keyed: None) -> None:
+    lines = problems(targets=["7/11", "7/x"], interval="soon", listen="nowhere")
+    assert len(lines) == 3
+    assert all(API_KEY not in line for line in lines)
+
+
+def test_api_key_never_appears_in_problems_about_the_key_itself(tmp_path: Path) -> None:
+    config = write_yaml(tmp_path / "config.yaml", {"targets": ["7/11"], "GCORE_API_KEY": [API_KEY]})
+    (line,) = problems(config=str(config))
+    assert line.endswith("GCORE_API_KEY belongs in the environment, not a config file")
+    assert API_KEY not in line
+    (line,) = problems(targets=["7/11"], GCORE_API_KEY={"key": API_KEY})
+    assert line.startswith("GCORE_API_KEY: ")
+    assert API_KEY not in line
+
+
+def test_secrets_and_endpoint_are_refused_in_a_config_file(tmp_path: Path) -> None:
+    config = write_yaml(
+        tmp_path / "config.yaml",
+        {"targets": ["7/11"], "api_key": API_KEY, "GCORE_BASE_URL": "https://x.example"},
+    )
+    lines = problems(config=str(config))
+    assert [line.rsplit(": ", 1)[1] for line in lines] == [
+        "GCORE_BASE_URL belongs in the environment, not a config file",
+        "api_key belongs in the environment, not a config file",
+    ]
+    assert all(API_KEY not in line for line in lines)
+
+
+def test_api_key_never_appears_in_a_broken_yaml_problem(tmp_path: Path) -> None:
+    # the YAML source accepts GCORE_API_KEY; a syntax error near it must not echo the line
+    config = tmp_path / "config.yaml"
+    config.write_text(f'targets: [7/11]\nGCORE_API_KEY: "{API_KEY}\n', encoding="utf-8")
+    (line,) = problems(config=str(config))
+    assert "is not valid YAML" in line
+    assert API_KEY not in line
+
+
+# --- listen, stale_after, concurrency, log level -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        (":10150", (None, 10150)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+        ("exporter.local:8080", ("exporter.local", 8080)),
+    ],
+)
+def test_listen_address_parses(text: str, address: tuple[str | None, int]) -> None:
+    assert listen_address(text) == address
+
+
+@pytest.mark.parametrize("text", ["host", "host:99999", "host:", ":-1", "host:http", "", "[::1]"])
+def test_listen_address_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        listen_address(text)
+
+
+def test_bad_listen_is_a_problem_naming_it(keyed: None) -> None:
+    (line,) = problems(targets=["7/11"], listen="host:99999")
+    assert line.startswith("listen: ")
+    assert "(got 'host:99999')" in line
+
+
+def test_stale_after_defaults_to_five_intervals(keyed: None) -> None:
+    assert valid().effective_stale_after == 300.0
+    assert valid(interval="30s").effective_stale_after == 150.0
+    assert valid(interval="30s").describe()["stale_after"] == 150.0
+    assert valid(interval="30s", stale_after="1m").effective_stale_after == 60.0
+
+
+@pytest.mark.parametrize("value", [1, 256, "8"])
+def test_concurrency_within_bounds_is_accepted(keyed: None, value: int | str) -> None:
+    assert valid(concurrency=value).concurrency == int(value)
+
+
+@pytest.mark.parametrize("value", [0, 257, -1, 2.5, "many"])
+def test_concurrency_out_of_bounds_is_refused(keyed: None, value: Any) -> None:
+    (line,) = problems(targets=["7/11"], concurrency=value)
+    assert line.startswith("concurrency: ")
+    assert f"(got {value!r})" in line
+
+
+@pytest.mark.parametrize("value", ["DEBUG", "Warning", "error", "Info"])
+def test_log_level_is_case_insensitive(keyed: None, value: str) -> None:
+    assert valid(log_level=value).log_level == value.lower()
+
+
+def test_log_level_from_environment_is_case_insensitive(
+    keyed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GCORE_EXPORTER_LOG_LEVEL", "ERROR")
+    assert valid().log_level == "error"
+
+
+def test_unknown_log_level_is_refused(keyed: None) -> None:
+    (line,) = problems(targets=["7/11"], log_level="verbose")
+    assert line.startswith("log_level: ")
+    assert "(got 'verbose')" in line
