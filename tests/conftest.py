@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -30,17 +29,6 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("GCORE_"):
             monkeypatch.delenv(name)
-
-
-def require_binary(name: str) -> str:
-    """Path of a tool the tests need: missing fails in CI (CI=true) and skips elsewhere."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not installed (Debian package `prometheus`; .ci/run installs it)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 async def wait_until(

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import API_KEY, parse_samples, require_binary, value, wait_until
+from conftest import API_KEY, parse_samples, value, wait_until
+from tooling import require_tool
 
 from exporter.fakeapi import FakeGcore, make_image, make_task
 
@@ -181,7 +182,7 @@ async def test_api_key_never_appears_in_logs_at_debug(fake: FakeGcore, fake_url:
 
 
 async def test_demo_serves_metrics_that_promtool_accepts(tmp_path: Path) -> None:
-    promtool = require_binary("promtool")
+    promtool = require_tool("promtool", "apt-get install prometheus")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GCORE_")}
     async with serving("--demo", env=env) as (_, url), aiohttp.ClientSession() as http:
 

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import parse_samples, require_binary
+from conftest import parse_samples
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from tooling import require_tool
 
 from exporter.collector import NO_VALUES, render_health, render_values
 from exporter.config import ImageKey, Scope
@@ -96,7 +97,7 @@ def test_exposition_matches_golden_file() -> None:
 
 
 def test_golden_file_passes_promtool_check_metrics() -> None:
-    promtool = require_binary("promtool")
+    promtool = require_tool("promtool", "apt-get install prometheus")
     result = subprocess.run(
         [promtool, "check", "metrics"], input=GOLDEN.read_bytes(), capture_output=True, check=False
     )

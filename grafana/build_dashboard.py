@@ -1,0 +1,1086 @@
+#!/usr/bin/env python3
+"""Builds grafana/gcore-gpu-images.json (stdlib only), so its ~25 panels stay consistent.
+
+The JSON is the artefact people import; this script is its source. Edit here, then run
+`python grafana/build_dashboard.py` (writes the file) or `--check` (fails if it is out of date;
+the e2e tests run the check too). The README says what each panel means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+OUTPUT = Path(__file__).resolve().parent / "gcore-gpu-images.json"
+UID = "gcore-gpu-images"
+RUNBOOK = (
+    "https://github.com/gcore-gpu-image-exporter/gcore-gpu-image-exporter/blob/main/docs/runbook.md"
+)
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+# Label selectors. Per-image series carry job/instance (from the scrape) and the image key.
+KEY = "project_id, region_id, image_id"
+SCRAPE_KEY = f"job, instance, {KEY}"
+KEY_COLUMNS = ("project_id", "region_id", "image_id")
+EXP = 'job=~"$job", instance=~"$instance"'
+SCOPE = f'{EXP}, project_id=~"$project_id", region_id=~"$region_id"'
+IMG = f'{SCOPE}, image_id=~"$image"'
+# Alerts without a label (e.g. ExporterDown from absent()) must survive a concrete selection.
+ALERTS = (
+    'alertname=~"GcoreGpuImage.*", job=~"$job|", instance=~"$instance|",'
+    ' project_id=~"$project_id|", region_id=~"$region_id|", image_id=~"$image|"'
+)
+
+KNOWN_STATUSES = (
+    "active",
+    "queued",
+    "saving",
+    "uploading",
+    "importing",
+    "killed",
+    "deleted",
+    "pending_delete",
+    "deactivated",
+)
+TRANSITIONAL = ("queued", "saving", "uploading", "importing")
+STATUS_COLORS = {
+    "active": "green",
+    "queued": "blue",
+    "saving": "blue",
+    "uploading": "blue",
+    "importing": "blue",
+    "killed": "red",
+    "deleted": "red",
+    "pending_delete": "orange",
+    "deactivated": "orange",
+    "unknown": "purple",
+}
+INFO_COLUMNS = (
+    "name",
+    "os_distro",
+    "os_version",
+    "architecture",
+    "gpu_driver_version",
+    "cuda_toolkit_version",
+    "visibility",
+)
+
+
+def names(selector: str) -> str:
+    """One series per image labelled with its name; an image without info (404, never fetched)
+    gets its image_id as name, so joins never drop it."""
+    return (
+        f"max by ({KEY}, name) (\n"
+        f"  gcore_gpu_image_info{{{selector}}}\n"
+        f"  or on ({KEY})\n"
+        f'  label_replace(gcore_gpu_image_up{{{selector}}}, "name", "$1", "image_id", "(.+)")\n'
+        ")"
+    )
+
+
+NAMES = names(IMG)
+
+
+def named(expr: str, extra: str = "") -> str:
+    """`expr` per image (deduplicated across exporters) with the image's name as a label."""
+    by = f"{KEY}, name" + (f", {extra}" if extra else "")
+    return f"max by ({by}) (\n  ({expr})\n  * on ({KEY}) group_left (name)\n  {NAMES}\n)"
+
+
+# --- field config helpers ---------------------------------------------------------------------
+
+
+def steps(*pairs: tuple[float | None, str]) -> dict[str, Any]:
+    return {
+        "mode": "absolute",
+        "steps": [{"color": color, "value": value} for value, color in pairs],
+    }
+
+
+GREEN = steps((None, "green"))
+ANY_IS_BAD = steps((None, "green"), (1, "red"))
+
+
+def value_map(mapping: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
+    """Grafana value mappings: raw value -> (display text, colour)."""
+    return [
+        {
+            "type": "value",
+            "options": {
+                raw: {"text": text, "color": color, "index": i}
+                for i, (raw, (text, color)) in enumerate(mapping.items())
+            },
+        }
+    ]
+
+
+STATUS_TEXT_MAP = value_map({s: (s, c) for s, c in STATUS_COLORS.items()})
+STATUS_CODES = {status: i + 1 for i, status in enumerate(KNOWN_STATUSES)}
+STATUS_CODES["unknown"] = len(KNOWN_STATUSES) + 1
+STATUS_CODE_MAP = value_map({str(STATUS_CODES[s]): (s, c) for s, c in STATUS_COLORS.items()})
+TASK_STATE_MAP = value_map(
+    {
+        "ERROR": ("ERROR", "red"),
+        "RUNNING": ("RUNNING", "blue"),
+        "NEW": ("NEW", "blue"),
+        "FINISHED": ("FINISHED", "green"),
+        "": ("unknown (task lookup failed)", "orange"),
+    }
+)
+
+
+def override(name: str, *props: tuple[str, Any], regex: bool = False) -> dict[str, Any]:
+    return {
+        "matcher": {"id": "byRegexp" if regex else "byName", "options": name},
+        "properties": [{"id": key, "value": value} for key, value in props],
+    }
+
+
+def fixed_color(name: str, color: str, *, regex: bool = False) -> dict[str, Any]:
+    return override(name, ("color", {"mode": "fixed", "fixedColor": color}), regex=regex)
+
+
+def column(name: str, display: str, unit: str | None = None, **extra: Any) -> dict[str, Any]:
+    props: list[tuple[str, Any]] = [("displayName", display)]
+    if unit:
+        props.append(("unit", unit))
+    props.extend(extra.items())
+    return override(name, *props)
+
+
+def colored_text(mappings: list[dict[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    return (("custom.cellOptions", {"type": "color-text"}), ("mappings", mappings))
+
+
+def organize(
+    exclude: tuple[str, ...] = (), order: tuple[str, ...] = (), rename: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "id": "organize",
+        "options": {
+            "excludeByName": dict.fromkeys(exclude, True),
+            "indexByName": {name: i for i, name in enumerate(order)},
+            "renameByName": rename or {},
+        },
+    }
+
+
+# --- panels -----------------------------------------------------------------------------------
+
+
+def target(
+    expr: str, ref: str = "A", legend: str = "", *, instant: bool = False, table: bool = False
+) -> dict[str, Any]:
+    return {
+        "datasource": DS,
+        "refId": ref,
+        "expr": expr,
+        "legendFormat": legend or "__auto",
+        "range": not instant,
+        "instant": instant,
+        "format": "table" if table else "time_series",
+        "editorMode": "code",
+    }
+
+
+def panel(
+    kind: str,
+    title: str,
+    description: str,
+    targets: list[dict[str, Any]],
+    size: tuple[int, int],
+    *,
+    unit: str | None = None,
+    thresholds: dict[str, Any] | None = None,
+    mappings: list[dict[str, Any]] | None = None,
+    overrides: list[dict[str, Any]] | None = None,
+    options: dict[str, Any] | None = None,
+    custom: dict[str, Any] | None = None,
+    transformations: list[dict[str, Any]] | None = None,
+    color_mode: str = "thresholds",
+    extra_defaults: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    defaults: dict[str, Any] = {
+        "color": {"mode": color_mode},
+        "thresholds": thresholds or GREEN,
+        "mappings": mappings or [],
+    }
+    if unit:
+        defaults["unit"] = unit
+    if custom:
+        defaults["custom"] = custom
+    defaults.update(extra_defaults or {})
+    out: dict[str, Any] = {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "gridPos": {"w": size[0], "h": size[1]},
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
+        "options": options or {},
+    }
+    if transformations:
+        out["transformations"] = transformations
+    return out
+
+
+def stat(
+    title: str,
+    description: str,
+    targets: list[dict[str, Any]],
+    width: int,
+    *,
+    unit: str = "short",
+    thresholds: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    return panel(
+        "stat",
+        title,
+        description,
+        targets,
+        (width, 4),
+        unit=unit,
+        thresholds=thresholds,
+        options={
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "orientation": "auto",
+            "textMode": "auto",
+            "colorMode": "background",
+            "graphMode": "none",
+            "justifyMode": "auto",
+            "wideLayout": True,
+            "showPercentChange": False,
+        },
+        **kwargs,
+    )
+
+
+TABLE_CUSTOM = {
+    "align": "auto",
+    "cellOptions": {"type": "auto"},
+    "inspect": False,
+    "filterable": True,
+}
+
+
+def table(
+    title: str,
+    description: str,
+    targets: list[dict[str, Any]],
+    size: tuple[int, int],
+    *,
+    sort_by: str | None = None,
+    desc: bool = True,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "showHeader": True,
+        "cellHeight": "sm",
+        "footer": {"show": False, "reducer": ["sum"], "fields": "", "countRows": False},
+    }
+    if sort_by:
+        options["sortBy"] = [{"displayName": sort_by, "desc": desc}]
+    return panel(
+        "table", title, description, targets, size, custom=TABLE_CUSTOM, options=options, **kwargs
+    )
+
+
+def timeseries(
+    title: str,
+    description: str,
+    targets: list[dict[str, Any]],
+    size: tuple[int, int],
+    *,
+    stack: bool = False,
+    bars: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    custom = {
+        "drawStyle": "bars" if bars else "line",
+        "lineInterpolation": "linear",
+        "lineWidth": 1,
+        "fillOpacity": 80 if bars else 10,
+        "gradientMode": "none",
+        "showPoints": "never",
+        "pointSize": 4,
+        "spanNulls": False,
+        "axisPlacement": "auto",
+        "axisSoftMin": 0,
+        "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+        "thresholdsStyle": {"mode": "off"},
+    }
+    options = {
+        "legend": {
+            "displayMode": "table",
+            "placement": "right",
+            "showLegend": True,
+            "calcs": ["lastNotNull", "max"],
+        },
+        "tooltip": {"mode": "multi", "sort": "desc"},
+    }
+    kwargs.setdefault("color_mode", "palette-classic")
+    return panel(
+        "timeseries", title, description, targets, size, custom=custom, options=options, **kwargs
+    )
+
+
+def bargauge(
+    title: str,
+    description: str,
+    targets: list[dict[str, Any]],
+    size: tuple[int, int],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    options = {
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "orientation": "horizontal",
+        "displayMode": "basic",
+        "valueMode": "color",
+        "namePlacement": "auto",
+        "showUnfilled": True,
+        "sizing": "auto",
+        "minVizWidth": 8,
+        "minVizHeight": 16,
+        "maxVizHeight": 300,
+    }
+    return panel("bargauge", title, description, targets, size, options=options, **kwargs)
+
+
+def row(title: str) -> dict[str, Any]:
+    return {
+        "type": "row",
+        "title": title,
+        "collapsed": False,
+        "gridPos": {"w": 24, "h": 1},
+        "panels": [],
+    }
+
+
+# --- the dashboard ----------------------------------------------------------------------------
+
+
+def overview() -> list[dict[str, Any]]:
+    status_overrides = [fixed_color(s, c) for s, c in STATUS_COLORS.items() if s != "unknown"]
+    status_overrides.append(
+        fixed_color(f"^(?!({'|'.join(KNOWN_STATUSES)})$).*", STATUS_COLORS["unknown"], regex=True)
+    )
+    return [
+        row("Overview"),
+        stat(
+            "Images monitored",
+            "GPU images the exporter watches for the current selection (explicit targets plus"
+            " images discovered in the selected projects/regions). Zero means the targets are"
+            " wrong or the exporter is not scraped: check the exporter panels below.",
+            [
+                target(
+                    f"count(max by ({KEY}) (gcore_gpu_image_up{{{IMG}}})) or vector(0)",
+                    instant=True,
+                )
+            ],
+            3,
+            thresholds=steps((None, "red"), (1, "green")),
+        ),
+        stat(
+            "Images by status",
+            "How many images are in each Gcore status. Green is active (usable), blue a transient"
+            " status (queued, saving, uploading, importing), red/orange a failed one (killed,"
+            " deleted, pending_delete, deactivated), purple a status unknown to the exporter."
+            " Anything not green for long is listed in 'Images not active'.",
+            [
+                target(
+                    f"count by (status) (max by ({KEY}, status) "
+                    f"(gcore_gpu_image_status{{{IMG}}} == 1))",
+                    legend="{{status}}",
+                    instant=True,
+                )
+            ],
+            6,
+            color_mode="fixed",
+            overrides=status_overrides,
+        ),
+        stat(
+            "Not active",
+            "Images whose status is anything but active. A transient status during an upload is"
+            " normal; a failed one is not (alert GcoreGpuImageNotActive). See 'Images not active'"
+            " for which and since when.",
+            [
+                target(
+                    f"count(max by ({KEY}) "
+                    f'(gcore_gpu_image_status{{{IMG}, status!="active"}} == 1)) or vector(0)',
+                    instant=True,
+                )
+            ],
+            3,
+            thresholds=ANY_IS_BAD,
+        ),
+        stat(
+            "Locked",
+            "Images a Gcore task holds a lock on (an upload, a copy, a deletion...). Short locks"
+            " are normal; long ones or a task in ERROR are not (alert GcoreGpuImageLockedTooLong)."
+            " See 'Locked images'.",
+            [
+                target(
+                    f"count(max by ({KEY}) (gcore_gpu_image_locked{{{IMG}}}) == 1) or vector(0)",
+                    instant=True,
+                )
+            ],
+            3,
+            thresholds=steps((None, "green"), (1, "orange")),
+        ),
+        stat(
+            "Failing to fetch",
+            "Images whose last fetch from the Gcore API failed (gcore_gpu_image_up == 0 on every"
+            " exporter). Their other values are stale or withdrawn. See 'Images failing to fetch'"
+            " for the reason; alerts GcoreGpuImageMissing / GcoreGpuImageFetchFailing.",
+            [
+                target(
+                    f"count(max by ({KEY}) (gcore_gpu_image_up{{{IMG}}}) == 0) or vector(0)",
+                    instant=True,
+                )
+            ],
+            3,
+            thresholds=ANY_IS_BAD,
+        ),
+        stat(
+            "Total size",
+            "Sum of the sizes Gcore reports for the selected images (images without a size yet,"
+            " e.g. still uploading, count as 0). Useful for storage cost.",
+            [target(f"sum(max by ({KEY}) (gcore_gpu_image_size_bytes{{{IMG}}}))", instant=True)],
+            3,
+            unit="bytes",
+            thresholds=steps((None, "blue")),
+        ),
+        stat(
+            "Firing alerts",
+            "Alerts of this exporter's rules (GcoreGpuImage*) firing now for the selection. Each"
+            " is listed in 'Firing alerts' below with its runbook section.",
+            [target(f'count(ALERTS{{{ALERTS}, alertstate="firing"}}) or vector(0)', instant=True)],
+            3,
+            thresholds=ANY_IS_BAD,
+        ),
+    ]
+
+
+def attention() -> list[dict[str, Any]]:
+    not_active = (
+        f"gcore_gpu_image_updated_timestamp_seconds{{{IMG}}} * 1000\n"
+        f"  * on ({SCRAPE_KEY}) group_left (status)\n"
+        f'  (gcore_gpu_image_status{{{IMG}, status!="active"}} == 1)'
+    )
+    locked = (
+        f"gcore_gpu_image_lock_age_seconds{{{IMG}}}\n"
+        f"  * on ({SCRAPE_KEY}) group_left (task_id, task_type, task_state)\n"
+        f"  gcore_gpu_image_task_info{{{IMG}}}"
+    )
+    # Per failing image: the most frequent error reason of the last 15 minutes.
+    failing = (
+        f"topk by ({SCRAPE_KEY}) (1, increase(gcore_gpu_image_fetch_errors_total{{{IMG}}}[15m]))\n"
+        f"  and on ({SCRAPE_KEY}) (gcore_gpu_image_up{{{IMG}}} == 0)"
+    )
+    last_success = (
+        f"gcore_gpu_image_last_success_timestamp_seconds{{{IMG}}} * 1000\n"
+        f"  * on ({SCRAPE_KEY}) group_left (reason) (({failing}) * 0 + 1)"
+    )
+    return [
+        row("Needs attention"),
+        table(
+            "Images not active",
+            "Every image whose status is not active, with the time Gcore last changed it"
+            " (updated_at, the best 'since when' the API offers). Transient statuses clear by"
+            " themselves; for killed/deactivated images re-upload or delete the image, for"
+            " deleted/pending_delete ones remove the target (runbook: GcoreGpuImageNotActive).",
+            [target(named(not_active, "status"), instant=True, table=True)],
+            (12, 8),
+            sort_by="Since",
+            desc=False,
+            overrides=[
+                column("status", "Status", None, **dict(colored_text(STATUS_TEXT_MAP))),
+                column("Value", "Since", "dateTimeFromNow"),
+                column("name", "Image"),
+            ],
+            transformations=[organize(("Time",), ("name", "status", "Value", *KEY_COLUMNS))],
+        ),
+        table(
+            "Locked images",
+            "Images held by a Gcore task, how long (since the task was created) and the task."
+            " A task in ERROR keeps the image locked until it is cleaned up: open a ticket with"
+            " Gcore quoting the task id. Lock age turns orange after 30 minutes (the default alert"
+            " threshold). An empty task state means the Tasks API gave no answer.",
+            [target(named(locked, "task_id, task_type, task_state"), instant=True, table=True)],
+            (12, 8),
+            sort_by="Lock age",
+            overrides=[
+                column("name", "Image"),
+                column("Value", "Lock age", "s", **{"custom.cellOptions": {"type": "color-text"}}),
+                column("task_state", "Task state", None, **dict(colored_text(TASK_STATE_MAP))),
+                column("task_type", "Task type"),
+                column("task_id", "Task id"),
+            ],
+            thresholds=steps((None, "green"), (1800, "orange")),
+            transformations=[
+                organize(
+                    ("Time",),
+                    ("name", "Value", "task_type", "task_state", "task_id", *KEY_COLUMNS),
+                )
+            ],
+        ),
+        table(
+            "Images failing to fetch",
+            "Images whose last fetch failed, the most frequent error of the last 15 minutes and"
+            " when a fetch last succeeded ('never' if it never did). not_found: the image was"
+            " deleted or the target is wrong (remove it). unauthorized/forbidden: fix the API key"
+            " or its permissions. rate_limited: raise the interval or lower the concurrency."
+            " server_error/timeout/connection: Gcore or the network is unwell, usually temporary."
+            " An image without info shows its id as name.",
+            [
+                target(named(failing, "reason"), "A", instant=True, table=True),
+                target(named(last_success, "reason"), "B", instant=True, table=True),
+            ],
+            (12, 8),
+            sort_by="Errors (15m)",
+            overrides=[
+                column("name", "Image"),
+                column("reason", "Most frequent error"),
+                column("Value #A", "Errors (15m)", "short"),
+                column("Value #B", "Last success", "dateTimeFromNow", noValue="never"),
+            ],
+            transformations=[
+                {"id": "merge", "options": {}},
+                organize(("Time",), ("name", "reason", "Value #A", "Value #B", *KEY_COLUMNS)),
+            ],
+        ),
+        table(
+            "Pending and firing alerts",
+            "Alerts of this exporter's rules that are pending or firing, with their labels. The"
+            " runbook (dashboard link at the top) has a section per alert name saying what to do.",
+            [target(f"ALERTS{{{ALERTS}}}", instant=True, table=True)],
+            (12, 8),
+            sort_by="Severity",
+            desc=False,
+            overrides=[
+                column("alertname", "Alert"),
+                column(
+                    "severity",
+                    "Severity",
+                    None,
+                    **dict(
+                        colored_text(
+                            value_map(
+                                {"critical": ("critical", "red"), "warning": ("warning", "orange")}
+                            )
+                        )
+                    ),
+                ),
+                column(
+                    "alertstate",
+                    "State",
+                    None,
+                    **dict(
+                        colored_text(
+                            value_map(
+                                {"firing": ("firing", "red"), "pending": ("pending", "yellow")}
+                            )
+                        )
+                    ),
+                ),
+            ],
+            transformations=[
+                organize(
+                    ("Time", "Value", "__name__", "job"),
+                    ("alertname", "severity", "alertstate", *KEY_COLUMNS, "status", "reason"),
+                )
+            ],
+        ),
+    ]
+
+
+def inventory() -> list[dict[str, Any]]:
+    status_code = "\n  or ".join(
+        f'(gcore_gpu_image_status{{{IMG}, status="{status}"}} == 1) * {STATUS_CODES[status]}'
+        for status in KNOWN_STATUSES
+    )
+    unknown = "|".join(KNOWN_STATUSES)
+    status_code += (
+        f'\n  or (gcore_gpu_image_status{{{IMG}, status!~"{unknown}"}} == 1)'
+        f" * {STATUS_CODES['unknown']}"
+    )
+    info_labels = ", ".join(INFO_COLUMNS)
+
+    def with_info(metric: str, scale: str = "") -> str:
+        return (
+            f"max by ({KEY}, {info_labels}) (\n"
+            f"  {metric}{{{IMG}}}{scale}\n"
+            f"  * on ({SCRAPE_KEY}) group_left ({info_labels})\n"
+            f"  gcore_gpu_image_info{{{IMG}}}\n"
+            ")"
+        )
+
+    inventory_targets = [
+        target(with_info("gcore_gpu_image_size_bytes"), "A", instant=True, table=True),
+        target(with_info("gcore_gpu_image_min_disk_bytes"), "B", instant=True, table=True),
+        target(with_info("gcore_gpu_image_min_ram_bytes"), "C", instant=True, table=True),
+        target(
+            with_info("gcore_gpu_image_created_timestamp_seconds", " * 1000"),
+            "D",
+            instant=True,
+            table=True,
+        ),
+        target(
+            with_info("gcore_gpu_image_updated_timestamp_seconds", " * 1000"),
+            "E",
+            instant=True,
+            table=True,
+        ),
+    ]
+    tags = f"max by ({KEY}, key, value, read_only) (gcore_gpu_image_tag_info{{{IMG}}})"
+    return [
+        row("Images"),
+        panel(
+            "state-timeline",
+            "Status timeline",
+            "The status of each selected image over time, one row per image. Use it to see when"
+            " an upload finished, how long an image sat in a transient status, or when it failed."
+            " Gaps mean the exporter had no values (scrape failed, image not found, or stale).",
+            [target(named(status_code), legend="{{name}}")],
+            (24, 8),
+            mappings=STATUS_CODE_MAP,
+            thresholds=steps((None, "text")),
+            custom={"lineWidth": 0, "fillOpacity": 80},
+            options={
+                "mergeValues": True,
+                "showValue": "never",
+                "alignValue": "left",
+                "rowHeight": 0.9,
+                "legend": {"displayMode": "list", "placement": "bottom", "showLegend": False},
+                "tooltip": {"mode": "single", "sort": "none"},
+            },
+        ),
+        timeseries(
+            "Images by status over time",
+            "How many images were in each status. A growing failed count needs action (see"
+            " 'Images not active'); bumps in transient statuses are uploads in progress.",
+            [
+                target(
+                    f"count by (status) (max by ({KEY}, status) "
+                    f"(gcore_gpu_image_status{{{IMG}}} == 1))",
+                    legend="{{status}}",
+                )
+            ],
+            (12, 8),
+            stack=True,
+            unit="short",
+            overrides=[fixed_color(s, c) for s, c in STATUS_COLORS.items() if s != "unknown"],
+        ),
+        bargauge(
+            "Size per image",
+            "Size of each image as Gcore reports it (absent while an upload has not produced a"
+            " size). Large images cost storage and take longer to boot from.",
+            [
+                target(
+                    f"sort_desc({named(f'gcore_gpu_image_size_bytes{{{IMG}}}')})",
+                    legend="{{name}}",
+                    instant=True,
+                )
+            ],
+            (12, 8),
+            unit="bytes",
+            thresholds=steps((None, "blue")),
+        ),
+        bargauge(
+            "Image age",
+            "Time since each image was created. Old images (yellow after 90 days, orange after a"
+            " year) likely carry outdated GPU drivers and CUDA: consider rebuilding them.",
+            [
+                target(
+                    f"sort_desc({named(f'gcore_gpu_image_age_seconds{{{IMG}}}')})",
+                    legend="{{name}}",
+                    instant=True,
+                )
+            ],
+            (12, 8),
+            unit="s",
+            thresholds=steps((None, "green"), (90 * 86400, "yellow"), (365 * 86400, "orange")),
+        ),
+        table(
+            "Image tags",
+            "Tags (metadata key/value pairs) of the selected images; read_only tags are set by"
+            " Gcore. Use them to find an image's owner or purpose.",
+            [target(named(tags, "key, value, read_only"), instant=True, table=True)],
+            (12, 8),
+            overrides=[column("name", "Image"), column("key", "Key"), column("value", "Tag value")],
+            transformations=[
+                organize(("Time", "Value"), ("name", "key", "value", "read_only", *KEY_COLUMNS))
+            ],
+        ),
+        table(
+            "Image inventory",
+            "Every selected image with its OS, GPU driver, CUDA version, size, minimum disk and"
+            " RAM for an instance, and when it was created and last changed. Use it to check that"
+            " images carry the driver/CUDA versions you expect.",
+            inventory_targets,
+            (24, 9),
+            sort_by="Image",
+            desc=False,
+            overrides=[
+                column("name", "Image"),
+                column("Value #A", "Size", "bytes", noValue="-"),
+                column("Value #B", "Min disk", "bytes"),
+                column("Value #C", "Min RAM", "bytes"),
+                column("Value #D", "Created", "dateTimeFromNow"),
+                column("Value #E", "Updated", "dateTimeFromNow"),
+                column("gpu_driver_version", "Driver"),
+                column("cuda_toolkit_version", "CUDA"),
+            ],
+            transformations=[
+                {"id": "merge", "options": {}},
+                organize(
+                    ("Time",),
+                    (*INFO_COLUMNS, *(f"Value #{r}" for r in "ABCDE"), *KEY_COLUMNS),
+                ),
+            ],
+        ),
+    ]
+
+
+def exporter() -> list[dict[str, Any]]:
+    api = f"gcore_exporter_api_requests_total{{{EXP}}}"
+    buckets = f"gcore_exporter_api_request_duration_seconds_bucket{{{EXP}}}"
+    quantiles = [
+        target(
+            f"histogram_quantile({q}, sum by (le, endpoint) (rate({buckets}[$__rate_interval])))",
+            ref,
+            legend=f"p{round(q * 100)} {{{{endpoint}}}}",
+        )
+        for ref, q in (("A", 0.5), ("B", 0.9), ("C", 0.99))
+    ]
+    return [
+        row("Exporter and Gcore API"),
+        stat(
+            "Exporter scrape",
+            "Whether Prometheus can scrape each exporter (its own `up` metric). DOWN means no"
+            " image alert can fire: check the pod/process and the network"
+            " (alert GcoreGpuImageExporterDown).",
+            [target(f"up{{{EXP}}}", legend="{{instance}}", instant=True)],
+            8,
+            unit="none",
+            thresholds=steps((None, "red"), (1, "green")),
+            mappings=value_map({"0": ("DOWN", "red"), "1": ("UP", "green")}),
+        ),
+        stat(
+            "Time since last poll",
+            "Seconds since each exporter finished its last poll round. It should stay below the"
+            " poll interval; orange after 5 minutes, red after 15: the exporter is stuck or"
+            " paused by rate limiting (see its log).",
+            [
+                target(
+                    f"time() - max by (job, instance) "
+                    f"(gcore_exporter_last_poll_timestamp_seconds{{{EXP}}})",
+                    legend="{{instance}}",
+                    instant=True,
+                )
+            ],
+            8,
+            unit="s",
+            thresholds=steps((None, "green"), (300, "orange"), (900, "red")),
+        ),
+        stat(
+            "Oldest successful fetch",
+            "Time since the selected image that was fetched successfully longest ago. Above 15"
+            " minutes (red) its values are old: see 'Images failing to fetch'.",
+            [
+                target(
+                    f"time() - min(max by ({KEY}) "
+                    f"(gcore_gpu_image_last_success_timestamp_seconds{{{IMG}}}))",
+                    instant=True,
+                )
+            ],
+            8,
+            unit="s",
+            thresholds=steps((None, "green"), (300, "orange"), (900, "red")),
+        ),
+        timeseries(
+            "Fetch failures by reason",
+            "Failed image fetches per second by reason, after the exporter's retries. A steady"
+            " not_found means a watched image is gone; unauthorized/forbidden a bad API key;"
+            " rate_limited too many requests; server_error/timeout/connection trouble at Gcore"
+            " or on the network.",
+            [
+                target(
+                    f"sum by (reason) (rate(gcore_gpu_image_fetch_errors_total{{{IMG}}}"
+                    "[$__rate_interval]))",
+                    legend="{{reason}}",
+                )
+            ],
+            (12, 8),
+            unit="cps",
+            stack=True,
+            bars=True,
+            overrides=[
+                fixed_color("not_found", "purple"),
+                fixed_color("unauthorized|forbidden", "red", regex=True),
+                fixed_color("rate_limited", "orange"),
+            ],
+        ),
+        bargauge(
+            "Fetch failures per image (time range)",
+            "Failed fetches of each image during the dashboard's time range, by reason. Points at"
+            " the images behind the failures of the panel on the left.",
+            [
+                target(
+                    f"sort_desc(sum by ({KEY}, name, reason) ((sum by ({KEY}, reason) "
+                    f"(increase(gcore_gpu_image_fetch_errors_total{{{IMG}}}[$__range])) > 0)"
+                    f" * on ({KEY}) group_left (name) {NAMES}))",
+                    legend="{{name}} {{reason}}",
+                    instant=True,
+                )
+            ],
+            (12, 8),
+            unit="short",
+            thresholds=steps((None, "orange")),
+            extra_defaults={"decimals": 0},
+        ),
+        timeseries(
+            "API requests by code",
+            "Requests the exporter sent to the Gcore API per second, by endpoint and HTTP status"
+            " (timeout/connection when no answer came). Red codes are server or network errors,"
+            " orange 429 rate limits, yellow other client errors (401/403: API key; 404: image"
+            " gone). Retries are included, so this can exceed the fetch failures.",
+            [
+                target(
+                    f"sum by (endpoint, code) (rate({api}[$__rate_interval]))",
+                    legend="{{endpoint}} {{code}}",
+                )
+            ],
+            (12, 8),
+            unit="reqps",
+            stack=True,
+            overrides=[
+                fixed_color(".* 2\\d\\d", "green", regex=True),
+                fixed_color(".* 4\\d\\d", "yellow", regex=True),
+                fixed_color(".* 429", "orange", regex=True),  # after 4xx: the last match wins
+                fixed_color(".* (5\\d\\d|timeout|connection)", "red", regex=True),
+            ],
+        ),
+        timeseries(
+            "API request latency",
+            "Latency percentiles of Gcore API requests by endpoint, from the exporter's"
+            " histogram. Sustained values near the request timeout lead to timeouts: raise"
+            " --timeout or lower --concurrency.",
+            quantiles,
+            (12, 8),
+            unit="s",
+        ),
+        timeseries(
+            "Poll duration",
+            "Wall time of each exporter's last poll round. It must stay well below the poll"
+            " interval, or rounds are skipped and values get old: lower the number of targets"
+            " per exporter, raise --concurrency or the interval.",
+            [
+                target(
+                    f"max by (job, instance) (gcore_exporter_poll_duration_seconds{{{EXP}}})",
+                    legend="{{instance}}",
+                )
+            ],
+            (12, 8),
+            unit="s",
+        ),
+        timeseries(
+            "Monitored images per exporter",
+            "How many images each exporter watches (explicit targets plus discovered ones). A"
+            " sudden drop means images were deleted or a listing failed.",
+            [
+                target(
+                    f"max by (job, instance) (gcore_exporter_images{{{EXP}}})",
+                    legend="{{instance}}",
+                )
+            ],
+            (12, 8),
+            unit="short",
+        ),
+    ]
+
+
+def variables() -> list[dict[str, Any]]:
+    def query_var(name: str, label: str, query: str, **extra: Any) -> dict[str, Any]:
+        var: dict[str, Any] = {
+            "type": "query",
+            "name": name,
+            "label": label,
+            "datasource": DS,
+            "definition": query,
+            "query": {"query": query, "refId": f"PrometheusVariableQueryEditor-{name}"},
+            "refresh": 2,
+            "regex": "",
+            "sort": 1,
+            "multi": True,
+            "includeAll": True,
+            "allValue": ".*",
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+            "options": [],
+            "hide": 0,
+        }
+        var.update(extra)
+        return var
+
+    image_query = f"query_result({names(SCOPE)})".replace("\n", " ")
+    return [
+        {
+            "type": "datasource",
+            "name": "datasource",
+            "label": "Data source",
+            "query": "prometheus",
+            "current": {"selected": False, "text": "${DS_PROMETHEUS}", "value": "${DS_PROMETHEUS}"},
+            "options": [],
+            "refresh": 1,
+            "regex": "",
+            "hide": 0,
+            "includeAll": False,
+            "multi": False,
+        },
+        query_var("job", "Job", "label_values(gcore_exporter_build_info, job)"),
+        query_var("instance", "Instance", 'label_values(up{job=~"$job"}, instance)'),
+        query_var(
+            "project_id",
+            "Project",
+            f"label_values(gcore_gpu_image_up{{{EXP}}}, project_id)",
+            sort=3,
+        ),
+        query_var(
+            "region_id",
+            "Region",
+            f'label_values(gcore_gpu_image_up{{{EXP}, project_id=~"$project_id"}}, region_id)',
+            sort=3,
+        ),
+        query_var(
+            "image",
+            "Image",
+            image_query,
+            regex='/image_id="(?<value>[^"]+)".*?\\bname="(?<text>[^"]*)"/',
+            sort=5,
+            description="Images by name (the value is the image id, so two images with the"
+            " same name stay apart; an image without info shows its id).",
+        ),
+    ]
+
+
+def layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Assigns ids and grid positions left to right, wrapping at Grafana's 24 columns."""
+    x = y = row_height = 0
+    for number, item in enumerate(panels, start=1):
+        item["id"] = number
+        grid = item["gridPos"]
+        if x + grid["w"] > 24 or item["type"] == "row":
+            x, y, row_height = 0, y + row_height, 0
+        grid["x"], grid["y"] = x, y
+        x += grid["w"]
+        row_height = max(row_height, grid["h"])
+        if item["type"] == "row":
+            x, y, row_height = 0, y + grid["h"], 0
+    return panels
+
+
+def dashboard() -> dict[str, Any]:
+    panels = layout([*overview(), *attention(), *inventory(), *exporter()])
+    return {
+        "__inputs": [
+            {
+                "name": "DS_PROMETHEUS",
+                "label": "Prometheus",
+                "description": "The Prometheus that scrapes gcore-gpu-image-exporter",
+                "type": "datasource",
+                "pluginId": "prometheus",
+                "pluginName": "Prometheus",
+            }
+        ],
+        "__elements": {},
+        "__requires": [
+            {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.4.0"},
+            {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+            *(
+                {"type": "panel", "id": kind, "name": name, "version": ""}
+                for kind, name in (
+                    ("bargauge", "Bar gauge"),
+                    ("stat", "Stat"),
+                    ("state-timeline", "State timeline"),
+                    ("table", "Table"),
+                    ("timeseries", "Time series"),
+                )
+            ),
+        ],
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                }
+            ]
+        },
+        "description": "Status, locks, sizes and fetch health of Gcore Cloud virtual GPU images,"
+        " from gcore-gpu-image-exporter.",
+        "editable": True,
+        "fiscalYearStartMonth": 0,
+        "graphTooltip": 1,
+        "id": None,
+        "links": [
+            {
+                "title": "Runbook",
+                "type": "link",
+                "icon": "doc",
+                "url": RUNBOOK,
+                "targetBlank": True,
+                "tooltip": "What to do for each alert",
+                "asDropdown": False,
+                "includeVars": False,
+                "keepTime": False,
+                "tags": [],
+            }
+        ],
+        "liveNow": False,
+        "panels": panels,
+        "refresh": "1m",
+        "schemaVersion": 39,
+        "tags": ["gcore", "gpu", "images", "prometheus"],
+        "templating": {"list": variables()},
+        "time": {"from": "now-6h", "to": "now"},
+        "timepicker": {},
+        "timezone": "browser",
+        "title": "Gcore GPU images",
+        "uid": UID,
+        "version": 1,
+        "weekStart": "",
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the JSON is out of date")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
+        if current != text:
+            print(
+                f"{OUTPUT} is out of date: run python grafana/build_dashboard.py", file=sys.stderr
+            )
+            return 1
+        return 0
+    OUTPUT.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The two end-to-end scenarios: one where every alert of our rules must fire, one where none may.
+
+Each scenario is the fake Gcore's initial state, the exporter's targets, and steps that change the
+state once Prometheus has seen the previous one (so nothing depends on how fast a machine is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from exporter.fakeapi import FakeGcore, make_image, make_task
+
+# Every threshold and `for:` of deploy/prometheus/rules.yaml, shortened through render_rules'
+# documented knob. The transitional one must exceed how long the healthy upload stays queued
+# (one or two polls), the error windows must outlast the 429/500 bursts by far, and
+# exporter_down_for must exceed Prometheus' start, when `absent(up)` holds until the scrape manager
+# applies its targets (on a 5 s tick).
+THRESHOLDS = {
+    "failed_for": "2s",
+    "transitional_for": "12s",
+    "lock_age": "5m",
+    "lock_error_for": "2s",
+    "missing_window": "1m",
+    "missing_for": "2s",
+    "fetch_failing_for": "4s",
+    "exporter_down_for": "10s",
+    "api_error_window": "1m",
+    "unauthorized_for": "2s",
+    "rate_limited_for": "2s",
+}
+
+
+def iso(moment: datetime) -> str:
+    """A timestamp the way Gcore writes it: UTC without a zone."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@dataclass
+class Step:
+    """Once `expr` returns a series in Prometheus, apply `change` to the fake API."""
+
+    what: str
+    expr: str
+    change: Callable[[FakeGcore], Any]
+
+
+@dataclass
+class Scenario:
+    name: str
+    fake: FakeGcore
+    targets: list[str]
+    steps: list[Step] = field(default_factory=list)
+    # (alertname, labels that the firing alert must carry); "$exporter"/"$dead" are filled in.
+    expected_alerts: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    dead_target: bool = False
+
+
+def _image(image_id: str, name: str, status: str = "active", **fields: Any) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    fields.setdefault("created_at", iso(now - timedelta(days=40)))
+    fields.setdefault("updated_at", iso(now - timedelta(days=2)))
+    return make_image(image_id, name, status, **fields)
+
+
+def _set(project: int, region: int, image_id: str, **fields: Any) -> Callable[[FakeGcore], Any]:
+    def change(fake: FakeGcore) -> None:
+        fake.update_image(project, region, image_id, updated_at=iso(datetime.now(UTC)), **fields)
+
+    return change
+
+
+def _all(*changes: Callable[[FakeGcore], Any]) -> Callable[[FakeGcore], Any]:
+    def change(fake: FakeGcore) -> None:
+        for item in changes:
+            item(fake)
+
+    return change
+
+
+def _status_is(image_id: str, status: str) -> str:
+    return f'gcore_gpu_image_status{{image_id="{image_id}", status="{status}"}} == 1'
+
+
+def failing() -> Scenario:
+    """Project 1: uploads finishing, a killed image, an ERROR lock, a 404, 401s, 429s and 500s."""
+    now = datetime.now(UTC)
+    fake = FakeGcore(api_key="test-key")
+    listed = [  # region 10 is discovered through the list endpoint
+        _image("img-upload-a", "ubuntu-22.04-cuda-12.8", "queued", size=None),
+        _image("img-upload-b", "ubuntu-24.04-cuda-12.9", "queued", size=None),
+        _image("img-broken", "rocky-9-cuda-12.4", tags=[{"key": "team", "value": "research"}]),
+        _image(
+            "img-locked",
+            "debian-12-cuda-12.6",
+            task_id="task-failed",
+            tags=[{"key": "owner", "value": "ml-platform", "read_only": True}],
+        ),
+        _image("img-stuck", "almalinux-9-cuda-12.8", "uploading", size=None),
+    ]
+    for image in listed:
+        fake.put_image(1, 10, image)
+    fake.put_task(
+        make_task(
+            "task-failed",
+            "ERROR",
+            "update_image",
+            created_on=iso(now - timedelta(hours=2)),
+            error="Image update failed",
+        )
+    )
+    for image_id, name in (
+        ("img-denied", "windows-2022-cuda-12.2"),
+        ("img-throttled", "ubuntu-20.04-cuda-11.8"),
+        ("img-flaky", "centos-stream-9-cuda-12.1"),
+    ):  # region 11 is watched image by image; img-deleted does not exist (404)
+        fake.put_image(1, 11, _image(image_id, name))
+
+    def faults(fake: FakeGcore) -> None:
+        # The key loses access to one image; a burst of 429s (each pauses the whole exporter for
+        # Retry-After) and of 500s, two failed fetches each after retries, then recovery.
+        fake.inject(r"/images/img-denied$", 401, times=None)
+        fake.inject(r"/images/img-throttled$", 429, headers={"Retry-After": "1"}, times=6)
+        fake.inject(r"/images/img-flaky$", 500, times=6)
+
+    return Scenario(
+        name="failing",
+        fake=fake,
+        targets=[
+            "1/10",
+            "1/11/img-deleted",
+            "1/11/img-denied",
+            "1/11/img-throttled",
+            "1/11/img-flaky",
+        ],
+        steps=[
+            Step("uploads queued", _status_is("img-upload-a", "queued"), lambda _: None),
+            Step("second upload queued", _status_is("img-upload-b", "queued"), lambda _: None),
+            Step(
+                "img-broken active and region 11 fetched",
+                f"{_status_is('img-broken', 'active')} and on () "
+                'count(gcore_gpu_image_up{region_id="11"} == 1) == 3',
+                _all(
+                    _set(1, 10, "img-upload-a", status="active", size=4_294_967_296),
+                    _set(1, 10, "img-upload-b", status="active", size=5_368_709_120),
+                    _set(1, 10, "img-broken", status="killed"),
+                    faults,
+                ),
+            ),
+        ],
+        expected_alerts=[
+            (
+                "GcoreGpuImageNotActive",
+                {
+                    "severity": "critical",
+                    "image_id": "img-broken",
+                    "status": "killed",
+                    "project_id": "1",
+                    "region_id": "10",
+                    "instance": "$exporter",
+                },
+            ),
+            (
+                "GcoreGpuImageNotActive",
+                {"severity": "warning", "image_id": "img-stuck", "status": "uploading"},
+            ),
+            ("GcoreGpuImageLockedTooLong", {"severity": "warning", "image_id": "img-locked"}),
+            (
+                "GcoreGpuImageLockedTooLong",
+                {
+                    "severity": "critical",
+                    "image_id": "img-locked",
+                    "task_id": "task-failed",
+                    "task_state": "ERROR",
+                    "task_type": "update_image",
+                },
+            ),
+            (
+                "GcoreGpuImageMissing",
+                {
+                    "severity": "critical",
+                    "image_id": "img-deleted",
+                    "project_id": "1",
+                    "region_id": "11",
+                },
+            ),
+            ("GcoreGpuImageFetchFailing", {"severity": "warning", "image_id": "img-denied"}),
+            (
+                "GcoreGpuImageApiUnauthorized",
+                {
+                    "severity": "critical",
+                    "reason": "unauthorized",
+                    "project_id": "1",
+                    "region_id": "11",
+                },
+            ),
+            (
+                "GcoreGpuImageApiRateLimited",
+                {
+                    "severity": "warning",
+                    "reason": "rate_limited",
+                    "project_id": "1",
+                    "region_id": "11",
+                },
+            ),
+            ("GcoreGpuImageExporterDown", {"severity": "warning", "instance": "$dead"}),
+        ],
+        images=[
+            "img-upload-a",
+            "img-upload-b",
+            "img-broken",
+            "img-locked",
+            "img-stuck",
+            "img-deleted",
+            "img-denied",
+            "img-throttled",
+            "img-flaky",
+        ],
+        dead_target=True,
+    )
+
+
+def healthy() -> Scenario:
+    """Project 2: active images, an upload that finishes, a short lock by a RUNNING task."""
+    now = datetime.now(UTC)
+    fake = FakeGcore(api_key="test-key")
+    for image in (
+        _image("h-base", "ubuntu-22.04-cuda-12.8", tags=[{"key": "env", "value": "prod"}]),
+        _image("h-new", "ubuntu-24.04-cuda-12.9", "queued", size=None, updated_at=iso(now)),
+        _image("h-busy", "debian-12-cuda-12.6", task_id="task-running"),
+    ):
+        fake.put_image(2, 20, image)
+    fake.put_task(make_task("task-running", "RUNNING", "update_image", created_on=iso(now)))
+    fake.put_image(2, 21, _image("h-pinned", "rocky-9-cuda-12.4"))
+    return Scenario(
+        name="healthy",
+        fake=fake,
+        targets=["2/20", "2/21/h-pinned"],
+        steps=[
+            Step(
+                "upload queued",
+                _status_is("h-new", "queued"),
+                _set(2, 20, "h-new", status="active", size=3_221_225_472),
+            ),
+        ],
+        images=["h-base", "h-new", "h-busy", "h-pinned"],
+    )

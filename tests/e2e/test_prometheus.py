@@ -1,0 +1,193 @@
+"""End to end: exporter -> real Prometheus -> our alert rules and dashboard queries.
+
+Two scenarios run side by side (see scenarios.py): in `failing` every alert of
+deploy/prometheus/rules.yaml must fire with the right labels and every dashboard query must return
+data; in `healthy` no alert may fire. Thresholds are shortened, so the module takes ~30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import yaml
+from tooling import load_render_rules
+
+from .harness import (
+    DASHBOARD,
+    JOB,
+    PrometheusError,
+    Stack,
+    builtin_variables,
+    format_multi,
+    interpolate,
+    panel_targets,
+    resolve_variable,
+    wait_for,
+)
+from .scenarios import Scenario
+
+ALERT_TIMEOUT = 90.0
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    return dict(json.loads(DASHBOARD.read_text(encoding="utf-8")))
+
+
+def _expected(scenario: Scenario, stack: Stack) -> list[tuple[str, dict[str, str]]]:
+    """The scenario's expected alerts with the placeholders filled in."""
+    fill = {"$exporter": stack.exporter_instance, "$dead": stack.extra_scrape_targets[0]}
+    return [
+        (name, {k: fill.get(v, v) for k, v in labels.items()})
+        for name, labels in scenario.expected_alerts
+    ]
+
+
+def _matches(alert: dict[str, str], name: str, labels: dict[str, str]) -> bool:
+    return alert.get("alertname") == name and all(alert.get(k) == v for k, v in labels.items())
+
+
+def _wait_for_alerts(scenario: Scenario, stack: Stack) -> list[dict[str, str]]:
+    expected = _expected(scenario, stack)
+
+    def all_firing() -> list[dict[str, str]] | None:
+        firing = stack.prom.firing()
+        ok = all(any(_matches(a, n, labels) for a in firing) for n, labels in expected)
+        return firing if ok else None
+
+    def missing() -> str:
+        firing = stack.prom.firing()
+        left = [(n, lb) for n, lb in expected if not any(_matches(a, n, lb) for a in firing)]
+        return f"not firing yet: {left}\n{stack.diagnostics()}"
+
+    return wait_for("the scenario's alerts to fire", all_firing, ALERT_TIMEOUT, details=missing)
+
+
+def _variables(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
+
+
+def _resolve_all(stack: Stack, dashboard: dict[str, Any], *, concrete: bool) -> dict[str, Any]:
+    """Every variable's options; the later ones see the earlier ones as All (.*) or as the
+    explicit multi-selection of every option (Grafana's `(a|b|c)`), when `concrete`."""
+    now = time.time()
+    values: dict[str, str] = {}
+    options: dict[str, list[str]] = {}
+    for var in _variables(dashboard):
+        found = resolve_variable(stack.prom, var, values, stack.started_at, now)
+        options[var["name"]] = found
+        assert found, f"variable {var['name']} has no values (with {values})"
+        values[var["name"]] = format_multi(sorted(found)) if concrete else ".*"
+    return {"options": options, "values": values}
+
+
+def test_alerts_of_the_scenario_fire(scenarios: dict[str, tuple[Scenario, Stack]]) -> None:
+    scenario, stack = scenarios["failing"]
+    firing = _wait_for_alerts(scenario, stack)
+    # Uploads that finished are not alerts, and each failing image gets the one right alert.
+    for alert in firing:
+        assert alert.get("image_id") not in ("img-upload-a", "img-upload-b"), alert
+        assert not (alert.get("image_id") == "img-deleted" and "FetchFailing" in alert["alertname"])
+        assert not (alert.get("image_id") == "img-denied" and "Missing" in alert["alertname"])
+        if alert["alertname"] != "GcoreGpuImageExporterDown":
+            assert alert.get("job") == JOB, alert
+    # Annotations render: no template errors, and an image's summary names it.
+    names = {i["id"]: i["name"] for scope in scenario.fake.images.values() for i in scope.values()}
+    for alert in stack.prom.alerts():
+        text = json.dumps(alert["annotations"])
+        assert "error expanding template" not in text, alert
+        image_id = alert["labels"].get("image_id")
+        if image_id and alert["state"] == "firing":
+            assert names.get(image_id, image_id) in alert["annotations"]["summary"], alert
+    # The 429 and 500 bursts were seen and the images recovered.
+    prom = stack.prom
+    for code in ("429", "500", "401", "404"):
+        assert prom.query(f'gcore_exporter_api_requests_total{{code="{code}"}} > 0'), code
+    wait_for(
+        "img-throttled and img-flaky up again",
+        lambda: prom.query(
+            'count(gcore_gpu_image_up{image_id=~"img-throttled|img-flaky"} == 1) == 2'
+        ),
+        ALERT_TIMEOUT,
+        details=stack.diagnostics,
+    )
+    errors = prom.query('gcore_gpu_image_fetch_errors_total{reason=~"rate_limited|server_error"}')
+    assert {e["metric"]["reason"] for e in errors} == {"rate_limited", "server_error"}
+
+
+def test_template_variables_return_values(
+    scenarios: dict[str, tuple[Scenario, Stack]], dashboard: dict[str, Any]
+) -> None:
+    scenario, stack = scenarios["failing"]
+    _wait_for_alerts(scenario, stack)  # every image has been through its faults by then
+    for concrete in (False, True):
+        options = _resolve_all(stack, dashboard, concrete=concrete)["options"]
+        assert options["job"] == [JOB]
+        assert {stack.exporter_instance, *stack.extra_scrape_targets} <= set(options["instance"])
+        assert options["project_id"] == ["1"]
+        assert sorted(options["region_id"]) == ["10", "11"]
+        # by name in the picker, image ids as values; images without info (404) are included
+        assert sorted(options["image"]) == sorted(scenario.images)
+
+
+def test_every_panel_query_returns_data(
+    scenarios: dict[str, tuple[Scenario, Stack]], dashboard: dict[str, Any]
+) -> None:
+    scenario, stack = scenarios["failing"]
+    _wait_for_alerts(scenario, stack)
+    targets = list(panel_targets(dashboard))
+    assert len(targets) >= 25
+    problems: list[str] = []
+    for concrete in (False, True):
+        values = _resolve_all(stack, dashboard, concrete=concrete)["values"]
+        now = time.time()
+        values.update(builtin_variables(now - stack.started_at))
+        for title, target in targets:
+            expr = interpolate(target["expr"], values)
+            try:
+                if target.get("instant"):
+                    result = stack.prom.query(expr, now)
+                else:
+                    result = stack.prom.query_range(expr, stack.started_at, now)
+            except PrometheusError as exc:
+                problems.append(f"{title} [{target['refId']}] does not run: {exc}")
+                continue
+            if not result:
+                selection = "explicit selection" if concrete else "All"
+                problems.append(f"{title} [{target['refId']}] ({selection}) no data: {expr}")
+    assert not problems, "\n".join(problems)
+
+
+def test_healthy_run_fires_no_alert(
+    scenarios: dict[str, tuple[Scenario, Stack]], rules: str
+) -> None:
+    _, stack = scenarios["healthy"]
+    prom = stack.prom
+    parse = load_render_rules().parse_duration
+    fors = [r["for"] for g in yaml.safe_load(rules)["groups"] for r in g["rules"] if "for" in r]
+    longest_for = max(parse(duration) for duration in fors)
+    scrapes = int(longest_for) + 6
+    # Long enough that any rule whose condition held could have gone from pending to firing.
+    wait_for(
+        f"{scrapes} scrapes of the healthy exporter",
+        lambda: prom.query(
+            f'count_over_time(up{{instance="{stack.exporter_instance}"}}[5m]) >= {scrapes}'
+        ),
+        ALERT_TIMEOUT,
+        details=stack.diagnostics,
+    )
+    assert prom.query('gcore_gpu_image_status{image_id="h-new", status="active"} == 1')
+    assert prom.query('gcore_gpu_image_locked{image_id="h-busy"} == 1')
+    assert prom.query(f"count(gcore_gpu_image_up == 1) == {len(stack.fake.images[(2, 20)]) + 1}")
+    ever_fired = prom.query('max_over_time(ALERTS{alertstate="firing"}[5m])')
+    assert not ever_fired, f"alerts fired in the healthy run: {ever_fired}\n{stack.diagnostics()}"
+    assert prom.alerts() == [], f"alerts pending at the end: {prom.alerts()}"
+    # A clean shutdown is part of being healthy: SIGTERM ends the exporter with 0.
+    assert stack.exporter is not None
+    started = time.monotonic()
+    code = stack.exporter.stop(timeout=10)
+    assert code == 0, f"exporter exit code {code} after SIGTERM\n{stack.exporter.tail()}"
+    assert time.monotonic() - started < 10

@@ -1,0 +1,37 @@
+"""Helpers for the deployment tests: external tools and the alert rule renderer."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sysconfig
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    """Path of `name`, venv scripts first; if missing, fail the test in CI and skip it elsewhere."""
+    search = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
+    path = shutil.which(name, path=search)
+    if path is None:
+        message = f"{name} is not installed ({install_hint})"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def load_render_rules() -> ModuleType:
+    """deploy/prometheus/render_rules.py, which is a script rather than a package module."""
+    spec = importlib.util.spec_from_file_location(
+        "render_rules", ROOT / "deploy" / "prometheus" / "render_rules.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
