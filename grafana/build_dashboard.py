@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from exporter.collector import KNOWN_STATUSES
+
 OUTPUT = Path(__file__).resolve().parent / "gcore-gpu-images.json"
 UID = "gcore-gpu-images"
 RUNBOOK = (
@@ -34,17 +36,6 @@ ALERTS = (
     ' project_id=~"$project_id|", region_id=~"$region_id|", image_id=~"$image|"'
 )
 
-KNOWN_STATUSES = (
-    "active",
-    "queued",
-    "saving",
-    "uploading",
-    "importing",
-    "killed",
-    "deleted",
-    "pending_delete",
-    "deactivated",
-)
 TRANSITIONAL = ("queued", "saving", "uploading", "importing")
 STATUS_COLORS = {
     "active": "green",

@@ -73,6 +73,14 @@ async def serving(
             await process.wait()
 
 
+async def is_ready(http: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with http.get(url + "/readyz") as response:
+            return response.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
+
+
 async def test_once_prints_metrics_and_exits_0(fake: FakeGcore, fake_url: str) -> None:
     fake.put_image(P, R, make_image(IMG, "gpu"))
     code, out, err = await run("--once", "--target", f"{P}/{R}/{IMG}", env=env_for(fake_url))
@@ -152,15 +160,7 @@ async def test_sigterm_stops_the_daemon_with_exit_0(fake: FakeGcore, fake_url: s
     env = env_for(fake_url)
     async with serving("--target", f"{P}/{R}/{IMG}", "--interval", "1s", env=env) as (proc, url):
         async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                try:
-                    async with http.get(url + "/readyz") as response:
-                        return response.status == 200
-                except aiohttp.ClientConnectionError:
-                    return False
-
-            await wait_until(ready, timeout=15, what="the exporter to get ready")
+            await wait_until(lambda: is_ready(http, url), timeout=15, what="readiness")
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 5)
         assert proc.stderr is not None
@@ -185,15 +185,7 @@ async def test_demo_serves_metrics_that_promtool_accepts(tmp_path: Path) -> None
     promtool = require_tool("promtool", "apt-get install prometheus")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GCORE_")}
     async with serving("--demo", env=env) as (_, url), aiohttp.ClientSession() as http:
-
-        async def ready() -> bool:
-            try:
-                async with http.get(url + "/readyz") as response:
-                    return response.status == 200
-            except aiohttp.ClientConnectionError:
-                return False
-
-        await wait_until(ready, timeout=15, what="the demo to get ready")
+        await wait_until(lambda: is_ready(http, url), timeout=15, what="the demo's readiness")
         async with http.get(url + "/metrics") as response:
             text = await response.text()
     samples = parse_samples(text)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import os
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ from yarl import URL
 
 from exporter.client import FetchError, GcoreClient, RateGate, RetryPolicy
 from exporter.config import ImageKey, Scope
+from exporter.fakeapi import make_image
 from exporter.telemetry import Telemetry
 
 API_KEY = "sekrit-7c41e2d9-API-KEY"
@@ -50,36 +50,12 @@ def page_url(offset: int) -> str:
 
 def image_json(image: str = IMG, **fields: Any) -> dict[str, Any]:
     """A GPU image as the current API sends it, with fields the exporter does not know."""
-    data: dict[str, Any] = {
-        "id": image,
-        "name": "gpu-base",
-        "status": "active",
-        "size": 3_221_225_472,
-        "min_disk": 20,
-        "min_ram": 2048,
-        "task_id": None,
-        "created_at": "2026-01-05T14:51:26.570866",
+    defaults: dict[str, Any] = {
         "updated_at": "2026-01-06T09:00:00+02:00",
         "tags": [{"key": "team", "value": "ml", "read_only": True}],
-        "visibility": "private",
-        "ssh_key": "allow",
-        "architecture": "x86_64",
-        "os_distro": "ubuntu",
-        "os_type": "linux",
-        "os_version": "22.04",
-        "disk_format": "qcow2",
-        "hw_firmware_type": "uefi",
-        "gpu_driver": "nvidia",
-        "gpu_driver_type": "open",
-        "gpu_driver_version": "570.148.08",
-        "cuda_toolkit_version": "12.8",
-        "region": "Luxembourg-2",
-        "region_id": 0,
-        "project_id": 0,
         "some_future_field": {"nested": [1, 2, 3]},
     }
-    data.update(fields)
-    return data
+    return make_image(image, "gpu-base", **{**defaults, **fields})
 
 
 def task_json() -> dict[str, Any]:
@@ -146,13 +122,6 @@ def stamp(fake_time: FakeTime, log: list[float]) -> Callable[..., None]:
         log.append(fake_time.now)
 
     return callback
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("GCORE_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

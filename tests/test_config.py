@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,6 @@ from exporter.config import (
 API_KEY = "sekrit-93be0f1a-API-KEY"
 IMG = "f0e1d2c3-aaaa-4bbb-8ccc-0123456789ab"
 IMG2 = "f0e1d2c3-aaaa-4bbb-8ccc-000000000002"
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("GCORE_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
