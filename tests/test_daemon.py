@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -144,6 +145,30 @@ async def test_configured_image_has_up_even_when_it_never_answered(
     assert value(s, "gcore_gpu_image_up", **labels()) == 0
     assert value(s, "gcore_gpu_image_fetch_errors_total", **labels(), reason="server_error") == 1
     assert fake.count("/images/") == 3  # retried twice
+
+
+async def test_slow_answer_is_a_timeout(fake: FakeGcore, exporter: ExporterFactory) -> None:
+    fake.put_image(P, R, make_image(IMG, "x"))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"], timeout="200ms") as running:
+        fake.inject("/images/", 200, delay=1, times=None, body=make_image(IMG, "x"))
+        await running.round()
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_fetch_errors_total", **labels(), reason="timeout") == 1
+    assert value(s, "gcore_gpu_image_info", **labels(), name="x") == 1  # kept until stale
+    assert value(s, "gcore_exporter_api_requests_total", endpoint="image", code="timeout") == 3
+
+
+async def test_unreachable_api_is_a_connection_error(
+    exporter: ExporterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("GCORE_BASE_URL", f"http://127.0.0.1:{port}")
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_last_error_info", **labels(), reason="connection") == 1
+    assert value(s, "gcore_exporter_api_requests_total", endpoint="image", code="connection") == 3
 
 
 @pytest.mark.parametrize(
