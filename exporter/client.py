@@ -12,7 +12,7 @@ import email.utils
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -47,6 +47,7 @@ REASONS: Final[tuple[Reason, ...]] = (
 Endpoint = Literal["images", "image", "task"]
 PAGE_SIZE: Final = 1000
 _MAX_ITEMS: Final = 10_000_000  # a bound on pagination, whatever `count` claims
+_YIELD_EVERY: Final = 250
 
 
 class FetchError(Exception):
@@ -111,12 +112,12 @@ class RateGate:
 
 
 @dataclass(frozen=True, slots=True)
-class Listing:
-    """Every image of one scope. `consistent` is False when the list changed while being paged."""
+class Page:
+    """One page of a scope's image list, validated item by item: one bad image sinks no page."""
 
+    count: int  # how many images the server says the whole list holds, as of this page
     images: tuple[Image, ...]
-    invalid: tuple[tuple[str | None, str], ...]
-    consistent: bool
+    invalid: tuple[tuple[str | None, str], ...]  # (id when there is one, what is wrong)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +168,13 @@ class GcoreClient:
             raise FetchError("invalid_response", f"asked for image {key.image_id}, got {image.id}")
         return image
 
-    async def list_images(self, scope: Scope) -> Listing:
+    async def list_pages(self, scope: Scope) -> AsyncIterator[Page]:
+        """Page through a scope's images by offset until `count` items have come.
+
+        Pages are yielded as they arrive so that a caller can render and drop them: holding a
+        50,000-image listing at once costs memory and long garbage-collector pauses.
+        """
         path = f"/cloud/v3/gpu/virtual/{scope.project_id}/{scope.region_id}/images"
-        found: dict[str, Image] = {}
-        invalid: list[tuple[str | None, str]] = []
-        counts: set[int] = set()
         offset = 0
         while offset < _MAX_ITEMS:
             data = await self._get_json("images", path, {"limit": PAGE_SIZE, "offset": offset})
@@ -179,20 +182,20 @@ class GcoreClient:
                 page = ImagePage.model_validate(data)
             except ValidationError as exc:
                 raise FetchError("invalid_response", f"image list: {_summary(exc)}") from None
-            counts.add(page.count)
-            for raw in page.results:
+            images: list[Image] = []
+            invalid: list[tuple[str | None, str]] = []
+            for number, raw in enumerate(page.results, 1):
+                if number % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # validating a big page must not starve scrapes
                 try:
-                    image = Image.model_validate(raw)
+                    images.append(Image.model_validate(raw))
                 except ValidationError as exc:
                     raw_id = raw.get("id") if isinstance(raw, dict) else None
                     invalid.append((raw_id if isinstance(raw_id, str) else None, _summary(exc)))
-                else:
-                    found[image.id] = image
+            yield Page(page.count, tuple(images), tuple(invalid))
             offset += len(page.results)
             if not page.results or offset >= page.count:
-                break
-        consistent = len(counts) == 1 and len(found) + len(invalid) == next(iter(counts))
-        return Listing(tuple(found.values()), tuple(invalid), consistent)
+                return
 
     async def get_task(self, task_id: str) -> Task:
         data = await self._get_json("task", f"/cloud/v1/tasks/{task_id}")

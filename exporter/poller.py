@@ -211,51 +211,65 @@ class Poller:
 
     async def _discover(self, scope: Scope) -> bool:
         labels = (str(scope.project_id), str(scope.region_id))
-        in_scope = [s for s in self._states.values() if s.key.scope == scope]
+        seen: set[ImageKey] = set()
         try:
-            listing = await self._client.list_images(scope)
-            if not listing.consistent:  # the list changed under our pages: once more
-                listing = await self._client.list_images(scope)
+            complete = await self._absorb_listing(scope, seen)
+            if not complete:  # the list changed under our pages: once more
+                complete = await self._absorb_listing(scope, seen)
         except FetchError as exc:
             self._telemetry.discovery_up.labels(*labels).set(0)
             log.warning(
                 "listing failed", project_id=labels[0], region_id=labels[1], **exc.log_fields()
             )
-            for state in in_scope:
-                self._failed(state, exc, quiet=True)
+            for state in [s for s in self._states.values() if s.key.scope == scope]:
+                if state.key not in seen:  # images of pages that did come are fresh
+                    self._failed(state, exc, quiet=True)
             return False
         self._telemetry.discovery_up.labels(*labels).set(1)
-        locked = [image for image in listing.images if image.task_id is not None]
-        found = await asyncio.gather(*(self._task_for(image) for image in locked))
-        tasks = {image.id: task for image, task in zip(locked, found, strict=True)}
-        seen: set[ImageKey] = set()
-        for count, image in enumerate(listing.images, 1):
-            key = ImageKey(scope, image.id)
-            seen.add(key)
-            state = self._states.get(key) or self._add_state(key)
-            self._succeeded(state, image, tasks.get(image.id))
-            if count % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # let scrapes in between: a big listing renders for a while
-        for image_id, problem in listing.invalid:
-            log.warning(
-                "invalid image in listing",
-                project_id=labels[0],
-                region_id=labels[1],
-                image_id=image_id,
-                problem=problem,
-            )
-            if image_id is not None:
-                key = ImageKey(scope, image_id)
-                seen.add(key)
-                state = self._states.get(key) or self._add_state(key)
-                self._failed(state, FetchError("invalid_response", problem), quiet=True)
-        if listing.consistent:
-            for state in in_scope:
-                if state.key not in seen and not state.explicit:
-                    del self._states[state.key]
+        if complete:  # only a complete listing proves that an image is gone
+            for key in [k for k in self._states if k.scope == scope and k not in seen]:
+                if not self._states[key].explicit:
+                    del self._states[key]
                     self._dirty.set()
         self._telemetry.images.set(len(self._states))
         return True
+
+    async def _absorb_listing(self, scope: Scope, seen: set[ImageKey]) -> bool:
+        """Take in every page of a scope's list; True if it held still while being paged."""
+        counts: set[int] = set()
+        listed: set[ImageKey] = set()
+        nameless = 0
+        async for page in self._client.list_pages(scope):
+            counts.add(page.count)
+            locked = [image for image in page.images if image.task_id is not None]
+            found = await asyncio.gather(*(self._task_for(image) for image in locked))
+            tasks = {image.id: task for image, task in zip(locked, found, strict=True)}
+            for number, image in enumerate(page.images, 1):
+                key = ImageKey(scope, image.id)
+                listed.add(key)
+                seen.add(key)
+                self._succeeded(
+                    self._states.get(key) or self._add_state(key), image, tasks.get(image.id)
+                )
+                if number % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let scrapes in between
+            for image_id, problem in page.invalid:
+                log.warning(
+                    "invalid image in listing",
+                    project_id=scope.project_id,
+                    region_id=scope.region_id,
+                    image_id=image_id,
+                    problem=problem,
+                )
+                if image_id is None:
+                    nameless += 1
+                    continue
+                key = ImageKey(scope, image_id)
+                listed.add(key)
+                seen.add(key)
+                state = self._states.get(key) or self._add_state(key)
+                self._failed(state, FetchError("invalid_response", problem), quiet=True)
+        return len(counts) == 1 and len(listed) + nameless == next(iter(counts))
 
     async def _task_for(self, image: Image) -> Task | None:
         """The task locking `image`, cached per task id for one interval; None if unknown."""

@@ -49,7 +49,7 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(running, return_exceptions=True)
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: web.Request) -> web.StreamResponse:
     snapshot = request.app[POLLER].snapshot
     body = await request.app[CACHE].get(
         snapshot,
@@ -59,7 +59,14 @@ async def metrics(request: web.Request) -> web.Response:
     headers = {"Content-Type": body.content_type, "Vary": "Accept, Accept-Encoding"}
     if body.gzipped:
         headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body.data, headers=headers)
+    response = web.StreamResponse(headers=headers)
+    response.content_length = body.size
+    await response.prepare(request)
+    if request.method != "HEAD":  # a streamed body is ours to withhold from HEAD
+        for part in body.parts:
+            await response.write(part)
+    await response.write_eof()
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import load_settings
 from exporter.fakeapi import FakeGcore
-from exporter.poller import Poller
+from exporter.poller import Poller, RoundResult
 from exporter.web import POLLER, create_app
 
 API_KEY = "test-key-5f3a9c1e-SECRET"
@@ -105,9 +105,9 @@ class RunningExporter:
     async def samples(self) -> Samples:
         return parse_samples(await self.scrape())
 
-    async def round(self) -> None:
+    async def round(self) -> RoundResult:
         """Run one more poll round now and wait until it is published."""
-        await self.poller.start_round()
+        return await self.poller.start_round()
 
 
 ExporterFactory = Callable[..., Any]

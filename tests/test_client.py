@@ -277,26 +277,26 @@ async def test_list_images_pages_by_offset_until_count_with_limit_1000(
     api.get(page_url(0), payload={"count": 5, "results": [image_json(i) for i in ids[0:2]]})
     api.get(page_url(2), payload={"count": 5, "results": [image_json(i) for i in ids[2:4]]})
     api.get(page_url(4), payload={"count": 5, "results": [image_json(i) for i in ids[4:5]]})
-    listing = await client.list_images(SCOPE)
-    assert [image.id for image in listing.images] == ids
-    assert listing.invalid == ()
-    assert listing.consistent is True
+    pages = [page async for page in client.list_pages(SCOPE)]
+    assert [image.id for page in pages for image in page.images] == ids
+    assert [page.count for page in pages] == [5, 5, 5]
+    assert all(page.invalid == () for page in pages)
     assert sent_urls(api) == {page_url(0): 1, page_url(2): 1, page_url(4): 1}
     for offset in (0, 2, 4):
         (call,) = calls(api, page_url(offset))
         assert call.kwargs["params"] == {"limit": 1000, "offset": offset}
 
 
-async def test_listing_whose_count_changes_between_pages_is_inconsistent(
+async def test_pages_report_the_count_each_page_announced(
     api: aioresponses, client: GcoreClient
 ) -> None:
     ids = [image_id(n) for n in range(1, 6)]
     api.get(page_url(0), payload={"count": 4, "results": [image_json(i) for i in ids[0:2]]})
     api.get(page_url(2), payload={"count": 5, "results": [image_json(i) for i in ids[2:4]]})
     api.get(page_url(4), payload={"count": 5, "results": [image_json(i) for i in ids[4:5]]})
-    listing = await client.list_images(SCOPE)
-    assert listing.consistent is False
-    assert [image.id for image in listing.images] == ids
+    pages = [page async for page in client.list_pages(SCOPE)]
+    assert [page.count for page in pages] == [4, 5, 5]
+    assert [image.id for page in pages for image in page.images] == ids
 
 
 async def test_invalid_item_in_page_lands_in_invalid_with_its_id(
@@ -310,11 +310,10 @@ async def test_invalid_item_in_page_lands_in_invalid_with_its_id(
         "not even an object",
     ]
     api.get(page_url(0), payload={"count": 4, "results": results})
-    listing = await client.list_images(SCOPE)
-    assert [image.id for image in listing.images] == good
-    assert [image_id for image_id, _ in listing.invalid] == ["broken-image", None]
-    assert "status" in listing.invalid[0][1]
-    assert listing.consistent is True
+    (page,) = [page async for page in client.list_pages(SCOPE)]
+    assert [image.id for image in page.images] == good
+    assert [image_id for image_id, _ in page.invalid] == ["broken-image", None]
+    assert "status" in page.invalid[0][1]
 
 
 # --- retries -------------------------------------------------------------------------------------

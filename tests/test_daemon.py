@@ -121,6 +121,39 @@ async def test_list_that_changes_while_paged_is_read_again_and_loses_nothing(
     )
 
 
+async def test_listing_that_fails_midway_keeps_what_came_and_fails_the_rest(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.max_page = 2
+    for n in range(4):
+        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        for n in range(4):
+            fake.update_image(P, R, image_id(n), name=f"renamed-{n}")
+        fake.inject(r"offset=2", 403, times=None)
+        result = await running.round()
+        s = await running.samples()
+    assert (result.ok, result.failed) == (0, 1)
+    assert [value(s, "gcore_gpu_image_up", image_id=image_id(n)) for n in range(4)] == [1, 1, 0, 0]
+    assert value(s, "gcore_gpu_image_info", image_id=image_id(1), name="renamed-1") == 1
+    assert value(s, "gcore_gpu_image_info", image_id=image_id(2), name="img-2") == 1  # kept
+    assert value(s, "gcore_exporter_discovery_up") == 0
+
+
+async def test_nameless_broken_item_does_not_make_the_list_look_unstable(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.put_image(P, R, make_image(image_id(1), "good"))
+    fake.put_image(P, R, {"id": None, "name": "no id"})
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        fake.remove_image(P, R, image_id(1))
+        fake.put_image(P, R, make_image(image_id(2), "next"))
+        await running.round()
+        s = await running.samples()
+    assert fake.count(r"/images\?") == 2  # one listing per round, none read twice
+    assert [ls["image_id"] for ls in series(s, "gcore_gpu_image_up")] == [image_id(2)]
+
+
 async def test_not_found_withdraws_values_at_once_but_keeps_up(
     fake: FakeGcore, exporter: ExporterFactory
 ) -> None:
@@ -380,6 +413,12 @@ async def test_openmetrics_and_gzip_are_negotiated(
             assert om.headers["Content-Type"].startswith("application/openmetrics-text")
             assert om.headers["Content-Encoding"] == "gzip"
             om_text = gzip.decompress(await om.read()).decode()
+        plain_head = {"Accept-Encoding": "identity"}
+        async with running.http.head(running.url + "/metrics", headers=plain_head) as head:
+            assert head.status == 200
+            assert int(head.headers["Content-Length"]) == len(plain_text.encode())
+            assert await head.read() == b""
+        await running.scrape()  # the connection is still in step: HEAD sent no body
     assert om_text.endswith("# EOF\n")
     assert "# TYPE gcore_gpu_image_fetch_errors counter" in om_text
     assert "# TYPE gcore_gpu_image_fetch_errors_total counter" in plain_text

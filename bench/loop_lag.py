@@ -1,0 +1,110 @@
+"""Event-loop lag and scrape cost while one process polls N discovered images (default 50,000).
+
+The fake Gcore API runs in another process, so its work and memory do not count here. A probe
+task measures how late a 5 ms sleep wakes up: how long a scrape could have waited for the loop.
+Usage: `python -m bench.loop_lag [N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import aiohttp
+from pydantic import SecretStr
+
+from exporter.client import GcoreClient
+from exporter.config import Scope, Targets
+from exporter.exposition import ExpositionCache
+from exporter.poller import Poller
+from exporter.telemetry import Telemetry
+
+KEY = "bench-key"
+T = TypeVar("T")
+
+
+def serve_fake(images: int) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "bench.fake_server", str(images), KEY]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
+async def probe(lags: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        started = time.perf_counter()
+        await asyncio.sleep(0.005)
+        lags.append(time.perf_counter() - started - 0.005)
+
+
+async def measured(work: Awaitable[T]) -> tuple[T, float, list[float]]:
+    """Run `work` while probing the loop: its result, wall time and the sorted lags seen."""
+    lags: list[float] = []
+    stop = asyncio.Event()
+    prober = asyncio.create_task(probe(lags, stop))
+    started = time.perf_counter()
+    result = await work
+    wall = time.perf_counter() - started
+    stop.set()
+    await prober
+    return result, wall, sorted(lags)
+
+
+def lag_line(lags: list[float]) -> str:
+    p50, p99 = lags[len(lags) // 2], lags[int(len(lags) * 0.99)]
+    return f"loop lag p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, max {lags[-1] * 1e3:.1f} ms"
+
+
+async def main(images: int) -> None:
+    fake = serve_fake(images)
+    assert fake.stdout is not None
+    port = int(fake.stdout.readline())
+    try:
+        await measure(port, images)
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+async def measure(port: int, images: int) -> None:
+    gc.freeze()  # as the daemon does at startup
+    telemetry = Telemetry()
+    async with aiohttp.ClientSession() as session:
+        client = GcoreClient(
+            session,
+            f"http://127.0.0.1:{port}",
+            SecretStr(KEY),
+            timeout=30,
+            concurrency=8,
+            telemetry=telemetry,
+        )
+        targets = Targets((), (Scope(1, 10),))
+        poller = Poller(client, targets, interval=60, stale_after=300, telemetry=telemetry)
+        result, poll_s, poll_lags = await measured(poller.run_once())
+    cache = ExpositionCache()
+    text, text_s, text_lags = await measured(
+        cache.get(poller.snapshot, openmetrics=False, gzipped=False)
+    )
+    packed, gzip_s, gzip_lags = await measured(
+        cache.get(poller.snapshot, openmetrics=False, gzipped=True)
+    )
+    _, cached_s, _ = await measured(cache.get(poller.snapshot, openmetrics=False, gzipped=True))
+    print(f"images:          {images} ({result.ok} listing ok, {result.failed} failed)")
+    print(f"poll:            {poll_s:.2f} s (list, validate, render); {lag_line(poll_lags)}")
+    text_mib, packed_mib = text.size / 2**20, packed.size / 2**20
+    print(f"first text body: {text_s * 1e3:.0f} ms, {text_mib:.1f} MiB; {lag_line(text_lags)}")
+    print(f"gzip body:       {gzip_s * 1e3:.0f} ms, {packed_mib:.1f} MiB; {lag_line(gzip_lags)}")
+    print(f"cached body:     {cached_s * 1e6:.0f} us")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS:        {rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("images", nargs="?", type=int, default=50_000)
+    asyncio.run(main(parser.parse_args().images))
