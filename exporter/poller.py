@@ -97,7 +97,6 @@ class Poller:
         self._dirty = asyncio.Event()
         self._round_done = asyncio.Condition()
         self.rounds_completed = 0
-        self.last_round: RoundResult | None = None
         self.snapshot: Snapshot = EMPTY_SNAPSHOT
         for key in targets.images:
             self._add_state(key, explicit=True)
@@ -149,7 +148,7 @@ class Poller:
         return await self.start_round()
 
     async def wait_for_rounds(self, count: int) -> None:
-        """Return once `count` rounds have completed in total (for tests and `--once`)."""
+        """Return once `count` rounds have completed in total: tests wait on this, not on time."""
         async with self._round_done:
             await self._round_done.wait_for(lambda: self.rounds_completed >= count)
 
@@ -182,7 +181,6 @@ class Poller:
         telemetry.polls.inc()
         telemetry.poll_duration.set(result.duration)
         telemetry.last_poll.set(self._now())
-        self.last_round = result
         self.rounds_completed += 1
         self._publish()
         log.info(
@@ -192,6 +190,7 @@ class Poller:
             failed=result.failed,
             skipped=result.skipped,
             images=len(self._states),
+            images_failing=sum(1 for state in self._states.values() if not state.up),
             duration=round(result.duration, 3),
         )
         async with self._round_done:
@@ -231,7 +230,6 @@ class Poller:
                 if not self._states[key].explicit:
                     del self._states[key]
                     self._dirty.set()
-        self._telemetry.images.set(len(self._states))
         return True
 
     async def _absorb_listing(self, scope: Scope, seen: set[ImageKey]) -> bool:
