@@ -44,7 +44,7 @@ async def wait_until(
             return
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # poll again until the deadline
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,19 +13,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from conftest import API_KEY, parse_samples, value, wait_until
-from tooling import require_tool
+from tooling import free_port, require_tool
 
 from exporter.fakeapi import FakeGcore, make_image, make_task
 
 P, R = 3, 5
 IMG = "c0ffee00-0000-4000-8000-000000000001"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def env_for(fake_url: str, **extra: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import yaml
 from aiohttp import web
+from tooling import free_port
 
 from exporter.fakeapi import FakeGcore
 
@@ -68,14 +69,7 @@ def wait_for(
             raise WaitTimeout(
                 f"timed out after {timeout:g}s waiting for {what}; last: {last!r}{extra}"
             )
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (the OS picks it; a tiny reuse race remains)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        time.sleep(interval)  # poll again until the deadline
 
 
 def refused_port(exit_stack: contextlib.ExitStack) -> int:
