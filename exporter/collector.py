@@ -171,7 +171,10 @@ def render_values(
     task: Task | None = None,
     lock_started: float | None = None,
 ) -> tuple[bytes, ...]:
-    """What a successful fetch knows, one chunk per family of `VALUE_FAMILIES`."""
+    """What a successful fetch knows, one chunk per family of `VALUE_FAMILIES`.
+
+    `task` is the task that holds the image's lock, when the Tasks API told us.
+    """
     out = _Lines(key, VALUE_FAMILIES)
     info = (("name", image.name), *((f, getattr(image, f) or "") for f in INFO_FIELDS))
     out.add("gcore_gpu_image_info", 1, info)
@@ -190,14 +193,13 @@ def render_values(
     if image.task_id is not None:
         if lock_started is not None:
             out.add("gcore_gpu_image_lock_age_seconds", max(0.0, now - lock_started))
-        known_task = task if task is not None and task.id == image.task_id else None
         out.add(
             "gcore_gpu_image_task_info",
             1,
             (
                 ("task_id", image.task_id),
-                ("task_type", (known_task.task_type or "") if known_task else ""),
-                ("task_state", known_task.state if known_task else ""),
+                ("task_type", (task.task_type or "") if task else ""),
+                ("task_state", task.state if task else ""),
             ),
         )
     created = image.created_at.timestamp()

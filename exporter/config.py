@@ -288,13 +288,6 @@ def _clean_key(key: str) -> str:
     return key
 
 
-# Keys a config file may hold: secrets, endpoint and mode stay in flags and the environment.
-YAML_KEYS = frozenset(
-    {"targets", "interval", "timeout", "concurrency", "stale_after", "listen"}
-    | {"log_level", "log_format"}
-)
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     where = f"config: {str(path)!r}"
     try:
@@ -315,7 +308,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{where} must hold a mapping of settings"])
     if "config" in data:
         raise ConfigError([f"{where}: `config` cannot be set inside a config file"])
-    refused = sorted(str(k) for k in data if k not in YAML_KEYS and str(k) in _ENV_ONLY)
+    refused = sorted(str(k) for k in data if str(k) in _ENV_ONLY)
     if refused:
         raise ConfigError(
             [f"{where}: {key} belongs in the environment, not a config file" for key in refused]
@@ -324,6 +317,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 _SECRET_FIELDS = {"api_key", "GCORE_API_KEY"}
+# Settings a config file may not hold: secrets, endpoint and mode stay in the environment and flags.
 _ENV_ONLY = frozenset(
     {"demo", "api_key", "api_key_file", "base_url", "project_id", "region_id"}
     | {"GCORE_API_KEY", "GCORE_API_KEY_FILE", "GCORE_BASE_URL"}

@@ -304,8 +304,10 @@ class Poller:
         if image.task_id != state.lock_task_id:
             state.lock_task_id = image.task_id
             state.lock_seen = now if image.task_id is not None else None
+        if task is not None and task.id != image.task_id:
+            task = None  # an answer about another task says nothing about this lock
         lock_started = state.lock_seen
-        if task is not None and task.id == image.task_id and task.created_on is not None:
+        if task is not None and task.created_on is not None:
             lock_started = task.created_on.timestamp()
         state.values = render_values(
             state.key, image, now=now, task=task, lock_started=lock_started

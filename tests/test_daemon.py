@@ -27,6 +27,12 @@ def image_id(n: int) -> str:
     return f"a1b2c3d4-0000-4000-8000-{n:012d}"
 
 
+def seed(fake: FakeGcore, count: int) -> None:
+    """Images `image_id(0)` … `image_id(count - 1)`, named `img-N`, in project P, region R."""
+    for n in range(count):
+        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+
+
 def labels(image: str = IMG, project: int = P, region: int = R) -> dict[str, str]:
     return {"project_id": str(project), "region_id": str(region), "image_id": image}
 
@@ -77,8 +83,7 @@ async def test_discovery_pages_through_the_list_without_per_image_requests(
     fake: FakeGcore, exporter: ExporterFactory
 ) -> None:
     fake.max_page = 3
-    for n in range(10):
-        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    seed(fake, 10)
     async with exporter(targets=[f"{P}/{R}"]) as running:
         s = await running.samples()
     assert len(series(s, "gcore_gpu_image_up")) == 10
@@ -90,8 +95,7 @@ async def test_discovery_pages_through_the_list_without_per_image_requests(
 async def test_discovered_image_leaves_and_joins_at_the_next_poll(
     fake: FakeGcore, exporter: ExporterFactory
 ) -> None:
-    for n in range(3):
-        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    seed(fake, 3)
     async with exporter(targets=[f"{P}/{R}"]) as running:
         fake.remove_image(P, R, image_id(1))
         fake.put_image(P, R, make_image(image_id(3), "newcomer"))
@@ -107,10 +111,9 @@ async def test_list_that_changes_while_paged_is_read_again_and_loses_nothing(
     fake: FakeGcore, exporter: ExporterFactory
 ) -> None:
     fake.max_page = 2
-    for n in range(4):
-        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    seed(fake, 4)
     async with exporter(targets=[f"{P}/{R}"]) as running:
-        # From now on every first page shows one more image than the list really has.
+        # The next two listings start with an empty page that claims five images.
         fake.inject(r"/images\?limit=1000&offset=0", 200, body={"count": 5, "results": []}, times=2)
         await running.round()
         s = await running.samples()
@@ -125,8 +128,7 @@ async def test_listing_that_fails_midway_keeps_what_came_and_fails_the_rest(
     fake: FakeGcore, exporter: ExporterFactory
 ) -> None:
     fake.max_page = 2
-    for n in range(4):
-        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    seed(fake, 4)
     async with exporter(targets=[f"{P}/{R}"]) as running:
         for n in range(4):
             fake.update_image(P, R, image_id(n), name=f"renamed-{n}")
@@ -255,8 +257,7 @@ async def test_invalid_item_in_a_listing_fails_only_that_image(
 async def test_rate_limit_pauses_every_request_until_retry_after(
     fake: FakeGcore, exporter: ExporterFactory
 ) -> None:
-    for n in range(4):
-        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    seed(fake, 4)
     targets = [f"{P}/{R}/{image_id(n)}" for n in range(4)]
     async with exporter(targets=targets, concurrency=1) as running:
         fake.inject(f"/images/{image_id(0)}", 429, headers={"Retry-After": "1"})
@@ -274,8 +275,7 @@ async def test_rate_limit_pauses_every_request_until_retry_after(
 async def test_slow_image_does_not_delay_the_others(
     fake: FakeGcore, exporter: ExporterFactory
 ) -> None:
-    for n in range(3):
-        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    seed(fake, 3)
     targets = [f"{P}/{R}/{image_id(n)}" for n in range(3)]
     async with exporter(targets=targets) as running:
         fake.inject(f"/images/{image_id(0)}", 200, delay=3, body=make_image(image_id(0), "slow"))
@@ -489,8 +489,7 @@ async def test_concurrency_caps_requests_in_flight(
     fake: FakeGcore, exporter: ExporterFactory
 ) -> None:
     fake.latency = 0.05
-    for n in range(12):
-        fake.put_image(P, R, make_image(image_id(n), f"img-{n}"))
+    seed(fake, 12)
     async with exporter(targets=[f"{P}/{R}/{image_id(n)}" for n in range(12)], concurrency=3):
         pass
     assert fake.peak_in_flight == 3
