@@ -26,7 +26,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 
 typecheck: $(VENV)/.installed-test
-	$(BIN)/mypy --strict exporter
+	$(BIN)/mypy --strict exporter tests bench
 
 pytest: $(VENV)/.installed-test
 	$(BIN)/pytest

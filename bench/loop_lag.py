@@ -17,14 +17,12 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import aiohttp
 from pydantic import SecretStr
 
-from exporter.client import GcoreClient
-from exporter.config import Scope, Targets
+from exporter.config import load_settings
 from exporter.exposition import ExpositionCache
-from exporter.poller import Poller
-from exporter.telemetry import Telemetry
+from exporter.runtime import Upstream, new_monitor, open_scheduler
+from exporter.vocabulary import Scope, Targets
 
 KEY = "bench-key"
 T = TypeVar("T")
@@ -73,27 +71,16 @@ async def main(images: int) -> None:
 
 async def measure(port: int, images: int) -> None:
     gc.freeze()  # as the daemon does at startup
-    telemetry = Telemetry()
-    async with aiohttp.ClientSession() as session:
-        client = GcoreClient(
-            session,
-            f"http://127.0.0.1:{port}",
-            SecretStr(KEY),
-            timeout=30,
-            concurrency=8,
-            telemetry=telemetry,
-        )
-        targets = Targets((), (Scope(1, 10),))
-        poller = Poller(client, targets, interval=60, stale_after=300, telemetry=telemetry)
-        result, poll_s, poll_lags = await measured(poller.run_once())
+    settings = load_settings(demo=True, interval=60, stale_after=300, timeout=30, concurrency=8)
+    upstream = Upstream(f"http://127.0.0.1:{port}", SecretStr(KEY), Targets((), (Scope(1, 10),)))
+    monitor = new_monitor(settings)
+    async with open_scheduler(settings, upstream, monitor) as scheduler:
+        result, poll_s, poll_lags = await measured(scheduler.run_once())
     cache = ExpositionCache()
-    text, text_s, text_lags = await measured(
-        cache.get(poller.snapshot, openmetrics=False, gzipped=False)
-    )
-    packed, gzip_s, gzip_lags = await measured(
-        cache.get(poller.snapshot, openmetrics=False, gzipped=True)
-    )
-    _, cached_s, _ = await measured(cache.get(poller.snapshot, openmetrics=False, gzipped=True))
+    snapshot = monitor.publisher.current
+    text, text_s, text_lags = await measured(cache.get(snapshot, openmetrics=False, gzipped=False))
+    packed, gzip_s, gzip_lags = await measured(cache.get(snapshot, openmetrics=False, gzipped=True))
+    _, cached_s, _ = await measured(cache.get(snapshot, openmetrics=False, gzipped=True))
     print(f"images:          {images} ({result.ok} listing ok, {result.failed} failed)")
     print(f"poll:            {poll_s:.2f} s (list, validate, render); {lag_line(poll_lags)}")
     text_mib, packed_mib = text.size / 2**20, packed.size / 2**20

@@ -10,13 +10,13 @@ import sys
 from collections.abc import Sequence
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from exporter import __version__
 from exporter.config import DEFAULT_PORT, ConfigError, Settings, listen_address, load_settings
 from exporter.exposition import render_parts
 from exporter.logs import configure_logging
-from exporter.runtime import open_poller, upstream_for
-from exporter.web import create_app
+from exporter.runtime import create_daemon, new_monitor, open_scheduler, upstream_for
 
 EXIT_OK, EXIT_FETCH_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -91,13 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(settings.describe(), indent=2))
         return EXIT_OK
     if once:
-        return asyncio.run(_once(settings))
+        return asyncio.run(_once(settings, api_key))
     host, port = listen_address(settings.listen)
     # Modules and classes live as long as the process: keep the collector from rescanning them,
     # which shortens the pauses of full collections while big listings come and go.
     gc.freeze()
     web.run_app(
-        create_app(settings),
+        create_daemon(settings, api_key),
         host=host,
         port=port,
         print=None,
@@ -108,9 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-async def _once(settings: Settings) -> int:
-    async with upstream_for(settings) as upstream, open_poller(settings, upstream) as poller:
-        result = await poller.run_once()
-        sys.stdout.buffer.writelines(render_parts(poller.snapshot, openmetrics=False))
+async def _once(settings: Settings, api_key: SecretStr | None) -> int:
+    monitor = new_monitor(settings)
+    async with (
+        upstream_for(settings, api_key) as upstream,
+        open_scheduler(settings, upstream, monitor) as scheduler,
+    ):
+        result = await scheduler.run_once()
+        sys.stdout.buffer.writelines(render_parts(monitor.publisher.current, openmetrics=False))
         sys.stdout.flush()
     return EXIT_OK if result.failed == 0 else EXIT_FETCH_FAILED

@@ -20,60 +20,13 @@ from typing import Any, Final, Literal
 import aiohttp
 from pydantic import SecretStr, ValidationError
 
-from exporter.config import ImageKey, Scope
 from exporter.models import Image, ImagePage, Task
 from exporter.telemetry import Telemetry
+from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Reason, Scope
 
-Reason = Literal[
-    "not_found",
-    "unauthorized",
-    "forbidden",
-    "rate_limited",
-    "server_error",
-    "timeout",
-    "connection",
-    "invalid_response",
-]
-REASONS: Final[tuple[Reason, ...]] = (
-    "not_found",
-    "unauthorized",
-    "forbidden",
-    "rate_limited",
-    "server_error",
-    "timeout",
-    "connection",
-    "invalid_response",
-)
 Endpoint = Literal["images", "image", "task"]
 PAGE_SIZE: Final = 1000
 _MAX_ITEMS: Final = 10_000_000  # a bound on pagination, whatever `count` claims
-_YIELD_EVERY: Final = 250
-
-
-class FetchError(Exception):
-    """A failed API call, safe to log and show: no key, no request headers."""
-
-    def __init__(
-        self,
-        reason: Reason,
-        message: str,
-        *,
-        status: int | None = None,
-        request_id: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.reason: Reason = reason
-        self.message = message
-        self.status = status
-        self.request_id = request_id
-
-    def log_fields(self) -> dict[str, Any]:
-        return {
-            "reason": self.reason,
-            "status": self.status,
-            "request_id": self.request_id,
-            "message": self.message,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +138,7 @@ class GcoreClient:
             images: list[Image] = []
             invalid: list[tuple[str | None, str]] = []
             for number, raw in enumerate(page.results, 1):
-                if number % _YIELD_EVERY == 0:
+                if number % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # validating a big page must not starve scrapes
                 try:
                     images.append(Image.model_validate(raw))

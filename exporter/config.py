@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,6 +29,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 from yarl import URL
+
+from exporter.vocabulary import ImageKey, Scope, Targets
 
 DEFAULT_PORT = 10150
 DEFAULT_BASE_URL = "https://api.gcore.com"
@@ -72,26 +73,6 @@ def parse_duration(value: Any) -> Any:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, allow_inf_nan=False)]
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Scope:
-    """A project/region pair: the unit of discovery and of Gcore's URL space."""
-
-    project_id: int
-    region_id: int
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class ImageKey:
-    scope: Scope
-    image_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Targets:
-    images: tuple[ImageKey, ...]
-    scopes: tuple[Scope, ...]
 
 
 def _split_commas(value: Any) -> Any:

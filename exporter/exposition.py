@@ -11,13 +11,12 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from exporter.collector import FAMILIES, family_header
-from exporter.poller import Snapshot
+from exporter.families import FAMILIES
+from exporter.snapshot import OPENMETRICS_EOF, Snapshot
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-_HEADERS = {om: tuple(family_header(f, om) for f in FAMILIES) for om in (False, True)}
-_EOF = b"# EOF\n"
+_HEADERS = {om: tuple(f.header(openmetrics=om) for f in FAMILIES) for om in (False, True)}
 
 
 _SLICE = 5000  # images per part
@@ -38,7 +37,7 @@ def _assemble(
         parts.append(header)
         parts += slices
     if openmetrics:
-        parts.append(_EOF)
+        parts.append(OPENMETRICS_EOF)
     return parts
 
 

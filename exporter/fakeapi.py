@@ -2,7 +2,8 @@
 
 It backs `--demo` and every test above the client's unit tests, so it behaves like Gcore where it
 matters: `APIKey` auth (scheme case-insensitive), `{"count", "results"}` pages capped at `max_page`,
-Gcore's JSON error bodies, and injectable faults (status codes, HTML bodies, `Retry-After`, delays).
+Gcore's JSON error bodies, and injectable faults (status codes, HTML bodies, `Retry-After`,
+delays, answers held until the test releases them).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class Fault:
     headers: Mapping[str, str] = field(default_factory=dict)
     times: int | None = 1
     delay: float = 0.0
+    hold: asyncio.Event | None = None  # the answer waits until the test sets it
     content_type: str = "application/json"
 
 
@@ -162,6 +164,8 @@ class FakeGcore:
                         self.faults.remove(fault)
                 if fault.delay:
                     await asyncio.sleep(fault.delay)
+                if fault.hold is not None:
+                    await fault.hold.wait()
                 return _fault_response(fault)
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "apikey" or key != self.api_key:

@@ -1,9 +1,10 @@
-"""Wires settings into running parts: the upstream API (Gcore or the demo), a session, a poller."""
+"""Wires settings into running parts: the upstream (Gcore or the demo), the monitor, a scheduler."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -13,11 +14,17 @@ from pydantic import SecretStr
 
 from exporter import __version__
 from exporter.client import GcoreClient, RetryPolicy
-from exporter.config import Settings, Targets
+from exporter.config import Settings
 from exporter.demo import DEMO_API_KEY, DemoWorld, animate
 from exporter.fakeapi import FakeGcore
-from exporter.poller import Poller
+from exporter.fetcher import Fetcher
+from exporter.image_store import ImageStore
+from exporter.scheduler import Scheduler
+from exporter.snapshot import Publisher
+from exporter.task_cache import TaskCache
 from exporter.telemetry import Telemetry
+from exporter.vocabulary import Targets
+from exporter.web import create_app
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +64,45 @@ async def demo_upstream(settings: Settings) -> AsyncIterator[Upstream]:
 
 
 @asynccontextmanager
-async def upstream_for(settings: Settings) -> AsyncIterator[Upstream]:
+async def upstream_for(settings: Settings, api_key: SecretStr | None) -> AsyncIterator[Upstream]:
+    """The demo's upstream, or Gcore with `api_key` (read once, by the caller, at startup)."""
     if settings.demo:
         async with demo_upstream(settings) as upstream:
             yield upstream
+    elif api_key is None:
+        raise ValueError("an API key is required outside the demo")
     else:
-        yield Upstream(settings.base_url, settings.read_api_key(), settings.resolved_targets())
+        yield Upstream(settings.base_url, api_key, settings.resolved_targets())
+
+
+@dataclass(frozen=True, slots=True)
+class Monitor:
+    """The parts that exist before any I/O: what scrapes read until polling has begun."""
+
+    telemetry: Telemetry
+    store: ImageStore
+    publisher: Publisher
+
+
+def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time) -> Monitor:
+    telemetry = Telemetry()
+    publisher = Publisher(lambda: store.rendered(), telemetry.registry)
+    store = ImageStore(
+        stale_after=settings.effective_stale_after, clock=wall_clock, on_change=publisher.mark_dirty
+    )
+    telemetry.images.set_function(lambda: len(store))
+    return Monitor(telemetry, store, publisher)
 
 
 @asynccontextmanager
-async def open_poller(settings: Settings, upstream: Upstream) -> AsyncIterator[Poller]:
-    """A poller with its own HTTP session and telemetry; not yet running."""
-    telemetry = Telemetry()
+async def open_scheduler(
+    settings: Settings,
+    upstream: Upstream,
+    monitor: Monitor,
+    wall_clock: Callable[[], float] = time.time,
+) -> AsyncIterator[Scheduler]:
+    """A scheduler with its own HTTP session, feeding `monitor`; not yet running."""
+    telemetry = monitor.telemetry
     async with aiohttp.ClientSession(
         headers={"User-Agent": f"gcore-gpu-image-exporter/{__version__}"},
         connector=aiohttp.TCPConnector(limit=settings.concurrency),
@@ -82,10 +116,42 @@ async def open_poller(settings: Settings, upstream: Upstream) -> AsyncIterator[P
             telemetry=telemetry,
             retry=RetryPolicy(budget=settings.interval),
         )
-        yield Poller(
-            client,
-            upstream.targets,
-            interval=settings.interval,
-            stale_after=settings.effective_stale_after,
-            telemetry=telemetry,
+        telemetry.rate_limit_paused.set_function(lambda: int(client.gate.remaining > 0))
+        tasks = TaskCache(
+            client.get_task,
+            ttl=settings.interval,
+            on_failure=lambda error: telemetry.task_fetch_errors.labels(error.reason).inc(),
         )
+        fetcher = Fetcher(client, store=monitor.store, tasks=tasks, telemetry=telemetry)
+        yield Scheduler(
+            fetcher,
+            upstream.targets,
+            store=monitor.store,
+            publisher=monitor.publisher,
+            telemetry=telemetry,
+            interval=settings.interval,
+            wall_clock=wall_clock,
+        )
+
+
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+
+
+def create_daemon(settings: Settings, api_key: SecretStr | None) -> web.Application:
+    """The HTTP app with polling started and stopped through its `cleanup_ctx`."""
+    monitor = new_monitor(settings)
+    app = create_app(monitor.publisher)
+
+    async def polling(app: web.Application) -> AsyncIterator[None]:
+        async with (
+            upstream_for(settings, api_key) as upstream,
+            open_scheduler(settings, upstream, monitor) as scheduler,
+        ):
+            app[SCHEDULER] = scheduler
+            running = asyncio.create_task(scheduler.run())
+            yield
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+
+    app.cleanup_ctx.append(polling)
+    return app

@@ -13,9 +13,10 @@ from prometheus_client import (
 )
 
 from exporter import __version__
+from exporter.families import CACHED_HELP
 
 REQUEST_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-CACHED = "Cached from the last poll. "
+
 
 # `_created` series double every counter and histogram for no use in alerting or dashboards.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -37,64 +38,64 @@ class Telemetry:
         ).labels(__version__).set(1)
         self.api_requests = Counter(
             "gcore_exporter_api_requests",
-            CACHED + "HTTP requests sent to the Gcore API, by endpoint and status code "
+            CACHED_HELP + "HTTP requests sent to the Gcore API, by endpoint and status code "
             "(timeout and connection when no response came back).",
             ["endpoint", "code"],
             registry=r,
         )
         self.api_request_duration = Histogram(
             "gcore_exporter_api_request_duration_seconds",
-            CACHED + "Latency of Gcore API requests, by endpoint.",
+            CACHED_HELP + "Latency of Gcore API requests, by endpoint.",
             ["endpoint"],
             buckets=REQUEST_BUCKETS,
             registry=r,
         )
         self.api_retries = Counter(
             "gcore_exporter_api_retries",
-            CACHED + "Gcore API requests retried after a retryable failure, by endpoint.",
+            CACHED_HELP + "Gcore API requests retried after a retryable failure, by endpoint.",
             ["endpoint"],
             registry=r,
         )
         self.rate_limit_pauses = Counter(
             "gcore_exporter_rate_limit_pauses",
-            CACHED + "Times a 429 from Gcore paused every request to the API.",
+            CACHED_HELP + "Times a 429 from Gcore paused every request to the API.",
             registry=r,
         )
         self.rate_limit_paused = Gauge(
             "gcore_exporter_rate_limit_paused",
-            CACHED + "1 while the exporter holds all API requests back after a 429.",
+            CACHED_HELP + "1 while the exporter holds all API requests back after a 429.",
             registry=r,
         )
         self.task_fetch_errors = Counter(
             "gcore_exporter_task_fetch_errors",
-            CACHED + "Failed lookups of the task that locks an image, by reason "
+            CACHED_HELP + "Failed lookups of the task that locks an image, by reason "
             "(the image itself is still reported).",
             ["reason"],
             registry=r,
         )
         self.polls = Counter(
             "gcore_exporter_polls",
-            CACHED + "Completed poll rounds.",
+            CACHED_HELP + "Completed poll rounds.",
             registry=r,
         )
         self.poll_duration = Gauge(
             "gcore_exporter_poll_duration_seconds",
-            CACHED + "Wall time of the last completed poll round.",
+            CACHED_HELP + "Wall time of the last completed poll round.",
             registry=r,
         )
         self.last_poll = Gauge(
             "gcore_exporter_last_poll_timestamp_seconds",
-            CACHED + "Unix time at which the last poll round completed.",
+            CACHED_HELP + "Unix time at which the last poll round completed.",
             registry=r,
         )
         self.images = Gauge(
             "gcore_exporter_images",
-            CACHED + "Images currently monitored (configured and discovered).",
+            CACHED_HELP + "Images currently monitored (configured and discovered).",
             registry=r,
         )
         self.discovery_up = Gauge(
             "gcore_exporter_discovery_up",
-            CACHED + "Whether the last listing of a project/region's images succeeded.",
+            CACHED_HELP + "Whether the last listing of a project/region's images succeeded.",
             ["project_id", "region_id"],
             registry=r,
         )

@@ -1,20 +1,17 @@
-"""HTTP side: serves the latest snapshot; never calls Gcore and never waits on a poll."""
+"""HTTP side: serves the latest snapshot of a source; never calls Gcore and never waits on a poll.
+
+What produces the snapshots is wired elsewhere (`runtime`), so this module knows nothing of polling.
+"""
 
 from __future__ import annotations
-
-import asyncio
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from exporter import __version__
-from exporter.config import Settings
 from exporter.exposition import ExpositionCache, wants_gzip, wants_openmetrics
-from exporter.poller import Poller
-from exporter.runtime import open_poller, upstream_for
+from exporter.snapshot import SnapshotSource
 
-SETTINGS = web.AppKey("settings", Settings)
-POLLER = web.AppKey("poller", Poller)
+SOURCE = web.AppKey("source", SnapshotSource)
 CACHE = web.AppKey("cache", ExpositionCache)
 
 _LANDING = """<!doctype html>
@@ -27,11 +24,10 @@ _LANDING = """<!doctype html>
 """
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(source: SnapshotSource) -> web.Application:
     app = web.Application()
-    app[SETTINGS] = settings
+    app[SOURCE] = source
     app[CACHE] = ExpositionCache()
-    app.cleanup_ctx.append(_polling)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -39,18 +35,8 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-async def _polling(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    async with upstream_for(settings) as upstream, open_poller(settings, upstream) as poller:
-        app[POLLER] = poller
-        running = asyncio.create_task(poller.run())
-        yield
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-
-
 async def metrics(request: web.Request) -> web.StreamResponse:
-    snapshot = request.app[POLLER].snapshot
+    snapshot = request.app[SOURCE].current
     body = await request.app[CACHE].get(
         snapshot,
         openmetrics=wants_openmetrics(request.headers.get("Accept", "")),
@@ -74,7 +60,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[POLLER].snapshot.ready:
+    if request.app[SOURCE].current.ready:
         return web.Response(text="ready\n")
     return web.Response(status=503, text="waiting for the first poll\n")
 

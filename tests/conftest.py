@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import load_settings
 from exporter.fakeapi import FakeGcore
-from exporter.poller import Poller, RoundResult
-from exporter.web import POLLER, create_app
+from exporter.runtime import SCHEDULER, create_daemon
+from exporter.scheduler import RoundResult, Scheduler
 
 API_KEY = "test-key-5f3a9c1e-SECRET"
 
@@ -94,8 +94,8 @@ class RunningExporter:
     http: aiohttp.ClientSession
 
     @property
-    def poller(self) -> Poller:
-        return self.app[POLLER]
+    def scheduler(self) -> Scheduler:
+        return self.app[SCHEDULER]
 
     async def scrape(self, **headers: str) -> str:
         async with self.http.get(self.url + "/metrics", headers=headers) as response:
@@ -107,7 +107,7 @@ class RunningExporter:
 
     async def round(self) -> RoundResult:
         """Run one more poll round now and wait until it is published."""
-        return await self.poller.start_round()
+        return await asyncio.wait_for(self.scheduler.start_round(), 30)
 
 
 ExporterFactory = Callable[..., Any]
@@ -125,7 +125,8 @@ def exporter(fake_url: str, monkeypatch: pytest.MonkeyPatch) -> ExporterFactory:
     @asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[RunningExporter]:
         options: dict[str, Any] = {"interval": "1h", "listen": "127.0.0.1:0", **overrides}
-        app = create_app(load_settings(**options))
+        settings = load_settings(**options)
+        app = create_daemon(settings, settings.read_api_key())
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -134,7 +135,7 @@ def exporter(fake_url: str, monkeypatch: pytest.MonkeyPatch) -> ExporterFactory:
         try:
             async with aiohttp.ClientSession() as http:
                 running = RunningExporter(f"http://127.0.0.1:{port}", app, http)
-                await asyncio.wait_for(running.poller.wait_for_rounds(1), 10)
+                await asyncio.wait_for(running.scheduler.wait_for_rounds(1), 10)
                 yield running
         finally:
             await runner.cleanup()

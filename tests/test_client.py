@@ -22,10 +22,10 @@ from aioresponses.core import RequestCall
 from pydantic import SecretStr
 from yarl import URL
 
-from exporter.client import FetchError, GcoreClient, RateGate, RetryPolicy
-from exporter.config import ImageKey, Scope
+from exporter.client import GcoreClient, RateGate, RetryPolicy
 from exporter.fakeapi import make_image
 from exporter.telemetry import Telemetry
+from exporter.vocabulary import FetchError, ImageKey, Scope
 
 API_KEY = "sekrit-7c41e2d9-API-KEY"
 BASE = "https://api.gcore.test"

@@ -10,13 +10,12 @@ import yaml
 
 from exporter.config import (
     ConfigError,
-    ImageKey,
-    Scope,
     Settings,
     listen_address,
     load_settings,
     parse_duration,
 )
+from exporter.vocabulary import ImageKey, Scope
 
 API_KEY = "sekrit-93be0f1a-API-KEY"
 IMG = "f0e1d2c3-aaaa-4bbb-8ccc-0123456789ab"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import socket
 import time
@@ -278,10 +279,12 @@ async def test_slow_image_does_not_delay_the_others(
     seed(fake, 3)
     targets = [f"{P}/{R}/{image_id(n)}" for n in range(3)]
     async with exporter(targets=targets) as running:
-        fake.inject(f"/images/{image_id(0)}", 200, delay=3, body=make_image(image_id(0), "slow"))
+        release = asyncio.Event()
+        slow = make_image(image_id(0), "slow")
+        fake.inject(f"/images/{image_id(0)}", 200, hold=release, body=slow)
         for n in (1, 2):
             fake.update_image(P, R, image_id(n), name=f"renamed-{n}")
-        slow_round = running.poller.start_round()
+        slow_round = running.scheduler.start_round()
 
         async def others_renamed() -> bool:
             s = await running.samples()
@@ -290,9 +293,10 @@ async def test_slow_image_does_not_delay_the_others(
                 for n in (1, 2)
             )
 
-        await wait_until(others_renamed, timeout=2.5, what="the fast images to refresh")
+        await wait_until(others_renamed, timeout=5, what="the fast images to refresh")
         assert not slow_round.done()
-        result = await slow_round
+        release.set()
+        result = await asyncio.wait_for(slow_round, 10)
     assert (result.ok, result.failed) == (3, 0)
 
 
@@ -301,11 +305,13 @@ async def test_round_skips_a_target_still_in_flight(
 ) -> None:
     fake.put_image(P, R, make_image(IMG, "slow"))
     async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
-        fake.inject("/images/", 200, delay=1, body=make_image(IMG, "slow"))
-        first = running.poller.start_round()
-        second = await running.poller.start_round()
+        release = asyncio.Event()
+        fake.inject("/images/", 200, hold=release, body=make_image(IMG, "slow"))
+        first = running.scheduler.start_round()
+        second = await asyncio.wait_for(running.scheduler.start_round(), 10)
         assert (second.ok, second.skipped) == (0, 1)
-        assert (await first).ok == 1
+        release.set()
+        assert (await asyncio.wait_for(first, 10)).ok == 1
     assert fake.count("/images/") == 2
 
 
@@ -439,13 +445,15 @@ async def test_scrape_during_a_stalled_poll_answers_at_once(
 ) -> None:
     fake.put_image(P, R, make_image(IMG, "x"))
     async with exporter(targets=[f"{P}/{R}/{IMG}"], timeout="30s") as running:
-        fake.inject("/images/", 200, delay=5, body=make_image(IMG, "x"))
-        stalled = running.poller.start_round()
-        started = time.monotonic()
-        await running.scrape()
-        assert time.monotonic() - started < 1
+        release = asyncio.Event()
+        fake.inject("/images/", 200, hold=release, body=make_image(IMG, "x"))
+        stalled = running.scheduler.start_round()
+        await wait_until(lambda: fake.in_flight == 1, what="the poll to reach the API")
+        text = await asyncio.wait_for(running.scrape(), 5)  # the poll is still held
+        assert "gcore_gpu_image_up" in text
         assert not stalled.done()
-        stalled.cancel()
+        release.set()
+        assert (await asyncio.wait_for(stalled, 10)).ok == 1
 
 
 async def test_readyz_waits_for_the_first_poll(
@@ -454,13 +462,15 @@ async def test_readyz_waits_for_the_first_poll(
     from aiohttp import web
 
     from exporter.config import load_settings
-    from exporter.web import create_app
+    from exporter.runtime import create_daemon
 
     monkeypatch.setenv("GCORE_API_KEY", "test-key-5f3a9c1e-SECRET")
     monkeypatch.setenv("GCORE_BASE_URL", fake_url)
     fake.put_image(P, R, make_image(IMG, "x"))
-    fake.inject("/images/", 200, delay=1, body=make_image(IMG, "x"))
-    runner = web.AppRunner(create_app(load_settings(targets=[f"{P}/{R}/{IMG}"], interval="1h")))
+    release = asyncio.Event()
+    fake.inject("/images/", 200, hold=release, body=make_image(IMG, "x"))
+    settings = load_settings(targets=[f"{P}/{R}/{IMG}"], interval="1h")
+    runner = web.AppRunner(create_daemon(settings, settings.read_api_key()))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -471,6 +481,7 @@ async def test_readyz_waits_for_the_first_poll(
                 assert response.status == 503
             async with http.get(url + "/healthz") as response:
                 assert response.status == 200
+            release.set()
 
             async def ready() -> bool:
                 async with http.get(url + "/readyz") as response:

@@ -7,7 +7,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sysconfig
 import time
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tooling import ROOT, require_tool
+from tooling import ROOT, free_port, require_tool
 
 from exporter.config import DEFAULT_PORT
 
@@ -62,7 +61,7 @@ def _arg_default(name: str) -> str:
 def _env(stage: int) -> dict[str, str]:
     env: dict[str, str] = {}
     for args in _args("ENV", stage):
-        env.update(item.split("=", 1) for item in shlex.split(args))
+        env.update(item.partition("=")[::2] for item in shlex.split(args))
     return env
 
 
@@ -170,9 +169,7 @@ def test_installed_wheel_checks_the_demo_config(venv: Path) -> None:
 
 @pytest.fixture
 def exporter(venv: Path) -> Iterator[tuple[int, Path]]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [str(venv / "bin" / SCRIPT), "--demo"],
         env=_image_env(GCORE_EXPORTER_LISTEN=f"127.0.0.1:{port}"),
@@ -199,6 +196,4 @@ def test_healthcheck_probes_the_running_exporter(exporter: tuple[int, Path]) -> 
     deadline = time.monotonic() + 30
     while _healthcheck(venv, port) != 0:
         assert time.monotonic() < deadline, "healthcheck never passed"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        assert _healthcheck(venv, sock.getsockname()[1]) != 0
+    assert _healthcheck(venv, free_port()) != 0

@@ -12,11 +12,11 @@ from conftest import parse_samples
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from tooling import require_tool
 
-from exporter.collector import NO_VALUES, render_health, render_values
-from exporter.config import ImageKey, Scope
 from exporter.exposition import render, wants_gzip, wants_openmetrics
+from exporter.families import NO_VALUES, render_health, render_values
 from exporter.models import Image, Task
-from exporter.poller import Snapshot
+from exporter.snapshot import Snapshot
+from exporter.vocabulary import ImageKey, Scope
 
 GOLDEN = Path(__file__).parent / "golden" / "images.prom"
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()
@@ -107,7 +107,7 @@ def test_golden_file_passes_promtool_check_metrics() -> None:
 
 def test_openmetrics_rendering_parses_and_ends_with_eof() -> None:
     text = render(snapshot(), openmetrics=True).decode()
-    families = {f.name: f for f in parse_om(text)}
+    families = {f.name: f for f in parse_om(text)}  # type: ignore[no-untyped-call]
     assert families["gcore_gpu_image_fetch_errors"].type == "counter"
     assert text.endswith("# EOF\n")
     assert text.count("# EOF") == 1

@@ -1,0 +1,314 @@
+"""Per-image metric families as data: each owns its name, type, help and samples.
+
+An image is rendered into byte chunks indexed like `FAMILIES`: its values once per successful
+fetch, its health once per attempt, so a scrape only concatenates (kube-state-metrics'
+per-object rendering) and last known values survive failures unchanged. For one active, unlocked
+image the chunks read, family by family:
+
+    gcore_gpu_image_info{project_id="1",region_id="10",image_id="f0e1…",name="ubuntu-22.04-gpu",…} 1
+    gcore_gpu_image_status{project_id="1",region_id="10",image_id="f0e1…",status="active"} 1
+    gcore_gpu_image_status{project_id="1",region_id="10",image_id="f0e1…",status="queued"} 0
+    gcore_gpu_image_size_bytes{project_id="1",region_id="10",image_id="f0e1…"} 3221225472
+    gcore_gpu_image_locked{project_id="1",region_id="10",image_id="f0e1…"} 0
+    gcore_gpu_image_up{project_id="1",region_id="10",image_id="f0e1…"} 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Generic, Literal, TypeVar
+
+from exporter.alerting import KNOWN_STATUSES
+from exporter.models import Image, Task
+from exporter.vocabulary import ImageKey, Reason
+
+CACHED_HELP: Final = "Cached from the last poll. "
+INFO_FIELDS: Final = (
+    "architecture",
+    "os_distro",
+    "os_type",
+    "os_version",
+    "visibility",
+    "ssh_key",
+    "disk_format",
+    "hw_firmware_type",
+    "gpu_driver",
+    "gpu_driver_type",
+    "gpu_driver_version",
+    "cuda_toolkit_version",
+)
+
+Labels = tuple[tuple[str, str], ...]
+Sample = tuple[Labels, float]  # labels beyond the image's identity, and the value
+Source = TypeVar("Source")
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What a successful fetch knows of an image; `task` is the task holding its lock, if known."""
+
+    image: Image
+    now: float
+    task: Task | None = None
+    lock_started: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """How fetching an image goes."""
+
+    up: bool
+    last_success: float | None = None
+    errors: Mapping[Reason, int] = field(default_factory=dict)
+    last_error: Reason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Family(Generic[Source]):
+    name: str
+    kind: Literal["gauge", "counter"]
+    help: str
+    samples: Callable[[Source], Iterator[Sample]]
+
+    def header(self, *, openmetrics: bool) -> bytes:
+        name = self.name
+        if openmetrics and self.kind == "counter":
+            name = name.removesuffix("_total")
+        text = f"# HELP {name} {CACHED_HELP}{escape_help(self.help)}\n# TYPE {name} {self.kind}\n"
+        return text.encode()
+
+    def render(self, identity: str, source: Source) -> bytes:
+        name = self.name
+        lines = [
+            f"{name}{{{identity},{_labels(extra)}}} {format_value(value)}\n"
+            if extra
+            else f"{name}{{{identity}}} {format_value(value)}\n"
+            for extra, value in self.samples(source)
+        ]
+        # errors="replace": a lone surrogate from JSON must not sink the whole scrape
+        return "".join(lines).encode("utf-8", "replace")
+
+
+def _info(f: Fetched) -> Iterator[Sample]:
+    image = f.image
+    yield (("name", image.name), *((n, getattr(image, n) or "") for n in INFO_FIELDS)), 1
+
+
+def _status(f: Fetched) -> Iterator[Sample]:
+    status = f.image.status.strip().lower() or "unknown"
+    for known in KNOWN_STATUSES:
+        yield (("status", known),), int(known == status)
+    if status not in KNOWN_STATUSES:
+        yield (("status", status),), 1
+
+
+def _size(f: Fetched) -> Iterator[Sample]:
+    if f.image.size is not None:
+        yield (), f.image.size
+
+
+def _min_disk(f: Fetched) -> Iterator[Sample]:
+    if f.image.min_disk is not None:
+        yield (), f.image.min_disk * 2**30
+
+
+def _min_ram(f: Fetched) -> Iterator[Sample]:
+    if f.image.min_ram is not None:
+        yield (), f.image.min_ram * 2**20
+
+
+def _locked(f: Fetched) -> Iterator[Sample]:
+    yield (), int(f.image.task_id is not None)
+
+
+def _lock_age(f: Fetched) -> Iterator[Sample]:
+    if f.image.task_id is not None and f.lock_started is not None:
+        yield (), max(0.0, f.now - f.lock_started)
+
+
+def _task_info(f: Fetched) -> Iterator[Sample]:
+    if f.image.task_id is not None:
+        task = f.task
+        yield (
+            (
+                ("task_id", f.image.task_id),
+                ("task_type", (task.task_type or "") if task else ""),
+                ("task_state", task.state if task else ""),
+            ),
+            1,
+        )
+
+
+def _created(f: Fetched) -> Iterator[Sample]:
+    yield (), f.image.created_at.timestamp()
+
+
+def _updated(f: Fetched) -> Iterator[Sample]:
+    yield (), f.image.updated_at.timestamp()
+
+
+def _age(f: Fetched) -> Iterator[Sample]:
+    yield (), max(0.0, f.now - f.image.created_at.timestamp())
+
+
+def _tags(f: Fetched) -> Iterator[Sample]:
+    for tag in f.image.tags or ():
+        yield (("key", tag.key), ("value", tag.value), ("read_only", str(tag.read_only).lower())), 1
+
+
+def _up(h: Health) -> Iterator[Sample]:
+    yield (), int(h.up)
+
+
+def _last_success(h: Health) -> Iterator[Sample]:
+    if h.last_success is not None:
+        yield (), h.last_success
+
+
+def _errors(h: Health) -> Iterator[Sample]:
+    for reason, count in sorted(h.errors.items()):
+        yield (("reason", reason),), count
+
+
+def _last_error(h: Health) -> Iterator[Sample]:
+    if not h.up and h.last_error is not None:
+        yield (("reason", h.last_error),), 1
+
+
+VALUE_FAMILIES: Final[tuple[Family[Fetched], ...]] = (
+    Family(
+        "gcore_gpu_image_info", "gauge", "Descriptive attributes of a GPU image, always 1.", _info
+    ),
+    Family(
+        "gcore_gpu_image_status",
+        "gauge",
+        "Image status: 1 for the current one, 0 for the other known statuses.",
+        _status,
+    ),
+    Family(
+        "gcore_gpu_image_size_bytes",
+        "gauge",
+        "Image size; absent while Gcore reports none.",
+        _size,
+    ),
+    Family(
+        "gcore_gpu_image_min_disk_bytes",
+        "gauge",
+        "Minimal boot volume size for the image.",
+        _min_disk,
+    ),
+    Family(
+        "gcore_gpu_image_min_ram_bytes", "gauge", "Minimal RAM needed to boot the image.", _min_ram
+    ),
+    Family("gcore_gpu_image_locked", "gauge", "1 while a task holds a lock on the image.", _locked),
+    Family(
+        "gcore_gpu_image_lock_age_seconds",
+        "gauge",
+        "How long the image has been locked: since the task was created, else since first seen.",
+        _lock_age,
+    ),
+    Family(
+        "gcore_gpu_image_task_info",
+        "gauge",
+        "The task holding the image's lock (empty labels where the Tasks API gave no answer).",
+        _task_info,
+    ),
+    Family(
+        "gcore_gpu_image_created_timestamp_seconds",
+        "gauge",
+        "When the image was created.",
+        _created,
+    ),
+    Family(
+        "gcore_gpu_image_updated_timestamp_seconds",
+        "gauge",
+        "When the image last changed.",
+        _updated,
+    ),
+    Family("gcore_gpu_image_age_seconds", "gauge", "Time since the image was created.", _age),
+    Family(
+        "gcore_gpu_image_tag_info", "gauge", "One series per tag of the image, always 1.", _tags
+    ),
+)
+HEALTH_FAMILIES: Final[tuple[Family[Health], ...]] = (
+    Family("gcore_gpu_image_up", "gauge", "Whether the last fetch of this image succeeded.", _up),
+    Family(
+        "gcore_gpu_image_last_success_timestamp_seconds",
+        "gauge",
+        "When this image was last fetched successfully.",
+        _last_success,
+    ),
+    Family(
+        "gcore_gpu_image_fetch_errors_total",
+        "counter",
+        "Failed fetches of this image by reason (a series appears with its first failure).",
+        _errors,
+    ),
+    Family(
+        "gcore_gpu_image_last_error_info",
+        "gauge",
+        "Reason of the failure of the last fetch; present only while up is 0.",
+        _last_error,
+    ),
+)
+FAMILIES: Final[tuple[Family[Fetched] | Family[Health], ...]] = VALUE_FAMILIES + HEALTH_FAMILIES
+NO_VALUES: Final = (b"",) * len(VALUE_FAMILIES)
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def escape_help(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_value(value: float) -> str:
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 2**53):
+        return str(int(value))
+    return repr(value)
+
+
+def _labels(pairs: Labels) -> str:
+    return ",".join(f'{k}="{escape_label(v)}"' for k, v in pairs)
+
+
+def identity(key: ImageKey) -> str:
+    """The labels every series of the image carries."""
+    scope = key.scope
+    return _labels(
+        (
+            ("project_id", str(scope.project_id)),
+            ("region_id", str(scope.region_id)),
+            ("image_id", key.image_id),
+        )
+    )
+
+
+def render_values(
+    key: ImageKey,
+    image: Image,
+    *,
+    now: float,
+    task: Task | None = None,
+    lock_started: float | None = None,
+) -> tuple[bytes, ...]:
+    """What a successful fetch knows, one chunk per family of `VALUE_FAMILIES`."""
+    fetched = Fetched(image, now, task, lock_started)
+    ident = identity(key)
+    return tuple(family.render(ident, fetched) for family in VALUE_FAMILIES)
+
+
+def render_health(
+    key: ImageKey,
+    *,
+    up: bool,
+    last_success: float | None = None,
+    errors: Mapping[Reason, int] | None = None,
+    last_error: Reason | None = None,
+) -> tuple[bytes, ...]:
+    """How fetching the image goes, one chunk per family of `HEALTH_FAMILIES`."""
+    health = Health(up, last_success, errors or {}, last_error)
+    ident = identity(key)
+    return tuple(family.render(ident, health) for family in HEALTH_FAMILIES)

@@ -1,0 +1,82 @@
+"""Immutable snapshots of everything a scrape serves, and the publisher that makes them.
+
+A scrape reads `Publisher.current` and nothing else: it never waits on a poll, and it always sees
+one consistent state (every image's chunks and the exporter's own metrics of the same moment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+OPENMETRICS_EOF: Final = b"# EOF\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: int
+    images: tuple[tuple[bytes, ...], ...]  # each image's chunks, indexed like `FAMILIES`
+    own_text: bytes
+    own_openmetrics: bytes  # without the final `# EOF`: the images' families follow it
+    ready: bool
+
+
+EMPTY_SNAPSHOT: Final = Snapshot(0, (), b"", b"", ready=False)
+
+
+class SnapshotSource(Protocol):
+    @property
+    def current(self) -> Snapshot: ...
+
+
+class Publisher:
+    """Publishes on demand (after each round) and, while anything changes, at most every `gap`."""
+
+    def __init__(
+        self,
+        images: Callable[[], tuple[tuple[bytes, ...], ...]],
+        registry: CollectorRegistry,
+        *,
+        refresh: Callable[[], None] = lambda: None,
+        gap: float = 1.0,
+    ) -> None:
+        self._images = images
+        self._registry = registry
+        self._refresh = refresh  # updates gauges that are read, not counted, before each snapshot
+        self._gap = gap
+        self._dirty = asyncio.Event()
+        self._ready = False
+        self._current = EMPTY_SNAPSHOT
+
+    @property
+    def current(self) -> Snapshot:
+        return self._current
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    def publish(self, *, ready: bool = False) -> Snapshot:
+        """Publish now; once `ready` has been given, every later snapshot is ready."""
+        self._dirty.clear()
+        self._ready = self._ready or ready
+        self._refresh()
+        self._current = Snapshot(
+            version=self._current.version + 1,
+            images=self._images(),
+            own_text=generate_latest(self._registry),
+            own_openmetrics=generate_openmetrics(self._registry).removesuffix(OPENMETRICS_EOF),  # type: ignore[no-untyped-call]
+            ready=self._ready,
+        )
+        return self._current
+
+    async def run(self) -> None:
+        """Publish what changed between rounds, until cancelled."""
+        while True:
+            await self._dirty.wait()
+            self.publish()
+            await asyncio.sleep(self._gap)

@@ -1,0 +1,71 @@
+"""Words every layer shares: what is watched (scopes, image keys, targets) and why a fetch failed.
+
+Plain data and one exception, no I/O: settings, the HTTP client, the image store and the renderer
+all import it, so none of them has to import another only to borrow a type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+Reason = Literal[
+    "not_found",
+    "unauthorized",
+    "forbidden",
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "connection",
+    "invalid_response",
+]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Scope:
+    """A project/region pair: the unit of discovery and of Gcore's URL space."""
+
+    project_id: int
+    region_id: int
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ImageKey:
+    scope: Scope
+    image_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    images: tuple[ImageKey, ...]
+    scopes: tuple[Scope, ...]
+
+
+class FetchError(Exception):
+    """A failed API call, safe to log and show: no key, no request headers."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason: Reason = reason
+        self.message = message
+        self.status = status
+        self.request_id = request_id
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "status": self.status,
+            "request_id": self.request_id,
+            "message": self.message,
+        }
+
+
+YIELD_EVERY: Final = 250
+"""Items of CPU-bound work (validating, rendering) between two yields to the event loop."""

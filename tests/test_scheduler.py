@@ -1,0 +1,159 @@
+"""Scheduler rounds over a controlled wall clock, against the fake API over loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import pytest
+from conftest import API_KEY, Samples, parse_samples, value
+from pydantic import SecretStr
+
+from exporter.client import GcoreClient
+from exporter.config import load_settings
+from exporter.exposition import render
+from exporter.fakeapi import FakeGcore, make_image
+from exporter.runtime import Monitor, Upstream, new_monitor, open_scheduler
+from exporter.scheduler import Scheduler
+from exporter.vocabulary import ImageKey, Scope, Targets
+
+SCOPE = Scope(1, 2)
+KEY = ImageKey(SCOPE, "d00d0000-0000-4000-8000-000000000001")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Running:
+    def __init__(self, scheduler: Scheduler, monitor: Monitor) -> None:
+        self.scheduler = scheduler
+        self.monitor = monitor
+
+    def scrape(self) -> Samples:
+        return parse_samples(render(self.monitor.publisher.current, openmetrics=False).decode())
+
+
+Start = Callable[[Targets, Clock], Awaitable[Running]]
+
+
+@pytest.fixture
+async def start(fake_url: str) -> AsyncIterator[Start]:
+    """`running = await start(targets, clock)`: a scheduler whose rounds the test starts."""
+    async with AsyncExitStack() as stack:
+
+        async def started(targets: Targets, clock: Clock) -> Running:
+            settings = load_settings(
+                demo=True, interval=60, stale_after=300, timeout=2, concurrency=4
+            )
+            monitor = new_monitor(settings, wall_clock=clock)
+            upstream = Upstream(fake_url, SecretStr(API_KEY), targets)
+            scheduler = await stack.enter_async_context(
+                open_scheduler(settings, upstream, monitor, wall_clock=clock)
+            )
+            return Running(scheduler, monitor)
+
+        yield started
+
+
+async def test_values_outlive_failures_until_stale_after_then_go(
+    fake: FakeGcore, start: Start
+) -> None:
+    fake.put_image(1, 2, make_image(KEY.image_id, "keeper"))
+    clock = Clock()
+    running = await start(Targets((KEY,), ()), clock)
+    await running.scheduler.run_once()
+    fake.inject("/images/", 500, times=None)
+
+    clock.now += 299
+    await running.scheduler.run_once()
+    s = running.scrape()
+    assert value(s, "gcore_gpu_image_up", image_id=KEY.image_id) == 0
+    assert value(s, "gcore_gpu_image_info", image_id=KEY.image_id, name="keeper") == 1
+    assert value(s, "gcore_gpu_image_last_error_info", reason="server_error") == 1
+
+    clock.now += 2  # 301 s since the last success
+    await running.scheduler.run_once()
+    s = running.scrape()
+    assert value(s, "gcore_gpu_image_up", image_id=KEY.image_id) == 0
+    assert value(s, "gcore_gpu_image_info", image_id=KEY.image_id) is None
+    assert value(s, "gcore_gpu_image_fetch_errors_total", reason="server_error") == 2
+    assert value(s, "gcore_gpu_image_last_success_timestamp_seconds") == 1_800_000_000.0
+
+
+async def test_discovered_images_keep_values_while_listing_fails(
+    fake: FakeGcore, start: Start
+) -> None:
+    fake.put_image(1, 2, make_image(KEY.image_id, "listed"))
+    clock = Clock()
+    running = await start(Targets((), (SCOPE,)), clock)
+    await running.scheduler.run_once()
+    fake.inject(r"/images\?", 503, times=None)
+    clock.now += 60
+    result = await running.scheduler.run_once()
+    s = running.scrape()
+    assert result.failed == 1
+    assert value(s, "gcore_gpu_image_info", image_id=KEY.image_id, name="listed") == 1
+    assert value(s, "gcore_gpu_image_up", image_id=KEY.image_id) == 0
+    assert value(s, "gcore_gpu_image_fetch_errors_total", reason="server_error") == 1
+    assert value(s, "gcore_exporter_discovery_up") == 0
+
+
+async def test_lock_age_counts_from_first_sight_without_task_answer(
+    fake: FakeGcore, start: Start
+) -> None:
+    fake.put_image(1, 2, make_image(KEY.image_id, "locked", task_id="t-unknown"))
+    clock = Clock()
+    running = await start(Targets((KEY,), ()), clock)
+    await running.scheduler.run_once()  # the task is unknown to the Tasks API: 404
+    clock.now += 600
+    await running.scheduler.run_once()
+    s = running.scrape()
+    assert value(s, "gcore_gpu_image_lock_age_seconds") == 600
+    fake.update_image(1, 2, KEY.image_id, task_id="t-other")
+    clock.now += 60
+    await running.scheduler.run_once()
+    assert value(running.scrape(), "gcore_gpu_image_lock_age_seconds") == 0  # a new lock
+
+
+async def test_age_follows_the_clock(fake: FakeGcore, start: Start) -> None:
+    fake.put_image(1, 2, make_image(KEY.image_id, "aging", created_at="2027-01-15T08:00:00"))
+    clock = Clock()  # 2027-01-15T08:00:00Z
+    running = await start(Targets((KEY,), ()), clock)
+    await running.scheduler.run_once()
+    assert value(running.scrape(), "gcore_gpu_image_age_seconds") == 0
+    clock.now += 3600
+    await running.scheduler.run_once()
+    assert value(running.scrape(), "gcore_gpu_image_age_seconds") == 3600
+
+
+async def test_wait_for_rounds_returns_after_n_rounds(fake: FakeGcore, start: Start) -> None:
+    fake.put_image(1, 2, make_image(KEY.image_id, "x"))
+    running = await start(Targets((KEY,), ()), Clock())
+    for _ in range(3):
+        running.scheduler.start_round()
+    await running.scheduler.wait_for_rounds(3)
+    assert running.scheduler.rounds_completed == 3
+    assert running.monitor.publisher.current.ready
+
+
+async def test_unexpected_error_costs_one_fetch_not_the_loop(
+    fake: FakeGcore, start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.put_image(1, 2, make_image(KEY.image_id, "x"))
+    running = await start(Targets((KEY,), ()), Clock())
+
+    async def broken(key: ImageKey) -> None:
+        raise RuntimeError("bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GcoreClient, "get_image", broken)
+        result = await running.scheduler.run_once()
+    assert (result.ok, result.failed) == (0, 1)
+    s = running.scrape()
+    assert value(s, "gcore_gpu_image_last_error_info", reason="invalid_response") == 1
+    assert (await running.scheduler.run_once()).ok == 1
