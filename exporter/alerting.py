@@ -1,0 +1,116 @@
+"""What the alert rules, the dashboard and the exporter agree on: statuses, groups, thresholds.
+
+Standard library only: `grafana/build_dashboard.py` and `deploy/prometheus/render_rules.py` import
+it with a plain `python3` that has none of the exporter's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping
+from typing import Final
+
+KNOWN_STATUSES: Final = (
+    "active",
+    "queued",
+    "saving",
+    "uploading",
+    "importing",
+    "killed",
+    "deleted",
+    "pending_delete",
+    "deactivated",
+)
+# Every known status but active is in one group: transitional ones clear by themselves (an alert
+# only after `transitional_for`), failed ones need a person (an alert after `failed_for`, which an
+# unknown status gets too).
+TRANSITIONAL_STATUSES: Final = ("queued", "saving", "uploading", "importing")
+FAILED_STATUSES: Final = ("killed", "deleted", "pending_delete", "deactivated")
+
+RUNBOOK_URL: Final = (
+    "https://github.com/gcore-gpu-image-exporter/gcore-gpu-image-exporter/blob/main/docs/runbook.md"
+)
+
+# The alert thresholds (Prometheus durations); the dashboard colours values by the same ones.
+DEFAULTS: Final[Mapping[str, str]] = {
+    "failed_for": "5m",
+    "transitional_for": "1h",
+    "lock_age": "30m",
+    "lock_error_for": "5m",
+    "missing_for": "1m",
+    "fetch_failing_for": "15m",
+    "exporter_down_for": "5m",
+    "api_error_window": "10m",
+    "unauthorized_for": "15m",
+    "rate_limited_for": "15m",
+}
+
+_UNITS: Final = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
+_DURATION: Final = re.compile(r"(\d+)(ms|d|h|m|s)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Prometheus duration such as `90s`, `1h30m` or `500ms`."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a Prometheus duration such as 30s, 5m or 1h")
+    return sum(int(n) * _UNITS[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest Prometheus duration for `seconds`, in whole milliseconds (at least 1 if > 0)."""
+    millis = max(1, round(seconds * 1000)) if seconds > 0 else 0
+    out = ""
+    for unit, size in _UNITS.items():
+        count, millis = divmod(millis, round(size * 1000))
+        if count:
+            out += f"{count}{unit}"
+    return out or "0s"
+
+
+def scaled(factor: float, thresholds: Mapping[str, str] = DEFAULTS) -> dict[str, str]:
+    """`thresholds` with every duration multiplied by `factor`."""
+    return {k: format_duration(parse_duration(v) * factor) for k, v in thresholds.items()}
+
+
+def resolve(thresholds: Mapping[str, str] | None = None) -> dict[str, str]:
+    """DEFAULTS overridden by `thresholds`, each in its shortest form; ValueError if one is bad."""
+    unknown = sorted(set(thresholds or {}) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown threshold(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+    merged = {k: parse_duration(v) for k, v in {**DEFAULTS, **(thresholds or {})}.items()}
+    empty = [k for k, v in merged.items() if k.endswith("_window") and v <= 0]
+    if empty:
+        raise ValueError(f"{', '.join(empty)} must be longer than 0s")
+    return {k: format_duration(v) for k, v in merged.items()}
+
+
+def add_threshold_options(parser: argparse.ArgumentParser) -> None:
+    """`--set NAME=DURATION` and `--scale FACTOR`, so the rules and the dashboard take the same."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=DURATION",
+        help=f"override a threshold; names: {', '.join(f'{k} ({v})' for k, v in DEFAULTS.items())}",
+    )
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every threshold by this factor first"
+    )
+
+
+def thresholds_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """The thresholds that `--scale` then `--set` ask for; a bad one exits through `parser`."""
+    if args.scale <= 0:
+        parser.error("--scale must be positive")
+    thresholds = scaled(args.scale)
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected NAME=DURATION")
+        thresholds[name] = value
+    try:
+        return resolve(thresholds)
+    except ValueError as exc:
+        parser.error(str(exc))
