@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import API_KEY, parse_samples, value, wait_until
+from conftest import API_KEY, parse_samples, series, value, wait_until
 from tooling import free_port, require_tool
 
 from exporter.fakeapi import FakeGcore, make_image, make_task
@@ -185,8 +185,10 @@ async def test_demo_serves_metrics_that_promtool_accepts(tmp_path: Path) -> None
         len(
             {ls["image_id"] for ls in [dict(k[1]) for k in samples if k[0] == "gcore_gpu_image_up"]}
         )
-        == 13
+        == 17
     )
+    assert value(samples, "gcore_exporter_scopes", state="unavailable") == 2
+    assert series(samples, "gcore_gpu_image_task_failed_info") != []
     check = await asyncio.create_subprocess_exec(
         promtool,
         "check",
