@@ -46,18 +46,18 @@ class Poller:
         return {*targets.scopes, *targets.discovered, *(key.scope for key in targets.images)}
 
     async def refresh(self) -> bool:
-        """One discovery refresh; new scopes are polled from the next round."""
+        """One discovery refresh, published; new scopes are polled from the next round."""
         try:
             return await self.discovery.refresh()
         finally:
-            self._publisher.mark_dirty()
+            self._publisher.publish()
 
     async def poll_tasks(self) -> bool:
-        """One poll of the failed tasks of every watched scope."""
+        """One poll of the failed tasks of every watched scope, published."""
         try:
             return await self.failed_tasks.poll(self.watched())
         finally:
-            self._publisher.mark_dirty()
+            self._publisher.publish()
 
     async def run(self) -> None:
         """Discover, then poll on every cadence until cancelled."""
@@ -80,7 +80,6 @@ class Poller:
         discovered = await self.refresh()
         result = await self.scheduler.run_once()
         await self.poll_tasks()  # a failed Tasks list is reported, but decides no exit status
-        self._publisher.publish(ready=True)
         return discovered and result.failed == 0
 
 
