@@ -116,7 +116,7 @@ class ImageStore:
         now = self._now()
         status = status_of(image)
         if state.status is None:
-            state.status, state.status_since = status, min(image.updated_at.timestamp(), now)
+            state.status, state.status_since = status, image.updated_at.timestamp()
         elif status != state.status:
             state.status, state.status_since = status, now
         if image.task_id != state.lock_task_id:

@@ -4,7 +4,7 @@ richer lock details and time in status. The whole exporter against the fake API 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
@@ -16,10 +16,11 @@ from structlog.testing import capture_logs
 
 from exporter.config import load_settings
 from exporter.exposition import render
-from exporter.failed_tasks import LOOKBACK
+from exporter.failed_tasks import LOOKBACK, FailedTasks
 from exporter.fakeapi import FakeGcore, make_image, make_project, make_region, make_task
 from exporter.poller import Poller
 from exporter.runtime import Monitor, Upstream, new_monitor, open_poller
+from exporter.vocabulary import Scope
 
 A = "a0000000-0000-4000-8000-00000000000a"  # project 1, region 10, virtual
 B = "b0000000-0000-4000-8000-00000000000b"  # project 2, region 10, virtual
@@ -551,3 +552,25 @@ async def test_projects_and_regions_are_paged(fake: FakeGcore, exporter: Exporte
         pass
     assert fake.count(r"^/cloud/v1/projects\?") == 2  # 3 projects
     assert fake.count(r"^/cloud/v1/regions\?") == 3  # 5 regions
+
+
+async def test_discovery_and_task_polls_repeat_on_their_own_cadence(
+    fake: FakeGcore, exporter: ExporterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account(fake)
+    calls = 0
+    real_poll = FailedTasks.poll
+
+    async def poll_that_breaks_once(self: FailedTasks, scopes: Iterable[Scope]) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug")  # costs one poll, not the loop
+        return await real_poll(self, scopes)
+
+    monkeypatch.setattr(FailedTasks, "poll", poll_that_breaks_once)
+    options = {"discovery_interval": "50ms", "task_interval": "50ms"}
+    async with exporter(targets=["*"], **options):
+        await wait_until(lambda: fake.count(r"^/cloud/v1/regions\?") >= 3, what="refreshes")
+        await wait_until(lambda: fake.count(r"^/cloud/v1/tasks\?") >= 2, what="task polls")
+    assert fake.count(r"^/cloud/v1/projects\?") >= 3
