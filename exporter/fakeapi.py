@@ -92,7 +92,7 @@ def make_task(
 
 
 def make_project(
-    project_id: int, name: str, state: str = "ACTIVE", **fields: Any
+    project_id: int, name: str, state: str | None = "ACTIVE", **fields: Any
 ) -> dict[str, Any]:
     project: dict[str, Any] = {
         "id": project_id,
