@@ -346,9 +346,7 @@ def test_bad_coverage_option_is_one_line_naming_it(
     assert line.endswith(f"(got {bad!r})")
 
 
-def test_describe_writes_every_target_form_back(
-    keyed: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_describe_writes_every_target_form_back(keyed: None) -> None:
     targets = ["*", "baremetal:7/*", "*/11", "baremetal:7/11", f"baremetal:8/12/{IMG}", "9/13"]
     described = valid(targets=targets, task_interval="90s").describe()
     assert described["targets"] == [
