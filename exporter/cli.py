@@ -16,7 +16,7 @@ from exporter import __version__
 from exporter.config import DEFAULT_PORT, ConfigError, Settings, listen_address, load_settings
 from exporter.exposition import render_parts
 from exporter.logs import configure_logging
-from exporter.runtime import create_daemon, new_monitor, open_scheduler, upstream_for
+from exporter.runtime import create_daemon, new_monitor, open_poller, upstream_for
 
 EXIT_OK, EXIT_FETCH_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -24,7 +24,7 @@ EXIT_OK, EXIT_FETCH_FAILED, EXIT_CONFIG = 0, 1, 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gcore-gpu-image-exporter",
-        description="Prometheus exporter for Gcore Cloud virtual GPU images. "
+        description="Prometheus exporter for Gcore Cloud GPU images (virtual and bare metal). "
         "Every option can also come from the environment or a YAML file (see README).",
     )
     add = parser.add_argument
@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="targets",
         action="append",
         metavar="SPEC",
-        help="PROJECT/REGION/IMAGE_ID, PROJECT/REGION (every image there) or IMAGE_ID; repeatable",
+        help="PROJECT/REGION/IMAGE_ID, PROJECT/REGION (every image there), IMAGE_ID, "
+        "* (every GPU region of every project), PROJECT/* or */REGION; baremetal: before any "
+        "of them for bare-metal GPU images; repeatable",
     )
     add("--interval", help="time between polls: seconds or a duration like 30s, 5m (default 60s)")
     add("--timeout", help="timeout of one API request (default 10s)")
@@ -43,6 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--stale-after",
         dest="stale_after",
         help="how long last known values outlive failed fetches (default 5 x interval)",
+    )
+    add(
+        "--discovery-interval",
+        dest="discovery_interval",
+        help="time between listings of projects and regions for wildcard targets (default 10m)",
+    )
+    add(
+        "--task-interval",
+        dest="task_interval",
+        help="time between polls of failed image tasks (default: the interval)",
+    )
+    add(
+        "--failed-task-window",
+        dest="failed_task_window",
+        help="how long a failed image task stays in /metrics after it finished (default 24h)",
+    )
+    add(
+        "--image-task-pattern",
+        dest="image_task_pattern",
+        metavar="REGEX",
+        help="task types that count as image tasks (default: any containing `image`)",
     )
     add("--listen", metavar="HOST:PORT", help=f"where to serve /metrics (default :{DEFAULT_PORT})")
     add("--log-level", dest="log_level", help="debug, info, warning or error (default info)")
@@ -112,9 +135,9 @@ async def _once(settings: Settings, api_key: SecretStr | None) -> int:
     monitor = new_monitor(settings)
     async with (
         upstream_for(settings, api_key) as upstream,
-        open_scheduler(settings, upstream, monitor) as scheduler,
+        open_poller(settings, upstream, monitor) as poller,
     ):
-        result = await scheduler.run_once()
+        ok = await poller.once()
         sys.stdout.buffer.writelines(render_parts(monitor.publisher.current, openmetrics=False))
         sys.stdout.flush()
-    return EXIT_OK if result.failed == 0 else EXIT_FETCH_FAILED
+    return EXIT_OK if ok else EXIT_FETCH_FAILED

@@ -12,19 +12,21 @@ import email.utils
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import aiohttp
 from pydantic import SecretStr, ValidationError
 
-from exporter.models import Image, ImagePage, Task
+from exporter.models import Image, ImagePage, Listing, Project, Region, Task
 from exporter.telemetry import Telemetry
 from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Reason, Scope
 
-Endpoint = Literal["images", "image", "task"]
+Endpoint = Literal["images", "image", "task", "projects", "regions", "tasks"]
+Params = Mapping[str, int] | Sequence[tuple[str, str | int]]
+Item = TypeVar("Item", Project, Region, Task)
 PAGE_SIZE: Final = 1000
 _MAX_ITEMS: Final = 10_000_000  # a bound on pagination, whatever `count` claims
 
@@ -111,7 +113,9 @@ class GcoreClient:
 
     async def get_image(self, key: ImageKey) -> Image:
         scope = key.scope
-        path = f"/cloud/v3/gpu/virtual/{scope.project_id}/{scope.region_id}/images/{key.image_id}"
+        path = (
+            f"/cloud/v3/gpu/{scope.kind}/{scope.project_id}/{scope.region_id}/images/{key.image_id}"
+        )
         data = await self._get_json("image", path)
         try:
             image = Image.model_validate(data)
@@ -127,7 +131,7 @@ class GcoreClient:
         Pages are yielded as they arrive so that a caller can render and drop them: holding a
         50,000-image listing at once costs memory and long garbage-collector pauses.
         """
-        path = f"/cloud/v3/gpu/virtual/{scope.project_id}/{scope.region_id}/images"
+        path = f"/cloud/v3/gpu/{scope.kind}/{scope.project_id}/{scope.region_id}/images"
         offset = 0
         while offset < _MAX_ITEMS:
             data = await self._get_json("images", path, {"limit": PAGE_SIZE, "offset": offset})
@@ -157,9 +161,57 @@ class GcoreClient:
         except ValidationError as exc:
             raise FetchError("invalid_response", f"task: {_summary(exc)}") from None
 
-    async def _get_json(
-        self, endpoint: Endpoint, path: str, params: Mapping[str, int] | None = None
-    ) -> Any:
+    async def list_projects(self) -> tuple[Project, ...]:
+        return await self._list_all("projects", "/cloud/v1/projects", (), Project)
+
+    async def list_regions(self) -> tuple[Region, ...]:
+        return await self._list_all("regions", "/cloud/v1/regions", (), Region)
+
+    async def list_tasks(
+        self,
+        *,
+        state: str,
+        since: datetime,
+        project_ids: Iterable[int],
+        region_ids: Iterable[int],
+    ) -> tuple[Task, ...]:
+        """Tasks in `state` created since `since`, in any of the projects and any of the regions."""
+        params: list[tuple[str, str | int]] = [
+            ("state", state),
+            ("from_timestamp", since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")),
+        ]
+        params += [("project_id", p) for p in sorted(set(project_ids))]
+        params += [("region_id", r) for r in sorted(set(region_ids))]
+        return await self._list_all("tasks", "/cloud/v1/tasks", params, Task)
+
+    async def _list_all(
+        self,
+        endpoint: Endpoint,
+        path: str,
+        params: Sequence[tuple[str, str | int]],
+        model: type[Item],
+    ) -> tuple[Item, ...]:
+        """Every item of a `{count, results}` list, paged by offset; one invalid item fails it all
+        (a partial list would make discovery drop what it could not read)."""
+        items: list[Item] = []
+        offset = 0
+        while offset < _MAX_ITEMS:
+            paging: list[tuple[str, str | int]] = [("limit", PAGE_SIZE), ("offset", offset)]
+            data = await self._get_json(endpoint, path, [*params, *paging])
+            try:
+                page = Listing.model_validate(data)
+                for number, raw in enumerate(page.results, 1):
+                    if number % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+                    items.append(model.model_validate(raw))
+            except ValidationError as exc:
+                raise FetchError("invalid_response", f"{endpoint}: {_summary(exc)}") from None
+            offset += len(page.results)
+            if not page.results or offset >= page.count:
+                break
+        return tuple(items)
+
+    async def _get_json(self, endpoint: Endpoint, path: str, params: Params | None = None) -> Any:
         policy = self._retry
         started = time.monotonic()
         for attempt in range(1, policy.attempts + 1):
@@ -183,9 +235,7 @@ class GcoreClient:
             await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _send(
-        self, endpoint: Endpoint, path: str, params: Mapping[str, int] | None
-    ) -> _Answer:
+    async def _send(self, endpoint: Endpoint, path: str, params: Params | None) -> _Answer:
         headers = {"Authorization": f"APIKey {self._api_key.get_secret_value()}"}
         async with self._slots:
             await self.gate.wait()  # inside the slot: requests queued before a 429 wait too

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,7 +31,7 @@ from pydantic_settings import (
 )
 from yarl import URL
 
-from exporter.vocabulary import ImageKey, Scope, Targets
+from exporter.vocabulary import ImageKey, Kind, Scope, Targets, Wildcard
 
 DEFAULT_PORT = 10150
 DEFAULT_BASE_URL = "https://api.gcore.com"
@@ -41,7 +42,11 @@ _PROM_DURATION = re.compile(
     r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
 )
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
-_TARGET = re.compile(rf"^(?:(\d+)/(\d+)(?:/({_ID}))?/?|({_ID}))$")
+_TARGET = re.compile(rf"^(?:(baremetal):)?(?:(\d+|\*)/(\d+|\*)(?:/({_ID}))?/?|({_ID})|(\*))$")
+_TARGET_FORMS = (
+    "not a target: write PROJECT/REGION/IMAGE_ID, PROJECT/REGION or IMAGE_ID, "
+    "or *, PROJECT/* or */REGION, each optionally after baremetal:"
+)
 
 
 class ConfigError(Exception):
@@ -81,9 +86,37 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class BareImage:
+    """`IMAGE_ID`: an image in the project and region of GCORE_CLOUD_PROJECT_ID/REGION_ID."""
+
+    image_id: str
+    kind: Kind = "virtual"
+
+
+def parse_target(spec: str) -> ImageKey | Scope | Wildcard | BareImage:
+    """One target spec, e.g. `7/11/IMAGE_ID`, `7/11`, `IMAGE_ID`, `*`, `7/*`, `baremetal:*/11`."""
+    match = _TARGET.match(spec.strip())
+    if match is None:
+        raise ValueError(_TARGET_FORMS)
+    prefix, project, region, image_id, bare, star = match.groups()
+    kind: Kind = "baremetal" if prefix else "virtual"
+    if star:
+        return Wildcard(None, None, kind)
+    if bare:
+        return BareImage(bare, kind)
+    if "*" in (project, region):
+        if image_id or project == region:  # `*/*/ID`, `7/*/ID`, `*/*`
+            raise ValueError(_TARGET_FORMS)
+        return Wildcard(
+            None if project == "*" else int(project), None if region == "*" else int(region), kind
+        )
+    scope = Scope(int(project), int(region), kind)
+    return ImageKey(scope, image_id) if image_id else scope
+
+
 def _check_target(spec: str) -> str:
-    if not _TARGET.match(spec.strip()):
-        raise ValueError("not a target: write PROJECT/REGION/IMAGE_ID, PROJECT/REGION or IMAGE_ID")
+    parse_target(spec)
     return spec.strip()
 
 
@@ -110,6 +143,10 @@ class Settings(BaseSettings):
     base_url: str = Field(DEFAULT_BASE_URL, validation_alias="GCORE_BASE_URL")
     project_id: int | None = Field(None, validation_alias="GCORE_CLOUD_PROJECT_ID", ge=1)
     region_id: int | None = Field(None, validation_alias="GCORE_CLOUD_REGION_ID", ge=1)
+    discovery_interval: Duration = 600.0
+    task_interval: Duration | None = None
+    failed_task_window: Duration = 86400.0
+    image_task_pattern: str = "image"
 
     @classmethod
     def settings_customise_sources(
@@ -128,6 +165,15 @@ class Settings(BaseSettings):
     @classmethod
     def _targets_from_text(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("image_task_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -171,10 +217,11 @@ class Settings(BaseSettings):
             problems.append("no targets: give --target, GCORE_EXPORTER_TARGETS or `targets`")
         if self.project_id is None or self.region_id is None:
             problems.extend(
-                f"target {t!r} has no project/region: write PROJECT/REGION/{t} "
+                f"target {t!r} has no project/region: write {head}{sep}PROJECT/REGION/{image} "
                 "or set GCORE_CLOUD_PROJECT_ID and GCORE_CLOUD_REGION_ID"
                 for t in self.targets
-                if "/" not in t
+                if isinstance(parse_target(t), BareImage)
+                for head, sep, image in [t.rpartition(":")]
             )
         if problems:
             raise ValueError("\n".join(problems))  # load_settings reports one line each
@@ -184,24 +231,34 @@ class Settings(BaseSettings):
     def effective_stale_after(self) -> float:
         return self.stale_after if self.stale_after is not None else 5 * self.interval
 
+    @property
+    def effective_task_interval(self) -> float:
+        return self.task_interval if self.task_interval is not None else self.interval
+
     def resolved_targets(self) -> Targets:
-        """Explicit images and discovery scopes, deduplicated; images a scope covers are dropped."""
+        """Explicit images, scopes and wildcards, deduplicated; images a scope covers are dropped.
+
+        Images inside scopes that only a wildcard finds are kept: discovery drops them while
+        their scope is found, and they are fetched one by one again if it goes.
+        """
         images: dict[ImageKey, None] = {}
         scopes: dict[Scope, None] = {}
+        wildcards: dict[Wildcard, None] = {}
         for spec in self.targets:
-            match = _TARGET.match(spec)
-            assert match is not None  # validated above
-            project, region, image_id, bare = match.groups()
-            if bare:
-                assert self.project_id is not None
+            target = parse_target(spec)
+            if isinstance(target, BareImage):
+                assert self.project_id is not None  # validated above
                 assert self.region_id is not None
-                images[ImageKey(Scope(self.project_id, self.region_id), bare)] = None
-            elif image_id:
-                images[ImageKey(Scope(int(project), int(region)), image_id)] = None
+                scope = Scope(self.project_id, self.region_id, target.kind)
+                images[ImageKey(scope, target.image_id)] = None
+            elif isinstance(target, ImageKey):
+                images[target] = None
+            elif isinstance(target, Scope):
+                scopes[target] = None
             else:
-                scopes[Scope(int(project), int(region))] = None
+                wildcards[target] = None
         kept = tuple(key for key in images if key.scope not in scopes)
-        return Targets(images=kept, scopes=tuple(scopes))
+        return Targets(images=kept, scopes=tuple(scopes), wildcards=tuple(wildcards))
 
     def read_api_key(self) -> SecretStr:
         if self.api_key is not None:
@@ -223,10 +280,9 @@ class Settings(BaseSettings):
         """Resolved settings for `--check-config`, secret masked."""
         targets = self.resolved_targets()
         return {
-            "targets": [
-                f"{k.scope.project_id}/{k.scope.region_id}/{k.image_id}" for k in targets.images
-            ]
-            + [f"{s.project_id}/{s.region_id}" for s in targets.scopes],
+            "targets": [f"{k.scope.spec()}/{k.image_id}" for k in targets.images]
+            + [s.spec() for s in targets.scopes]
+            + [w.spec() for w in targets.wildcards],
             "interval": self.interval,
             "timeout": self.timeout,
             "concurrency": self.concurrency,
@@ -238,6 +294,10 @@ class Settings(BaseSettings):
             "api_key": "**********" if self.api_key or self.api_key_file else None,
             "api_key_file": str(self.api_key_file) if self.api_key_file else None,
             "demo": self.demo,
+            "discovery_interval": self.discovery_interval,
+            "task_interval": self.effective_task_interval,
+            "failed_task_window": self.failed_task_window,
+            "image_task_pattern": self.image_task_pattern,
         }
 
 

@@ -1,8 +1,11 @@
-"""The simulated Gcore account behind `--demo`: a dozen images in two regions that keep changing.
+"""The simulated Gcore account behind `--demo`: two projects, three regions, images that change.
 
-Region 10 is watched through discovery, region 20 through explicit image ids (one of which does not
-exist, to show a 404). Every few seconds an upload moves through queued -> saving -> active under a
-task lock, another image is killed and recreated, and now and then the API answers 500 or 429.
+The demo watches `*` and `baremetal:*`. Region 10 offers virtual GPU images, region 20 virtual and
+bare-metal ones, region 30 announces GPU capability but answers 404 (a region without the
+service: counted as unavailable, no error). Every few seconds an upload moves through queued ->
+saving -> active under a task lock and another image is killed and recreated; one image is stuck
+in `queued` under the lock of a task that finished long ago; every ~30 s an image upload fails
+(an ERROR task); now and then the API answers 502 or 429.
 """
 
 from __future__ import annotations
@@ -10,15 +13,20 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
-from exporter.fakeapi import FakeGcore, make_image, make_task
+from exporter.fakeapi import FakeGcore, make_image, make_project, make_region, make_task
 
 DEMO_API_KEY = "demo-key"
 PROJECT = 1
+OTHER_PROJECT = 2
 DISCOVERED_REGION = 10
-EXPLICIT_REGION = 20
-MISSING_IMAGE = "00000000-0000-4000-8000-000000000404"
+BAREMETAL_REGION = 20
+UNSERVED_REGION = 30
+FAILED_TASKS_KEPT: Final = 50  # the demo's Tasks API forgets older failures
+_FAILURE_EVERY: Final = 6  # ticks between two failed uploads
+_FAILURE_SCOPES: Final = ((PROJECT, DISCOVERED_REGION), (OTHER_PROJECT, DISCOVERED_REGION))
+STUCK_TASK = "d3m0d3m0-57c4-4000-8000-000000000001"
 
 
 def _image_id(n: int) -> str:
@@ -35,9 +43,19 @@ class DemoWorld:
         self.rng = rng or random.Random(7)
         self.tick = 0
         now = datetime.now(UTC)
+        fake.projects = [
+            make_project(PROJECT, "ml-research"),
+            make_project(OTHER_PROJECT, "inference-prod"),
+        ]
+        fake.regions = [
+            make_region(DISCOVERED_REGION, "Luxembourg-2"),
+            make_region(BAREMETAL_REGION, "Santa Clara-1", baremetal=True),
+            make_region(UNSERVED_REGION, "Frankfurt-3"),
+        ]
+        fake.unserved = {("virtual", UNSERVED_REGION)}
         drivers = ["550.90.07", "570.148.08", "575.57.08"]
         for n in range(12):
-            region = DISCOVERED_REGION if n < 6 else EXPLICIT_REGION
+            region = DISCOVERED_REGION if n < 6 else BAREMETAL_REGION
             extra: dict[str, Any] = {
                 "created_at": _ts(now - timedelta(days=30 + 11 * n)),
                 "updated_at": _ts(now - timedelta(days=n)),
@@ -58,15 +76,57 @@ class DemoWorld:
                 for key in ("disk_format", "hw_firmware_type", "cuda_toolkit_version"):
                     del image[key]
             fake.put_image(PROJECT, region, image)
+        self._other_project(now)
+        self._baremetal(now)
+        self._fail_an_upload()  # one at once, then one every _FAILURE_EVERY ticks
+
+    def _other_project(self, now: datetime) -> None:
+        """Project 2: a serving image, and one stuck in `queued` under a finished task's lock."""
+        fake = self.fake
+        fake.put_image(
+            OTHER_PROJECT,
+            DISCOVERED_REGION,
+            make_image(_image_id(12), "llama-serving-gpu", created_at=_ts(now - timedelta(days=9))),
+        )
+        fake.put_task(
+            make_task(
+                STUCK_TASK,
+                "FINISHED",
+                "download_image",
+                created_on=_ts(now - timedelta(hours=3, minutes=5)),
+                finished_on=_ts(now - timedelta(hours=3)),
+                project_id=OTHER_PROJECT,
+                region_id=DISCOVERED_REGION,
+            )
+        )
+        fake.put_image(
+            OTHER_PROJECT,
+            DISCOVERED_REGION,
+            make_image(
+                _image_id(13),
+                "stuck-upload-gpu",
+                status="queued",
+                size=None,
+                task_id=STUCK_TASK,
+                created_at=_ts(now - timedelta(hours=3, minutes=5)),
+                updated_at=_ts(now - timedelta(hours=3, minutes=5)),
+            ),
+        )
+
+    def _baremetal(self, now: datetime) -> None:
+        for n, project in ((14, PROJECT), (15, PROJECT), (16, OTHER_PROJECT)):
+            image = make_image(
+                _image_id(n),
+                f"ubuntu-22.04-baremetal-h100-{n}",
+                created_at=_ts(now - timedelta(days=20 + n)),
+                os_distro="ubuntu",
+                gpu_driver_version="570.148.08",
+            )
+            self.fake.put_image(project, BAREMETAL_REGION, image, kind="baremetal")
 
     @property
     def targets(self) -> list[str]:
-        explicit = [f"{PROJECT}/{EXPLICIT_REGION}/{_image_id(n)}" for n in range(6, 12)]
-        return [
-            f"{PROJECT}/{DISCOVERED_REGION}",
-            *explicit,
-            f"{PROJECT}/{EXPLICIT_REGION}/{MISSING_IMAGE}",
-        ]
+        return ["*", "baremetal:*"]
 
     def step(self) -> None:
         """Advance the story by one tick (the demo ticks every few seconds)."""
@@ -97,11 +157,13 @@ class DemoWorld:
             )
         killed = _image_id(8)
         self.fake.update_image(
-            PROJECT, EXPLICIT_REGION, killed, status="killed" if phase >= 6 else "active"
+            PROJECT, BAREMETAL_REGION, killed, status="killed" if phase >= 6 else "active"
         )
+        if self.tick % _FAILURE_EVERY == 0:
+            self._fail_an_upload()
         if self.rng.random() < 0.1:
             self.fake.inject(
-                r"/images/",
+                r"/images",
                 502,
                 body="<html><body>Bad gateway</body></html>",
                 content_type="text/html",
@@ -109,6 +171,30 @@ class DemoWorld:
             )
         if self.rng.random() < 0.03:
             self.fake.inject(r"/images", 429, headers={"Retry-After": "3"}, times=1)
+
+    def _fail_an_upload(self) -> None:
+        """An upload from a URL that fails before it becomes an image: only a task tells."""
+        number = self.tick // _FAILURE_EVERY
+        project, region = _FAILURE_SCOPES[number % len(_FAILURE_SCOPES)]
+        now = datetime.now(UTC)
+        created = {"images": [f"0badf00d-{number:04d}-4000-8000-000000000000"]}
+        self.fake.put_task(
+            make_task(
+                f"fa11ed00-0000-4000-8000-{number:012d}",
+                "ERROR",
+                "download_image",
+                created_on=_ts(now - timedelta(seconds=25)),
+                updated_on=_ts(now),
+                finished_on=_ts(now),
+                error="Failed to download https://images.example.com/cuda-12.8.qcow2: HTTP 404",
+                project_id=project,
+                region_id=region,
+                created_resources=created if number % 2 else None,
+            )
+        )
+        failed = [t for t, task in self.fake.tasks.items() if t.startswith("fa11ed00")]
+        for old in failed[:-FAILED_TASKS_KEPT]:
+            del self.fake.tasks[old]
 
 
 async def animate(world: DemoWorld, period: float = 5.0) -> None:

@@ -1,9 +1,11 @@
 """A small, real aiohttp server that speaks the part of the Gcore Cloud API the exporter uses.
 
 It backs `--demo` and every test above the client's unit tests, so it behaves like Gcore where it
-matters: `APIKey` auth (scheme case-insensitive), `{"count", "results"}` pages capped at `max_page`,
-Gcore's JSON error bodies, and injectable faults (status codes, HTML bodies, `Retry-After`,
-delays, answers held until the test releases them).
+matters: `APIKey` auth (scheme case-insensitive), `{"count", "results"}` pages capped at `max_page`
+(10 items when no `limit` is given), Gcore's JSON error bodies, and injectable faults (status
+codes, HTML bodies, `Retry-After`, delays, answers held until the test releases them). It serves
+virtual and bare-metal GPU images, projects, regions, and the Tasks list with its filters; a
+(kind, region) pair in `unserved` answers 404, like a region without that GPU service.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-IMAGES_PATH = "/cloud/v3/gpu/virtual/{project_id}/{region_id}/images"
+IMAGES_PATH = "/cloud/v3/gpu/{kind:virtual|baremetal}/{project_id}/{region_id}/images"
 IMAGE_PATH = IMAGES_PATH + "/{image_id}"
 TASK_PATH = "/cloud/v1/tasks/{task_id}"
+TASKS_PATH = "/cloud/v1/tasks"
+PROJECTS_PATH = "/cloud/v1/projects"
+REGIONS_PATH = "/cloud/v1/regions"
 
 ERROR_CLASSES = {
     400: "BadRequestError",
@@ -85,6 +91,49 @@ def make_task(
     return task
 
 
+def make_project(
+    project_id: int, name: str, state: str | None = "ACTIVE", **fields: Any
+) -> dict[str, Any]:
+    project: dict[str, Any] = {
+        "id": project_id,
+        "name": name,
+        "state": state,
+        "is_default": project_id == 1,
+        "client_id": 1,
+        "created_at": "2025-01-01T00:00:00",
+        "description": None,
+        "task_id": None,
+    }
+    project.update(fields)
+    return project
+
+
+def make_region(
+    region_id: int,
+    name: str,
+    *,
+    state: str = "ACTIVE",
+    gpu: bool = True,
+    baremetal: bool = False,
+    **fields: Any,
+) -> dict[str, Any]:
+    region: dict[str, Any] = {
+        "id": region_id,
+        "display_name": name,
+        "slug": name.lower().replace(" ", "-"),
+        "state": state,
+        "has_ai": gpu,
+        "has_ai_gpu": gpu,
+        "has_baremetal": baremetal,
+        "has_basic_vm": True,
+        "has_k8s": True,
+        "has_kvm": True,
+        "zone": "EMEA",
+    }
+    region.update(fields)
+    return region
+
+
 @dataclass
 class Fault:
     """An injected answer for requests whose path matches `pattern` (a regular expression)."""
@@ -106,7 +155,11 @@ class FakeGcore:
     api_key: str = "test-key"
     max_page: int = 1000
     images: dict[tuple[int, int], dict[str, dict[str, Any]]] = field(default_factory=dict)
+    baremetal_images: dict[tuple[int, int], dict[str, dict[str, Any]]] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    projects: list[dict[str, Any]] = field(default_factory=list)
+    regions: list[dict[str, Any]] = field(default_factory=list)
+    unserved: set[tuple[str, int]] = field(default_factory=set)  # (kind, region_id): 404
     faults: list[Fault] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     request_times: list[float] = field(default_factory=list)  # time.monotonic(), one per request
@@ -114,14 +167,23 @@ class FakeGcore:
     in_flight: int = 0
     peak_in_flight: int = 0
 
-    def put_image(self, project_id: int, region_id: int, image: dict[str, Any]) -> None:
-        self.images.setdefault((project_id, region_id), {})[image["id"]] = image
+    def put_image(
+        self, project_id: int, region_id: int, image: dict[str, Any], kind: str = "virtual"
+    ) -> None:
+        self._images(kind).setdefault((project_id, region_id), {})[image["id"]] = image
 
-    def update_image(self, project_id: int, region_id: int, image_id: str, **fields: Any) -> None:
-        self.images[(project_id, region_id)][image_id].update(fields)
+    def update_image(
+        self, project_id: int, region_id: int, image_id: str, kind: str = "virtual", **fields: Any
+    ) -> None:
+        self._images(kind)[(project_id, region_id)][image_id].update(fields)
 
-    def remove_image(self, project_id: int, region_id: int, image_id: str) -> None:
-        del self.images[(project_id, region_id)][image_id]
+    def remove_image(
+        self, project_id: int, region_id: int, image_id: str, kind: str = "virtual"
+    ) -> None:
+        del self._images(kind)[(project_id, region_id)][image_id]
+
+    def _images(self, kind: str) -> dict[tuple[int, int], dict[str, dict[str, Any]]]:
+        return self.baremetal_images if kind == "baremetal" else self.images
 
     def put_task(self, task: dict[str, Any]) -> None:
         self.tasks[task["id"]] = task
@@ -140,6 +202,9 @@ class FakeGcore:
         app.router.add_get(IMAGES_PATH, self._list_images)
         app.router.add_get(IMAGE_PATH, self._get_image)
         app.router.add_get(TASK_PATH, self._get_task)
+        app.router.add_get(TASKS_PATH, self._list_tasks)
+        app.router.add_get(PROJECTS_PATH, self._list_projects)
+        app.router.add_get(REGIONS_PATH, self._list_regions)
         return app
 
     @web.middleware
@@ -174,16 +239,22 @@ class FakeGcore:
         return response
 
     def _scope(self, request: web.Request) -> dict[str, dict[str, Any]] | None:
+        kind = request.match_info["kind"]
         try:
             key = (int(request.match_info["project_id"]), int(request.match_info["region_id"]))
         except ValueError:
             return None
-        return self.images.get(key, {})
+        if (kind, key[1]) in self.unserved:
+            return None
+        return self._images(kind).get(key, {})
 
     async def _list_images(self, request: web.Request) -> web.Response:
         scope = self._scope(request)
         if scope is None:
             return error(404, "Project or region not found")
+        return self._page(request, list(scope.values()))
+
+    def _page(self, request: web.Request, items: Sequence[Any]) -> web.Response:
         try:
             limit = int(request.query.get("limit", "10"))
             offset = int(request.query.get("offset", "0"))
@@ -191,9 +262,40 @@ class FakeGcore:
             return error(400, "limit and offset must be integers")
         if limit < 1 or offset < 0:
             return error(400, "limit must be positive and offset non-negative")
-        items = list(scope.values())
         page = items[offset : offset + min(limit, self.max_page)]
-        return web.json_response({"count": len(items), "results": page})
+        return web.json_response({"count": len(items), "results": list(page)})
+
+    async def _list_projects(self, request: web.Request) -> web.Response:
+        return self._page(request, self.projects)
+
+    async def _list_regions(self, request: web.Request) -> web.Response:
+        return self._page(request, self.regions)
+
+    async def _list_tasks(self, request: web.Request) -> web.Response:
+        """Gcore's filters: `state`, `project_id`, `region_id` (each repeatable), `task_type`,
+        and `from_timestamp`/`to_timestamp` on the creation time."""
+        query = request.query
+        try:
+            projects = {int(v) for v in query.getall("project_id", [])}
+            regions = {int(v) for v in query.getall("region_id", [])}
+            since = _timestamp(query.get("from_timestamp"))
+            until = _timestamp(query.get("to_timestamp"))
+        except ValueError:
+            return error(400, "invalid filter")
+        states = set(query.getall("state", []))
+        wanted: list[Callable[[dict[str, Any]], bool]] = []
+        if states:
+            wanted.append(lambda t: t.get("state") in states)
+        if projects:
+            wanted.append(lambda t: t.get("project_id") in projects)
+        if regions:
+            wanted.append(lambda t: t.get("region_id") in regions)
+        if "task_type" in query:
+            wanted.append(lambda t: t.get("task_type") == query["task_type"])
+        if since is not None or until is not None:
+            wanted.append(lambda t: _created_within(t, since, until))
+        items = [t for t in self.tasks.values() if all(test(t) for test in wanted)]
+        return self._page(request, items)
 
     async def _get_image(self, request: web.Request) -> web.Response:
         scope = self._scope(request)
@@ -207,6 +309,23 @@ class FakeGcore:
         if task is None:
             return error(404, f"Task {request.match_info['task_id']} not found")
         return web.json_response(task)
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _created_within(task: dict[str, Any], since: datetime | None, until: datetime | None) -> bool:
+    try:
+        created = _timestamp(task.get("created_on") or None)
+    except (TypeError, ValueError):
+        return False
+    if created is None:
+        return False
+    return (since is None or created >= since) and (until is None or created <= until)
 
 
 def error(status: int, message: str) -> web.Response:

@@ -21,9 +21,10 @@ from typing import Final, Generic, Literal, TypeVar
 
 from exporter.alerting import KNOWN_STATUSES
 from exporter.models import Image, Task
-from exporter.vocabulary import ImageKey, Reason
+from exporter.vocabulary import ImageKey, Kind, Reason
 
 CACHED_HELP: Final = "Cached from the last poll. "
+ERROR_TEXT_LIMIT: Final = 200  # characters of a task's error text kept in a label
 INFO_FIELDS: Final = (
     "architecture",
     "os_distro",
@@ -52,6 +53,8 @@ class Fetched:
     now: float
     task: Task | None = None
     lock_started: float | None = None
+    kind: Kind = "virtual"
+    status_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +95,17 @@ class Family(Generic[Source]):
 
 def _info(f: Fetched) -> Iterator[Sample]:
     image = f.image
-    yield (("name", image.name), *((n, getattr(image, n) or "") for n in INFO_FIELDS)), 1
+    fields = ((n, getattr(image, n) or "") for n in INFO_FIELDS)
+    yield (("name", image.name), *fields, ("kind", f.kind)), 1
+
+
+def status_of(image: Image) -> str:
+    """The image's status as exported: trimmed, lower case, `unknown` when empty."""
+    return image.status.strip().lower() or "unknown"
 
 
 def _status(f: Fetched) -> Iterator[Sample]:
-    status = f.image.status.strip().lower() or "unknown"
+    status = status_of(f.image)
     for known in KNOWN_STATUSES:
         yield (("status", known),), int(known == status)
     if status not in KNOWN_STATUSES:
@@ -135,9 +144,20 @@ def _task_info(f: Fetched) -> Iterator[Sample]:
                 ("task_id", f.image.task_id),
                 ("task_type", (task.task_type or "") if task else ""),
                 ("task_state", task.state if task else ""),
+                ("task_error", truncate((task.error or "") if task else "")),
             ),
             1,
         )
+
+
+def _lock_task_finished(f: Fetched) -> Iterator[Sample]:
+    if f.image.task_id is not None and f.task is not None and f.task.finished_on is not None:
+        yield (), f.task.finished_on.timestamp()
+
+
+def _status_since(f: Fetched) -> Iterator[Sample]:
+    if f.status_since is not None:
+        yield (), f.status_since
 
 
 def _created(f: Fetched) -> Iterator[Sample]:
@@ -230,6 +250,20 @@ VALUE_FAMILIES: Final[tuple[Family[Fetched], ...]] = (
     Family(
         "gcore_gpu_image_tag_info", "gauge", "One series per tag of the image, always 1.", _tags
     ),
+    Family(
+        "gcore_gpu_image_lock_task_finished_timestamp_seconds",
+        "gauge",
+        "When the task holding the image's lock finished: an ended task that still holds the "
+        "lock is a stuck lock.",
+        _lock_task_finished,
+    ),
+    Family(
+        "gcore_gpu_image_status_since_timestamp_seconds",
+        "gauge",
+        "When the image entered its current status: updated_at when first seen, then the time "
+        "the exporter first saw the new status.",
+        _status_since,
+    ),
 )
 HEALTH_FAMILIES: Final[tuple[Family[Health], ...]] = (
     Family("gcore_gpu_image_up", "gauge", "Whether the last fetch of this image succeeded.", _up),
@@ -254,6 +288,17 @@ HEALTH_FAMILIES: Final[tuple[Family[Health], ...]] = (
 )
 FAMILIES: Final[tuple[Family[Fetched] | Family[Health], ...]] = VALUE_FAMILIES + HEALTH_FAMILIES
 NO_VALUES: Final = (b"",) * len(VALUE_FAMILIES)
+
+
+def encodable(text: str) -> str:
+    """`text` with what UTF-8 cannot encode (lone surrogates from JSON) replaced: for label values
+    that prometheus_client renders, where one bad character would fail the whole scrape."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def truncate(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """`text` cut to `limit` characters, marked with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def escape_label(value: str) -> str:
@@ -293,9 +338,10 @@ def render_values(
     now: float,
     task: Task | None = None,
     lock_started: float | None = None,
+    status_since: float | None = None,
 ) -> tuple[bytes, ...]:
     """What a successful fetch knows, one chunk per family of `VALUE_FAMILIES`."""
-    fetched = Fetched(image, now, task, lock_started)
+    fetched = Fetched(image, now, task, lock_started, key.scope.kind, status_since)
     ident = identity(key)
     return tuple(family.render(ident, fetched) for family in VALUE_FAMILIES)
 

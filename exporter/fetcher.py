@@ -12,6 +12,7 @@ import structlog
 
 from exporter.client import GcoreClient
 from exporter.image_store import ImageStore
+from exporter.scope_health import ScopeHealth
 from exporter.task_cache import TaskCache
 from exporter.telemetry import Telemetry
 from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Scope, Targets
@@ -33,14 +34,26 @@ class Fetcher:
         self._client = client
         self._store = store
         self._tasks = tasks
-        self._telemetry = telemetry
+        self._scopes = ScopeHealth(telemetry)
+        self._discovered: frozenset[Scope] = frozenset()
 
     def register(self, targets: Targets) -> None:
         """Explicit images exist (down) and scopes are undiscovered until their first fetch."""
         for key in targets.images:
             self._store.add(key, explicit=True)
-        for scope in targets.scopes:
-            self._telemetry.discovery_up.labels(str(scope.project_id), str(scope.region_id)).set(0)
+        for scope in (*targets.scopes, *targets.discovered):
+            self._scopes.watch(scope)
+        self._discovered = frozenset(targets.discovered)
+
+    def forget(self, target: Target, targets: Targets) -> None:
+        """`target` is no longer polled under `targets`: what only it brought leaves the store."""
+        watched = {*targets.scopes, *targets.discovered}
+        if isinstance(target, ImageKey):
+            if target not in targets.images:
+                self._store.release(target, listed=target.scope in watched)
+        elif target not in watched:
+            self._store.drop_scope(target)
+            self._scopes.forget(target)
 
     async def fetch(self, target: Target) -> bool:
         """Fetch one target into the store; True if it succeeded."""
@@ -86,17 +99,36 @@ class Fetcher:
             if not complete:  # the list changed under our pages: once more
                 complete = await self._absorb_listing(scope, seen)
         except FetchError as exc:
-            self._telemetry.discovery_up.labels(*labels).set(0)
+            if exc.reason == "not_found" and scope in self._discovered:
+                return self._unavailable(scope, exc)
+            self._scopes.mark(scope, "failing")
             log.warning(
-                "listing failed", project_id=labels[0], region_id=labels[1], **exc.log_fields()
+                "listing failed",
+                project_id=labels[0],
+                region_id=labels[1],
+                kind=scope.kind,
+                **exc.log_fields(),
             )
             for key in self._store.in_scope(scope):
                 if key not in seen:  # images of pages that did come are fresh
                     self._store.failed(key, exc)
             return False
-        self._telemetry.discovery_up.labels(*labels).set(1)
+        self._scopes.mark(scope, "ok")
         if complete:  # only a complete listing proves that an image is gone
             self._store.retain(scope, seen)
+        return True
+
+    def _unavailable(self, scope: Scope, error: FetchError) -> bool:
+        """A discovered scope that answers 404 has no such GPU service: no error, no images."""
+        self._store.drop_scope(scope)
+        if self._scopes.mark(scope, "unavailable"):
+            log.info(
+                "no GPU image service in this region: counted as unavailable",
+                project_id=scope.project_id,
+                region_id=scope.region_id,
+                kind=scope.kind,
+                **error.log_fields(),
+            )
         return True
 
     async def _absorb_listing(self, scope: Scope, seen: set[ImageKey]) -> bool:

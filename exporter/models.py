@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    TypeAdapter,
+    ValidationError,
+)
+
+T = TypeVar("T")
 
 
 def _assume_utc(value: datetime) -> datetime:
@@ -14,6 +24,27 @@ def _assume_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_assume_utc)]
+
+
+def _or_none(kind: type[T], then: Callable[[T], T] = lambda value: value) -> BeforeValidator:
+    """Parse as `kind`, or None: for fields the SDK types loosely (task timestamps are plain
+    strings there, so `""` and odd values arrive), which must cost the field, not the answer."""
+    adapter = TypeAdapter(kind)
+
+    def parse(value: Any) -> T | None:
+        if value is None or value == "":
+            return None
+        try:
+            return then(adapter.validate_python(value))
+        except ValidationError:
+            return None
+
+    return BeforeValidator(parse)
+
+
+MaybeUtc = Annotated[datetime | None, _or_none(datetime, _assume_utc)]
+MaybeInt = Annotated[int | None, _or_none(int)]
+MaybeText = Annotated[str | None, _or_none(str)]
 
 
 class _Model(BaseModel):
@@ -58,8 +89,46 @@ class ImagePage(_Model):
     results: tuple[object, ...]
 
 
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(item for item in value if isinstance(item, str)) if isinstance(value, list) else ()
+
+
+class CreatedResources(_Model):
+    images: Annotated[tuple[str, ...], BeforeValidator(_strings)] = ()
+
+
 class Task(_Model):
     id: str
     state: str
-    task_type: str | None = None
-    created_on: UtcDatetime | None = None
+    task_type: MaybeText = None
+    created_on: MaybeUtc = None
+    updated_on: MaybeUtc = None
+    finished_on: MaybeUtc = None
+    error: MaybeText = None
+    project_id: MaybeInt = None
+    region_id: MaybeInt = None
+    created_resources: Annotated[CreatedResources | None, _or_none(CreatedResources)] = None
+
+
+class Listing(_Model):
+    """Any `{count, results}` answer; items stay raw so that each is validated on its own."""
+
+    count: int
+    results: tuple[object, ...]
+
+
+class Project(_Model):
+    id: int
+    name: str
+    state: str | None = None
+    is_default: bool = False
+
+
+class Region(_Model):
+    """The capability flags are required, as in Gcore's SDKs: discovery decides on them."""
+
+    id: int
+    display_name: str
+    state: str
+    has_ai_gpu: bool
+    has_baremetal: bool

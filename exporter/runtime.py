@@ -16,9 +16,12 @@ from exporter import __version__
 from exporter.client import GcoreClient, RetryPolicy
 from exporter.config import Settings
 from exporter.demo import DEMO_API_KEY, DemoWorld, animate
+from exporter.discovery import Discovery
+from exporter.failed_tasks import FailedTasks
 from exporter.fakeapi import FakeGcore
 from exporter.fetcher import Fetcher
 from exporter.image_store import ImageStore
+from exporter.poller import Poller
 from exporter.scheduler import Scheduler
 from exporter.snapshot import Publisher
 from exporter.task_cache import TaskCache
@@ -95,13 +98,14 @@ def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time)
 
 
 @asynccontextmanager
-async def open_scheduler(
+async def open_poller(
     settings: Settings,
     upstream: Upstream,
     monitor: Monitor,
     wall_clock: Callable[[], float] = time.time,
-) -> AsyncIterator[Scheduler]:
-    """A scheduler with its own HTTP session, feeding `monitor`; not yet running."""
+) -> AsyncIterator[Poller]:
+    """Discovery, scheduler and failed-task poll with their own HTTP session, feeding `monitor`;
+    not yet running."""
     telemetry = monitor.telemetry
     async with aiohttp.ClientSession(
         headers={"User-Agent": f"gcore-gpu-image-exporter/{__version__}"},
@@ -123,7 +127,7 @@ async def open_scheduler(
             on_failure=lambda error: telemetry.task_fetch_errors.labels(error.reason).inc(),
         )
         fetcher = Fetcher(client, store=monitor.store, tasks=tasks, telemetry=telemetry)
-        yield Scheduler(
+        scheduler = Scheduler(
             fetcher,
             upstream.targets,
             store=monitor.store,
@@ -132,9 +136,46 @@ async def open_scheduler(
             interval=settings.interval,
             wall_clock=wall_clock,
         )
+        discovery = Discovery(
+            client,
+            upstream.targets,
+            telemetry=telemetry,
+            registry=telemetry.registry,
+            on_change=scheduler.set_targets,
+        )
+        failed_tasks = FailedTasks(
+            client,
+            telemetry=telemetry,
+            registry=telemetry.registry,
+            pattern=settings.image_task_pattern,
+            window=settings.failed_task_window,
+            clock=wall_clock,
+        )
+        yield Poller(
+            scheduler,
+            discovery,
+            failed_tasks,
+            publisher=monitor.publisher,
+            discovery_interval=settings.discovery_interval,
+            task_interval=settings.effective_task_interval,
+        )
+
+
+@asynccontextmanager
+async def open_scheduler(
+    settings: Settings,
+    upstream: Upstream,
+    monitor: Monitor,
+    wall_clock: Callable[[], float] = time.time,
+) -> AsyncIterator[Scheduler]:
+    """A scheduler of explicit targets with its own HTTP session, feeding `monitor`; not yet
+    running (wildcards need the poller's discovery)."""
+    async with open_poller(settings, upstream, monitor, wall_clock) as poller:
+        yield poller.scheduler
 
 
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+POLLER = web.AppKey("poller", Poller)
 
 
 def create_daemon(
@@ -147,10 +188,11 @@ def create_daemon(
     async def polling(app: web.Application) -> AsyncIterator[None]:
         async with (
             upstream_for(settings, api_key) as upstream,
-            open_scheduler(settings, upstream, monitor, wall_clock) as scheduler,
+            open_poller(settings, upstream, monitor, wall_clock) as poller,
         ):
-            app[SCHEDULER] = scheduler
-            running = asyncio.create_task(scheduler.run())
+            app[SCHEDULER] = poller.scheduler
+            app[POLLER] = poller
+            running = asyncio.create_task(poller.run())
             yield
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)

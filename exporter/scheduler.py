@@ -25,6 +25,11 @@ from exporter.vocabulary import Targets
 log = structlog.get_logger("exporter.scheduler")
 
 
+def _polled(targets: Targets) -> tuple[Target, ...]:
+    """Every target a round fetches, in order: explicit images, configured then found scopes."""
+    return (*targets.images, *targets.scopes, *targets.discovered)
+
+
 @dataclass(frozen=True, slots=True)
 class RoundResult:
     number: int
@@ -48,6 +53,7 @@ class Scheduler:
     ) -> None:
         self._fetcher = fetcher
         self._targets = targets
+        self._wanted = frozenset(_polled(targets))
         self._store = store  # read for the round's log line
         self._publisher = publisher
         self._telemetry = telemetry
@@ -81,8 +87,7 @@ class Scheduler:
         number = self.rounds_completed + len(self._rounds) + 1
         jobs: list[asyncio.Task[bool]] = []
         skipped = 0
-        targets: tuple[Target, ...] = (*self._targets.images, *self._targets.scopes)
-        for target in targets:
+        for target in _polled(self._targets):
             if target in self._inflight:
                 skipped += 1
                 continue
@@ -103,8 +108,21 @@ class Scheduler:
         async with self._round_done:
             await self._round_done.wait_for(lambda: self.rounds_completed >= count)
 
+    def set_targets(self, targets: Targets) -> None:
+        """Poll `targets` from the next round on. What left them leaves the store now, or when
+        its fetch in flight ends (so that a late listing cannot bring its images back)."""
+        wanted = frozenset(_polled(targets))
+        gone = self._wanted - wanted
+        self._targets, self._wanted = targets, wanted
+        self._fetcher.register(targets)
+        for target in gone:
+            if target not in self._inflight:
+                self._fetcher.forget(target, targets)
+
     def _forget(self, target: Target, _: object) -> None:
         self._inflight.pop(target, None)
+        if target not in self._wanted:
+            self._fetcher.forget(target, self._targets)
 
     async def _finish_round(
         self, number: int, jobs: list[asyncio.Task[bool]], skipped: int

@@ -95,7 +95,15 @@ class Telemetry:
         )
         self.discovery_up = Gauge(
             "gcore_exporter_discovery_up",
-            CACHED_HELP + "Whether the last listing of a project/region's images succeeded.",
-            ["project_id", "region_id"],
+            CACHED_HELP + "Whether the last listing succeeded, by endpoint: a project/region's "
+            "images of one GPU kind, or (with empty ids and kind) projects, regions and tasks.",
+            ["project_id", "region_id", "kind", "endpoint"],
+            registry=r,
+        )
+        self.scopes = Gauge(
+            "gcore_exporter_scopes",
+            CACHED_HELP + "Watched project/regions by the state of their image listing: ok, "
+            "failing, or unavailable (a discovered region without that GPU service).",
+            ["state"],
             registry=r,
         )

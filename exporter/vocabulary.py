@@ -20,13 +20,21 @@ Reason = Literal[
     "invalid_response",
 ]
 
+Kind = Literal["virtual", "baremetal"]
+"""Which GPU image service: the word in the API path `/cloud/v3/gpu/{kind}/...`."""
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class Scope:
-    """A project/region pair: the unit of discovery and of Gcore's URL space."""
+    """A project/region pair of one GPU service: the unit of discovery and of Gcore's URL space."""
 
     project_id: int
     region_id: int
+    kind: Kind = "virtual"
+
+    def spec(self) -> str:
+        """The scope as a target spec: `PROJECT/REGION`, after `baremetal:` for bare metal."""
+        return _spec(self.project_id, self.region_id, self.kind)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -36,9 +44,34 @@ class ImageKey:
 
 
 @dataclass(frozen=True, slots=True)
+class Wildcard:
+    """`*`, `PROJECT/*` or `*/REGION`: scopes that discovery finds (None is every one)."""
+
+    project_id: int | None
+    region_id: int | None
+    kind: Kind = "virtual"
+
+    def spec(self) -> str:
+        return _spec(self.project_id, self.region_id, self.kind)
+
+
+@dataclass(frozen=True, slots=True)
 class Targets:
+    """What to poll. `scopes` are configured, `discovered` come from expanding `wildcards`."""
+
     images: tuple[ImageKey, ...]
     scopes: tuple[Scope, ...]
+    wildcards: tuple[Wildcard, ...] = ()
+    discovered: tuple[Scope, ...] = ()
+
+
+def _spec(project_id: int | None, region_id: int | None, kind: Kind) -> str:
+    prefix = "baremetal:" if kind == "baremetal" else ""
+    if project_id is None and region_id is None:
+        return f"{prefix}*"
+    project = "*" if project_id is None else project_id
+    region = "*" if region_id is None else region_id
+    return f"{prefix}{project}/{region}"
 
 
 class FetchError(Exception):

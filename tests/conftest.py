@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import load_settings
 from exporter.fakeapi import FakeGcore
-from exporter.runtime import SCHEDULER, create_daemon
+from exporter.poller import Poller
+from exporter.runtime import POLLER, SCHEDULER, create_daemon
 from exporter.scheduler import RoundResult, Scheduler
 
 API_KEY = "test-key-5f3a9c1e-SECRET"
@@ -98,6 +99,10 @@ class RunningExporter:
     def scheduler(self) -> Scheduler:
         return self.app[SCHEDULER]
 
+    @property
+    def poller(self) -> Poller:
+        return self.app[POLLER]
+
     async def scrape(self, **headers: str) -> str:
         async with self.http.get(self.url + "/metrics", headers=headers) as response:
             assert response.status == 200
@@ -109,6 +114,14 @@ class RunningExporter:
     async def round(self) -> RoundResult:
         """Run one more poll round now and wait until it is published."""
         return await asyncio.wait_for(self.scheduler.start_round(), 30)
+
+    async def refresh(self) -> bool:
+        """Run one discovery refresh now (projects and regions listed, wildcards expanded)."""
+        return await asyncio.wait_for(self.poller.refresh(), 30)
+
+    async def poll_tasks(self) -> bool:
+        """Run one poll of the failed tasks now and publish it."""
+        return await asyncio.wait_for(self.poller.poll_tasks(), 30)
 
 
 ExporterFactory = Callable[..., Any]

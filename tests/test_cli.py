@@ -8,17 +8,19 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import API_KEY, parse_samples, value, wait_until
+from conftest import API_KEY, parse_samples, series, value, wait_until
 from tooling import free_port, require_tool
 
-from exporter.fakeapi import FakeGcore, make_image, make_task
+from exporter.fakeapi import FakeGcore, make_image, make_project, make_region, make_task
 
 P, R = 3, 5
 IMG = "c0ffee00-0000-4000-8000-000000000001"
+IMG2 = "c0ffee00-0000-4000-8000-000000000002"
 
 
 def env_for(fake_url: str, **extra: str) -> dict[str, str]:
@@ -91,6 +93,47 @@ async def test_once_exits_1_when_a_fetch_fails(fake: FakeGcore, fake_url: str) -
     assert value(parse_samples(out), "gcore_gpu_image_up", image_id=missing) == 0
     assert '"reason": "not_found"' in err
     assert '"request_id"' in err
+
+
+async def test_once_with_star_discovers_polls_and_exits_0(fake: FakeGcore, fake_url: str) -> None:
+    fake.projects = [make_project(P, "alpha")]
+    fake.regions = [make_region(R, "with gpu"), make_region(R + 1, "gpu announced", baremetal=True)]
+    fake.unserved = {("virtual", R + 1)}  # no GPU service there: no failure
+    fake.put_image(P, R, make_image(IMG, "gpu"))
+    fake.put_image(P, R + 1, make_image(IMG2, "metal"), kind="baremetal")
+    fake.put_task(
+        make_task(
+            "t-1",
+            "ERROR",
+            "download_image",
+            project_id=P,
+            region_id=R,
+            created_on=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+            finished_on="",
+        )
+    )
+    targets = ["--target", "*", "--target", "baremetal:*"]
+    code, out, err = await run("--once", *targets, env=env_for(fake_url))
+    assert code == 0, err
+    samples = parse_samples(out)
+    assert value(samples, "gcore_gpu_image_info", image_id=IMG, kind="virtual") == 1
+    assert value(samples, "gcore_gpu_image_info", image_id=IMG2, kind="baremetal") == 1
+    assert value(samples, "gcore_exporter_scopes", state="unavailable") == 1
+    assert value(samples, "gcore_gpu_image_task_failed_info", task_id="t-1") == 1
+    assert value(samples, "gcore_gpu_project_info", project_id=str(P)) == 1
+
+
+@pytest.mark.parametrize(("failing", "code"), [("projects", 1), ("regions", 1), ("tasks", 0)])
+async def test_once_exit_status_counts_discovery_but_not_the_tasks_list(
+    fake: FakeGcore, fake_url: str, failing: str, code: int
+) -> None:
+    fake.projects = [make_project(P, "alpha")]
+    fake.regions = [make_region(R, "with gpu")]
+    fake.put_image(P, R, make_image(IMG, "gpu"))
+    fake.inject(f"^/cloud/v1/{failing}", 403, times=None)
+    exit_code, out, err = await run("--once", "--target", "*", env=env_for(fake_url))
+    assert exit_code == code, err
+    assert value(parse_samples(out), "gcore_exporter_discovery_up", endpoint=failing) == 0
 
 
 @pytest.mark.parametrize(
@@ -185,8 +228,10 @@ async def test_demo_serves_metrics_that_promtool_accepts(tmp_path: Path) -> None
         len(
             {ls["image_id"] for ls in [dict(k[1]) for k in samples if k[0] == "gcore_gpu_image_up"]}
         )
-        == 13
+        == 17
     )
+    assert value(samples, "gcore_exporter_scopes", state="unavailable") == 2
+    assert series(samples, "gcore_gpu_image_task_failed_info") != []
     check = await asyncio.create_subprocess_exec(
         promtool,
         "check",

@@ -9,13 +9,15 @@ import pytest
 import yaml
 
 from exporter.config import (
+    BareImage,
     ConfigError,
     Settings,
     listen_address,
     load_settings,
     parse_duration,
+    parse_target,
 )
-from exporter.vocabulary import ImageKey, Scope
+from exporter.vocabulary import ImageKey, Scope, Wildcard
 
 API_KEY = "sekrit-93be0f1a-API-KEY"
 IMG = "f0e1d2c3-aaaa-4bbb-8ccc-0123456789ab"
@@ -213,6 +215,150 @@ def test_images_inside_a_discovered_scope_are_dropped_and_duplicates_removed(
     resolved = settings.resolved_targets()
     assert resolved.images == (ImageKey(Scope(8, 12), IMG),)
     assert resolved.scopes == (Scope(7, 11), Scope(9, 13))
+
+
+@pytest.mark.parametrize(
+    ("spec", "parsed"),
+    [
+        ("7/11", Scope(7, 11)),
+        ("7/11/", Scope(7, 11)),
+        (f"7/11/{IMG}", ImageKey(Scope(7, 11), IMG)),
+        (IMG, BareImage(IMG)),
+        ("*", Wildcard(None, None)),
+        ("7/*", Wildcard(7, None)),
+        ("*/11", Wildcard(None, 11)),
+        ("7/*/", Wildcard(7, None)),
+        ("baremetal:7/11", Scope(7, 11, "baremetal")),
+        (f"baremetal:7/11/{IMG}", ImageKey(Scope(7, 11, "baremetal"), IMG)),
+        (f"baremetal:{IMG}", BareImage(IMG, "baremetal")),
+        ("baremetal:*", Wildcard(None, None, "baremetal")),
+        ("baremetal:7/*", Wildcard(7, None, "baremetal")),
+        ("baremetal:*/11", Wildcard(None, 11, "baremetal")),
+        (" * ", Wildcard(None, None)),
+    ],
+)
+def test_target_grammar(spec: str, parsed: object) -> None:
+    assert parse_target(spec) == parsed
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "*/*",
+        "**",
+        "7/*/img",
+        "*/11/img",
+        "*/*/img",
+        "*7/11",
+        "baremetal:",
+        "baremetal:baremetal:7/11",
+        "virtual:7/11",
+        "Baremetal:7/11",
+        "baremetal/7/11",
+        "baremetal: 7/11",
+    ],
+)
+def test_malformed_wildcard_or_prefix_is_a_problem_naming_it(keyed: None, spec: str) -> None:
+    (line,) = problems(targets=["*", spec])
+    assert line.startswith("targets.1: not a target: write PROJECT/REGION/IMAGE_ID")
+    assert "PROJECT/*" in line
+    assert "baremetal:" in line
+    assert f"(got {spec!r})" in line
+
+
+def test_wildcards_resolve_deduplicated_and_leave_every_explicit_image_to_discovery(
+    keyed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GCORE_CLOUD_PROJECT_ID", "7")
+    monkeypatch.setenv("GCORE_CLOUD_REGION_ID", "11")
+    settings = load_settings(
+        targets=["*", "7/*", "*/11", "*", "baremetal:*", f"7/11/{IMG}", f"baremetal:{IMG2}"]
+    )
+    resolved = settings.resolved_targets()
+    assert resolved.wildcards == (
+        Wildcard(None, None),
+        Wildcard(7, None),
+        Wildcard(None, 11),
+        Wildcard(None, None, "baremetal"),
+    )
+    assert resolved.scopes == ()
+    assert resolved.images == (
+        ImageKey(Scope(7, 11), IMG),
+        ImageKey(Scope(7, 11, "baremetal"), IMG2),
+    )
+
+
+def test_star_needs_no_default_project_or_region(keyed: None) -> None:
+    assert valid(targets=["*"]).resolved_targets().wildcards == (Wildcard(None, None),)
+
+
+def test_bare_baremetal_image_without_project_and_region_is_a_problem(keyed: None) -> None:
+    (line,) = problems(targets=[f"baremetal:{IMG2}"])
+    assert f"write baremetal:PROJECT/REGION/{IMG2}" in line
+
+
+def test_coverage_options_have_defaults(keyed: None) -> None:
+    settings = valid(interval="2m")
+    assert settings.discovery_interval == 600.0
+    assert settings.task_interval is None
+    assert settings.effective_task_interval == 120.0
+    assert settings.failed_task_window == 86400.0
+    assert settings.image_task_pattern == "image"
+
+
+def test_coverage_options_from_flags_env_and_yaml(
+    keyed: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = write_yaml(
+        tmp_path / "config.yaml",
+        {
+            "targets": ["*"],
+            "discovery_interval": "30m",
+            "task_interval": "5m",
+            "failed_task_window": "2d",
+            "image_task_pattern": "^upload_",
+        },
+    )
+    monkeypatch.setenv("GCORE_EXPORTER_TASK_INTERVAL", "3m")
+    monkeypatch.setenv("GCORE_EXPORTER_IMAGE_TASK_PATTERN", "(?i)image")
+    settings = load_settings(config=str(config), failed_task_window="12h")
+    assert settings.discovery_interval == 1800.0
+    assert settings.effective_task_interval == 180.0
+    assert settings.failed_task_window == 43200.0
+    assert settings.image_task_pattern == "(?i)image"
+
+
+@pytest.mark.parametrize(
+    ("option", "bad", "message"),
+    [
+        ("discovery_interval", "often", "not a duration"),
+        ("task_interval", "0", "greater than 0"),
+        ("failed_task_window", "-1h", "not a duration"),
+        ("image_task_pattern", "upload(", "not a regular expression"),
+    ],
+)
+def test_bad_coverage_option_is_one_line_naming_it(
+    keyed: None, option: str, bad: str, message: str
+) -> None:
+    (line,) = problems(targets=["*"], **{option: bad})
+    assert line.startswith(f"{option}: ")
+    assert message in line
+    assert line.endswith(f"(got {bad!r})")
+
+
+def test_describe_writes_every_target_form_back(keyed: None) -> None:
+    targets = ["*", "baremetal:7/*", "*/11", "baremetal:7/11", f"baremetal:8/12/{IMG}", "9/13"]
+    described = valid(targets=targets, task_interval="90s").describe()
+    assert described["targets"] == [
+        f"baremetal:8/12/{IMG}",
+        "baremetal:7/11",
+        "9/13",
+        "*",
+        "baremetal:7/*",
+        "*/11",
+    ]
+    assert described["task_interval"] == 90.0
+    assert described["discovery_interval"] == 600.0
 
 
 def test_no_targets_is_a_problem(keyed: None) -> None:

@@ -142,7 +142,7 @@ async def test_listing_that_fails_midway_keeps_what_came_and_fails_the_rest(
     assert [value(s, "gcore_gpu_image_up", image_id=image_id(n)) for n in range(4)] == [1, 1, 0, 0]
     assert value(s, "gcore_gpu_image_info", image_id=image_id(1), name="renamed-1") == 1
     assert value(s, "gcore_gpu_image_info", image_id=image_id(2), name="img-2") == 1  # kept
-    assert value(s, "gcore_exporter_discovery_up") == 0
+    assert value(s, "gcore_exporter_discovery_up", endpoint="images") == 0
 
 
 async def test_nameless_broken_item_does_not_make_the_list_look_unstable(

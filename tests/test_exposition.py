@@ -50,13 +50,15 @@ def rendered() -> list[tuple[bytes, ...]]:
             "state": "ERROR",
             "task_type": "upload_virtual_image",
             "created_on": "2026-06-01T11:30:00",
+            "finished_on": "2026-06-01T11:40:00",
+            "error": 'Image "cuda" failed:\nchecksum mismatch',
         }
     )
     active, locked, odd, gone = (
         ImageKey(SCOPE, f"img-{n}") for n in ("active", "locked", "odd", "gone")
     )
     return [
-        render_values(active, image("img-active", "base"), now=NOW)
+        render_values(active, image("img-active", "base"), now=NOW, status_since=NOW - 86400)
         + render_health(active, up=True, last_success=NOW),
         render_values(
             locked,

@@ -148,3 +148,85 @@ def test_every_change_is_announced(clock: Clock) -> None:
     store.failed(KEY, error("timeout"))
     store.retain(SCOPE, [])
     assert len(changes) == 4
+
+
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def since(store: ImageStore) -> str:
+    return family(store, "gcore_gpu_image_status_since_timestamp_seconds")
+
+
+def test_status_since_is_updated_at_at_first_sight_then_the_first_sight_of_a_change(
+    store: ImageStore, clock: Clock
+) -> None:
+    store.succeeded(KEY, image(status="queued", updated_at=iso(clock.now - 500)), None)
+    assert since(store).endswith(f" {int(clock.now - 500)}\n")
+    clock.now += 60
+    store.succeeded(KEY, image(status=" Queued ", updated_at=iso(clock.now)), None)  # same
+    assert since(store).endswith(f" {int(clock.now - 560)}\n")
+    clock.now += 60
+    store.succeeded(KEY, image(status="active", updated_at=iso(clock.now - 45)), None)
+    assert since(store).endswith(f" {int(clock.now)}\n")
+
+
+def test_status_since_is_never_later_than_now(store: ImageStore, clock: Clock) -> None:
+    store.succeeded(KEY, image(updated_at=iso(clock.now + 3600)), None)
+    assert since(store).endswith(f" {int(clock.now)}\n")
+
+
+def test_status_since_starts_over_once_values_are_withdrawn(
+    store: ImageStore, clock: Clock
+) -> None:
+    store.succeeded(KEY, image(status="queued", updated_at=iso(clock.now - 500)), None)
+    store.failed(KEY, error("not_found"))
+    clock.now += 60
+    store.succeeded(KEY, image(status="active", updated_at=iso(clock.now - 30)), None)
+    assert since(store).endswith(f" {int(clock.now - 30)}\n")
+
+
+def test_leaving_scope_drops_its_discovered_images_but_not_configured_ones(
+    store: ImageStore,
+) -> None:
+    configured, found = ImageKey(SCOPE, "configured"), ImageKey(SCOPE, "found")
+    elsewhere = ImageKey(Scope(9, 9), "elsewhere")
+    store.add(configured, explicit=True)
+    store.add(found)
+    store.add(elsewhere)
+    assert store.drop_scope(SCOPE) == 1
+    assert [k in store for k in (configured, found, elsewhere)] == [True, False, True]
+
+
+def test_released_image_goes_unless_a_listing_covers_it(store: ImageStore) -> None:
+    covered, alone = ImageKey(SCOPE, "covered"), ImageKey(Scope(9, 9), "alone")
+    store.add(covered, explicit=True)
+    store.add(alone, explicit=True)
+    store.release(covered, listed=True)
+    store.release(alone, listed=False)
+    assert alone not in store
+    assert store.retain(SCOPE, []) == 1  # the listing decides now
+    assert covered not in store
+
+
+def test_adding_a_listed_image_as_configured_pins_it(store: ImageStore) -> None:
+    store.add(KEY)
+    store.add(KEY, explicit=True)
+    assert store.retain(SCOPE, []) == 0
+
+
+def test_image_listed_under_both_kinds_keeps_the_first(store: ImageStore) -> None:
+    twin = ImageKey(Scope(SCOPE.project_id, SCOPE.region_id, "baremetal"), KEY.image_id)
+    store.succeeded(KEY, image(name="virtual one"), None)
+    store.succeeded(twin, image(name="bare-metal one"), None)
+    store.failed(twin, error("timeout"))
+    assert twin not in store
+    assert len(store) == 1
+    assert 'name="virtual one"' in family(store, "gcore_gpu_image_info")
+    assert 'kind="virtual"' in family(store, "gcore_gpu_image_info")
+
+
+def test_kind_of_a_bare_metal_image_is_in_its_info(store: ImageStore) -> None:
+    key = ImageKey(Scope(1, 2, "baremetal"), "metal")
+    store.succeeded(key, image(id="metal"), None)
+    assert family(store, "gcore_gpu_image_info").endswith(',kind="baremetal"} 1\n')

@@ -157,3 +157,20 @@ async def test_unexpected_error_costs_one_fetch_not_the_loop(
     s = running.scrape()
     assert value(s, "gcore_gpu_image_last_error_info", reason="invalid_response") == 1
     assert (await running.scheduler.run_once()).ok == 1
+
+
+async def test_set_targets_polls_new_targets_next_round_and_drops_old_ones_at_once(
+    fake: FakeGcore, start: Start
+) -> None:
+    other = ImageKey(SCOPE, "d00d0000-0000-4000-8000-000000000002")
+    fake.put_image(1, 2, make_image(KEY.image_id, "first"))
+    fake.put_image(1, 2, make_image(other.image_id, "second"))
+    running = await start(Targets((KEY,), ()), Clock())
+    await running.scheduler.run_once()
+    running.scheduler.set_targets(Targets((other,), ()))
+    running.monitor.publisher.publish()
+    s = running.scrape()
+    assert value(s, "gcore_gpu_image_up", image_id=KEY.image_id) is None  # gone at once
+    assert value(s, "gcore_gpu_image_up", image_id=other.image_id) == 0  # not fetched yet
+    assert (await running.scheduler.run_once()).ok == 1
+    assert value(running.scrape(), "gcore_gpu_image_info", name="second") == 1

@@ -1,0 +1,103 @@
+"""Everything that polls, each on its own cadence: discovery, image rounds, failed tasks.
+
+Discovery refreshes the scope set every `discovery_interval` and hands it to the scheduler,
+which polls it from its next round; the failed-task poll runs every `task_interval`. The first
+refresh comes before the first round, so that `*` is polled from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from exporter.discovery import Discovery
+from exporter.failed_tasks import FailedTasks
+from exporter.scheduler import Scheduler
+from exporter.snapshot import Publisher
+from exporter.vocabulary import Scope
+
+log = structlog.get_logger("exporter.poller")
+
+
+class Poller:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        discovery: Discovery,
+        failed_tasks: FailedTasks,
+        *,
+        publisher: Publisher,
+        discovery_interval: float,
+        task_interval: float,
+    ) -> None:
+        self.scheduler = scheduler
+        self.discovery = discovery
+        self.failed_tasks = failed_tasks
+        self._publisher = publisher
+        self._discovery_interval = discovery_interval
+        self._task_interval = task_interval
+
+    def watched(self) -> set[Scope]:
+        """The scopes of every target now polled: listed ones and those of explicit images."""
+        targets = self.discovery.targets
+        return {*targets.scopes, *targets.discovered, *(key.scope for key in targets.images)}
+
+    async def refresh(self) -> bool:
+        """One discovery refresh, published; new scopes are polled from the next round."""
+        try:
+            return await self.discovery.refresh()
+        finally:
+            self._publisher.publish()
+
+    async def poll_tasks(self) -> bool:
+        """One poll of the failed tasks of every watched scope, published."""
+        try:
+            return await self.failed_tasks.poll(self.watched())
+        finally:
+            self._publisher.publish()
+
+    async def run(self) -> None:
+        """Discover, then poll on every cadence until cancelled."""
+        await _guarded(self.refresh)
+        loops: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self.scheduler.run()),
+            asyncio.create_task(_every(self._discovery_interval, self.refresh, wait_first=True)),
+            asyncio.create_task(_every(self._task_interval, self.poll_tasks, wait_first=False)),
+        ]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def once(self) -> bool:
+        """Discover, poll every target and the failed tasks once, publish; True if every
+        listing of projects, regions and images and every image fetch succeeded."""
+        discovered = await self.refresh()
+        result = await self.scheduler.run_once()
+        await self.poll_tasks()  # a failed Tasks list is reported, but decides no exit status
+        return discovered and result.failed == 0
+
+
+async def _guarded(work: Callable[[], Awaitable[bool]]) -> None:
+    """Run `work`; a bug costs this run, never the loop that runs it."""
+    try:
+        await work()
+    except Exception:
+        log.exception("unexpected error in a periodic poll", work=work.__name__)
+
+
+async def _every(interval: float, work: Callable[[], Awaitable[bool]], *, wait_first: bool) -> None:
+    """Run `work` every `interval` seconds (the first after one interval when `wait_first`)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    if not wait_first:
+        await _guarded(work)
+    while True:
+        started = max(started + interval, loop.time())  # a late run is not caught up on
+        await asyncio.sleep(started - loop.time())
+        await _guarded(work)
