@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="stale_after",
         help="how long last known values outlive failed fetches (default 5 x interval)",
     )
+    add(
+        "--max-response-size",
+        dest="max_response_size",
+        metavar="SIZE",
+        help="largest API answer read, decoded: bytes or a size like 32MiB (default 32MiB)",
+    )
     add("--listen", metavar="HOST:PORT", help=f"where to serve /metrics (default :{DEFAULT_PORT})")
     add("--log-level", dest="log_level", help="debug, info, warning or error (default info)")
     add(

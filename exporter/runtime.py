@@ -113,6 +113,7 @@ async def open_scheduler(
             upstream.api_key,
             timeout=settings.timeout,
             concurrency=settings.concurrency,
+            max_response_size=settings.max_response_size,
             telemetry=telemetry,
             retry=RetryPolicy(budget=settings.interval),
         )

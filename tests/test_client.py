@@ -157,6 +157,7 @@ def make_client(
         options: dict[str, Any] = {
             "timeout": 5.0,
             "concurrency": 4,
+            "max_response_size": 2**20,
             "telemetry": telemetry,
             "retry": RetryPolicy(),
             "gate": RateGate(fake_time.clock, fake_time.gate_sleep),
