@@ -13,7 +13,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +111,7 @@ class FakeGcore:
     requests: list[str] = field(default_factory=list)
     request_times: list[float] = field(default_factory=list)  # time.monotonic(), one per request
     latency: float = 0.0  # added to every answer
+    claimed_count: Callable[[int], int] | None = None  # a lying `count`, from the true one
     in_flight: int = 0
     peak_in_flight: int = 0
 
@@ -193,7 +194,8 @@ class FakeGcore:
             return error(400, "limit must be positive and offset non-negative")
         items = list(scope.values())
         page = items[offset : offset + min(limit, self.max_page)]
-        return web.json_response({"count": len(items), "results": page})
+        count = len(items) if self.claimed_count is None else self.claimed_count(len(items))
+        return web.json_response({"count": count, "results": page})
 
     async def _get_image(self, request: web.Request) -> web.Response:
         scope = self._scope(request)

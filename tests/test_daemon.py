@@ -114,8 +114,10 @@ async def test_list_that_changes_while_paged_is_read_again_and_loses_nothing(
     fake.max_page = 2
     seed(fake, 4)
     async with exporter(targets=[f"{P}/{R}"]) as running:
-        # The next two listings start with an empty page that claims five images.
-        fake.inject(r"/images\?limit=1000&offset=0", 200, body={"count": 5, "results": []}, times=2)
+        # In the next two listings the list moves under the pages: the second page says five
+        # images now and lacks image 2, as if it had shifted onto the page already read.
+        moved = {"count": 5, "results": [make_image(image_id(3), "img-3")]}
+        fake.inject(r"/images\?limit=1000&offset=2", 200, body=moved, times=2)
         await running.round()
         s = await running.samples()
     assert fake.count(r"/images\?limit=1000&offset=0") == 3  # first round, then twice
