@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
+from exporter.cli import main
 from exporter.client import GcoreClient, RetryPolicy
 from exporter.config import ConfigError, load_settings
 from exporter.fakeapi import make_image, make_task
@@ -347,3 +348,12 @@ async def test_a_gzipped_answer_under_the_cap_is_read() -> None:
     gzipped = raw(packed, **{"Content-Encoding": "gzip"})
     async with serve(gzipped) as api, client_for(api.url) as client:
         assert (await client.get_task("t-1")).id == "t-1"
+
+
+def test_the_max_response_size_flag_reaches_the_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GCORE_API_KEY", API_KEY)
+    argv = ["--check-config", "--target", "1/2", "--max-response-size", "3MiB"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["max_response_size"] == 3 * MiB
