@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REGEX",
         help="task types that count as image tasks (default: any containing `image`)",
     )
+    add(
+        "--max-response-size",
+        dest="max_response_size",
+        metavar="SIZE",
+        help="largest API answer read, decoded: bytes or a size like 32MiB (default 32MiB)",
+    )
     add("--listen", metavar="HOST:PORT", help=f"where to serve /metrics (default :{DEFAULT_PORT})")
     add("--log-level", dest="log_level", help="debug, info, warning or error (default info)")
     add(

@@ -1,69 +1,37 @@
-"""Talks to the Gcore Cloud API: the only module that sends requests, and the one owner of retries.
+"""Gcore's endpoints as typed calls: image, image listing, task, projects, regions, tasks listing.
 
-Every request passes a global concurrency cap and a global rate-limit gate (Gcore limits per
-account, so one 429 pauses everything). Failures become `FetchError`s with a reason from a closed
-set; their messages carry Gcore's `message` and `request_id`, never the key.
+Requests, retries and the key are `transport`'s; this module builds paths and validates answers.
+A listing ends when its pages run out, whatever `count` claims: a `count` that lies can neither
+keep a deleted image nor make the exporter ask for pages without end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import json
 import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 import aiohttp
 from pydantic import SecretStr, ValidationError
 
-from exporter.models import Image, ImagePage, Listing, Project, Region, Task
+from exporter.models import Image, ImagePage, Listing, Project, Region, Task, clean_text
 from exporter.telemetry import Telemetry
-from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Reason, Scope
+from exporter.transport import Endpoint, RateGate, RetryPolicy, Transport, shown
+from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Scope
 
-Endpoint = Literal["images", "image", "task", "projects", "regions", "tasks"]
-Params = Mapping[str, int] | Sequence[tuple[str, str | int]]
-Item = TypeVar("Item", Project, Region, Task)
+__all__ = ["GcoreClient", "Page", "RateGate", "RetryPolicy"]
+
 PAGE_SIZE: Final = 1000
+PAGE_MARGIN: Final = 2  # pages a listing may take beyond what its first `count` allows
 _MAX_ITEMS: Final = 10_000_000  # a bound on pagination, whatever `count` claims
+Item = TypeVar("Item", Project, Region, Task)
 
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    attempts: int = 3
-    backoff_base: float = 0.5
-    backoff_cap: float = 8.0
-    max_pause: float = 300.0
-    budget: float = 60.0  # no retry is started after this many seconds into one call
-
-
-class RateGate:
-    """Holds every request back until a 429's `Retry-After` has passed."""
-
-    def __init__(
-        self,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self._clock = clock
-        self._sleep = sleep
-        self._until = 0.0
-
-    @property
-    def remaining(self) -> float:
-        return max(0.0, self._until - self._clock())
-
-    def pause(self, seconds: float) -> None:
-        self._until = max(self._until, self._clock() + seconds)
-
-    async def wait(self) -> None:
-        delay = self.remaining
-        while delay > 0:  # a pause can be extended while we wait
-            await self._sleep(delay)
-            delay = self.remaining
+Ending = Literal["ran_out", "stuck", "bounded"]
+"""Why a listing stopped: its pages ran out (it is whole), a page brought no new id (the server
+ignores `offset`), or it took every page its `count` allows plus a margin."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +41,7 @@ class Page:
     count: int  # how many images the server says the whole list holds, as of this page
     images: tuple[Image, ...]
     invalid: tuple[tuple[str | None, str], ...]  # (id when there is one, what is wrong)
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    body: bytes
-    headers: Mapping[str, str]
+    ending: Ending | None = None  # set on the last page only
 
 
 class GcoreClient:
@@ -91,81 +53,99 @@ class GcoreClient:
         *,
         timeout: float,
         concurrency: int,
+        max_response_size: int,
         telemetry: Telemetry,
         retry: RetryPolicy | None = None,
         gate: RateGate | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self._session = session
-        self._base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._slots = asyncio.Semaphore(concurrency)
-        self._telemetry = telemetry
-        self._retry = retry or RetryPolicy()
-        self.gate = gate or RateGate()
-        self._sleep = sleep
-        self._jitter = jitter
+        self._transport = Transport(
+            session,
+            base_url,
+            api_key,
+            timeout=timeout,
+            concurrency=concurrency,
+            max_response_size=max_response_size,
+            telemetry=telemetry,
+            retry=retry,
+            gate=gate,
+            sleep=sleep,
+            jitter=jitter,
+        )
 
     def __repr__(self) -> str:
-        return f"GcoreClient(base_url={self._base_url!r})"
+        return f"GcoreClient({self._transport!r})"
+
+    @property
+    def gate(self) -> RateGate:
+        return self._transport.gate
 
     async def get_image(self, key: ImageKey) -> Image:
         scope = key.scope
-        path = (
-            f"/cloud/v3/gpu/{scope.kind}/{scope.project_id}/{scope.region_id}/images/{key.image_id}"
-        )
-        data = await self._get_json("image", path)
+        url = self._transport.url(*_images(scope), key.image_id)
+        data = await self._transport.get_json("image", url)
         try:
             image = Image.model_validate(data)
         except ValidationError as exc:
             raise FetchError("invalid_response", f"image: {_summary(exc)}") from None
         if image.id != key.image_id:
-            raise FetchError("invalid_response", f"asked for image {key.image_id}, got {image.id}")
+            raise FetchError(
+                "invalid_response", f"asked for image {key.image_id}, got {shown(image.id)}"
+            )
         return image
 
     async def list_pages(self, scope: Scope) -> AsyncIterator[Page]:
-        """Page through a scope's images by offset until `count` items have come.
+        """Page through a scope's images by offset until the pages run out, whatever `count` says.
 
         Pages are yielded as they arrive so that a caller can render and drop them: holding a
-        50,000-image listing at once costs memory and long garbage-collector pauses.
+        50,000-image listing at once costs memory and long garbage-collector pauses. The last
+        page carries the listing's `ending`.
         """
-        path = f"/cloud/v3/gpu/{scope.kind}/{scope.project_id}/{scope.region_id}/images"
-        offset = 0
-        while offset < _MAX_ITEMS:
-            data = await self._get_json("images", path, {"limit": PAGE_SIZE, "offset": offset})
+        url = self._transport.url(*_images(scope))
+        pager = _Pager()
+        while True:
+            params = {"limit": PAGE_SIZE, "offset": pager.offset}
+            data = await self._transport.get_json("images", url, params)
             try:
                 page = ImagePage.model_validate(data)
             except ValidationError as exc:
                 raise FetchError("invalid_response", f"image list: {_summary(exc)}") from None
             images: list[Image] = []
             invalid: list[tuple[str | None, str]] = []
+            ids: list[str] = []
             for number, raw in enumerate(page.results, 1):
                 if number % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # validating a big page must not starve scrapes
                 try:
-                    images.append(Image.model_validate(raw))
+                    image = Image.model_validate(raw)
                 except ValidationError as exc:
                     raw_id = raw.get("id") if isinstance(raw, dict) else None
-                    invalid.append((raw_id if isinstance(raw_id, str) else None, _summary(exc)))
-            yield Page(page.count, tuple(images), tuple(invalid))
-            offset += len(page.results)
-            if not page.results or offset >= page.count:
+                    item_id = clean_text(raw_id) if isinstance(raw_id, str) else None
+                    invalid.append((item_id, _summary(exc)))
+                    if item_id is not None:
+                        ids.append(item_id)
+                else:
+                    images.append(image)
+                    ids.append(image.id)
+            ending = pager.turn(page.count, len(page.results), ids)
+            yield Page(page.count, tuple(images), tuple(invalid), ending)
+            if ending is not None:
                 return
 
     async def get_task(self, task_id: str) -> Task:
-        data = await self._get_json("task", f"/cloud/v1/tasks/{task_id}")
+        url = self._transport.url("cloud", "v1", "tasks", task_id)
+        data = await self._transport.get_json("task", url)
         try:
             return Task.model_validate(data)
         except ValidationError as exc:
             raise FetchError("invalid_response", f"task: {_summary(exc)}") from None
 
     async def list_projects(self) -> tuple[Project, ...]:
-        return await self._list_all("projects", "/cloud/v1/projects", (), Project)
+        return await self._list_all("projects", ("cloud", "v1", "projects"), (), Project)
 
     async def list_regions(self) -> tuple[Region, ...]:
-        return await self._list_all("regions", "/cloud/v1/regions", (), Region)
+        return await self._list_all("regions", ("cloud", "v1", "regions"), (), Region)
 
     async def list_tasks(
         self,
@@ -182,155 +162,72 @@ class GcoreClient:
         ]
         params += [("project_id", p) for p in sorted(set(project_ids))]
         params += [("region_id", r) for r in sorted(set(region_ids))]
-        return await self._list_all("tasks", "/cloud/v1/tasks", params, Task)
+        return await self._list_all("tasks", ("cloud", "v1", "tasks"), params, Task)
 
     async def _list_all(
         self,
         endpoint: Endpoint,
-        path: str,
+        path: tuple[str, ...],
         params: Sequence[tuple[str, str | int]],
         model: type[Item],
     ) -> tuple[Item, ...]:
-        """Every item of a `{count, results}` list, paged by offset; one invalid item fails it all
-        (a partial list would make discovery drop what it could not read)."""
+        """Every item of a `{count, results}` list; one invalid item fails it all, and so does a
+        listing cut short (a partial list would make discovery drop what it could not read)."""
+        url = self._transport.url(*path)
         items: list[Item] = []
-        offset = 0
-        while offset < _MAX_ITEMS:
-            paging: list[tuple[str, str | int]] = [("limit", PAGE_SIZE), ("offset", offset)]
-            data = await self._get_json(endpoint, path, [*params, *paging])
+        pager = _Pager()
+        while True:
+            paging: list[tuple[str, str | int]] = [("limit", PAGE_SIZE), ("offset", pager.offset)]
+            data = await self._transport.get_json(endpoint, url, [*params, *paging])
             try:
                 page = Listing.model_validate(data)
+                found = []
                 for number, raw in enumerate(page.results, 1):
                     if number % YIELD_EVERY == 0:
                         await asyncio.sleep(0)
-                    items.append(model.model_validate(raw))
+                    found.append(model.model_validate(raw))
             except ValidationError as exc:
                 raise FetchError("invalid_response", f"{endpoint}: {_summary(exc)}") from None
-            offset += len(page.results)
-            if not page.results or offset >= page.count:
-                break
-        return tuple(items)
-
-    async def _get_json(self, endpoint: Endpoint, path: str, params: Params | None = None) -> Any:
-        policy = self._retry
-        started = time.monotonic()
-        for attempt in range(1, policy.attempts + 1):
-            try:
-                answer = await self._send(endpoint, path, params)
-            except FetchError as exc:
-                error = exc
-            else:
-                if 200 <= answer.status < 300:
-                    return _decode(answer)
-                error = _http_error(answer)
-                if answer.status == 429:
-                    self._pause(answer.headers.get("Retry-After"), attempt)
-            retryable = error.reason in ("server_error", "timeout", "connection", "rate_limited")
-            if not retryable or attempt == policy.attempts:
-                raise error
-            delay = 0.0 if error.reason == "rate_limited" else self._backoff(attempt)
-            if time.monotonic() - started + delay + self.gate.remaining > policy.budget:
-                raise error
-            self._telemetry.api_retries.labels(endpoint).inc()
-            await self._sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _send(self, endpoint: Endpoint, path: str, params: Params | None) -> _Answer:
-        headers = {"Authorization": f"APIKey {self._api_key.get_secret_value()}"}
-        async with self._slots:
-            await self.gate.wait()  # inside the slot: requests queued before a 429 wait too
-            started = time.monotonic()
-            code = "connection"
-            try:
-                async with self._session.get(
-                    self._base_url + path,
-                    params=params,
-                    headers=headers,
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                ) as response:
-                    code = str(response.status)
-                    body = await response.read()
-                    return _Answer(response.status, body, response.headers)
-            except TimeoutError:
-                code = "timeout"
-                raise FetchError("timeout", f"no answer within {self._timeout.total}s") from None
-            except aiohttp.ClientError as exc:
-                raise FetchError("connection", f"{type(exc).__name__}: {exc}") from None
-            finally:
-                self._telemetry.api_requests.labels(endpoint, code).inc()
-                self._telemetry.api_request_duration.labels(endpoint).observe(
-                    time.monotonic() - started
-                )
-
-    def _pause(self, retry_after: str | None, attempt: int) -> None:
-        seconds = _retry_after_seconds(retry_after)
-        if seconds is None:
-            seconds = self._backoff(attempt + 1)
-        # at least a second: a Retry-After of 0 or in the past must not turn into a tight loop
-        self.gate.pause(min(max(seconds, 1.0), self._retry.max_pause))
-        self._telemetry.rate_limit_pauses.inc()
-
-    def _backoff(self, attempt: int) -> float:
-        ceiling: float = min(
-            self._retry.backoff_cap, self._retry.backoff_base * 2.0 ** (attempt - 1)
-        )
-        return ceiling / 2 + self._jitter() * ceiling / 2
+            items += found
+            ending = pager.turn(page.count, len(page.results), [str(i.id) for i in found])
+            if ending == "ran_out":
+                return tuple(items)
+            if ending is not None:
+                raise FetchError("invalid_response", f"{endpoint}: listing did not end ({ending})")
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    """`Retry-After` as seconds from now: delta-seconds or an HTTP date."""
-    if not value:
+class _Pager:
+    """Offset paging that ends when the pages run out, whatever `count` says."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self._pages = 0
+        self._limit: int | None = None
+        self._ids: set[str] = set()
+
+    def turn(self, count: int, length: int, ids: Sequence[str]) -> Ending | None:
+        """Take in a page of `length` items; whether the listing ends after it, and why."""
+        new = len(set(ids) - self._ids)
+        self._ids.update(ids)
+        self.offset += length
+        self._pages += 1
+        if self._limit is None and length:
+            self._limit = -(-max(count, 0) // length) + PAGE_MARGIN
+        if not length:
+            return "ran_out"
+        if new == 0:
+            return "stuck"
+        # A page short of the limit that ends where `count` says is the end. Otherwise (a full
+        # page, or `count` disagrees with the pages) only an empty page proves nothing follows.
+        if self.offset == count and length != PAGE_SIZE:
+            return "ran_out"
+        if (self._limit is not None and self._pages >= self._limit) or self.offset >= _MAX_ITEMS:
+            return "bounded"
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    delta: float = (when - datetime.now(UTC)).total_seconds()
-    return max(0.0, delta)
 
 
-_STATUS_REASONS: Final[Mapping[int, Reason]] = {
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    408: "timeout",
-    429: "rate_limited",
-}
-
-
-def _http_error(answer: _Answer) -> FetchError:
-    reason = _STATUS_REASONS.get(answer.status)
-    if reason is None:
-        reason = "server_error" if answer.status >= 500 else "invalid_response"
-    message = f"HTTP {answer.status}"
-    request_id = None
-    try:
-        body = json.loads(answer.body)
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        parts = [str(body[k]) for k in ("exception_class", "message") if body.get(k)]
-        message = ": ".join([message, *parts])[:500]
-        request_id = str(body["request_id"]) if body.get("request_id") else None
-    elif answer.body:
-        message += " (non-JSON body)"
-    return FetchError(reason, message, status=answer.status, request_id=request_id)
-
-
-def _decode(answer: _Answer) -> Any:
-    try:
-        return json.loads(answer.body)
-    except ValueError:
-        raise FetchError("invalid_response", "body is not JSON", status=answer.status) from None
+def _images(scope: Scope) -> tuple[str, ...]:
+    return ("cloud", "v3", "gpu", scope.kind, str(scope.project_id), str(scope.region_id), "images")
 
 
 def _summary(exc: ValidationError) -> str:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BeforeValidator,
+    ByteSize,
     Field,
     SecretStr,
     ValidationError,
@@ -80,6 +81,16 @@ def parse_duration(value: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, allow_inf_nan=False)]
 
 
+def _refuse_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # YAML's `yes` must not become a one-byte cap
+        raise ValueError("not a size: use bytes or a size like 32MiB, 500kB")
+    return value
+
+
+# Bytes, or a number with a unit: 32MiB, 512KiB, 1GB (pydantic's ByteSize units).
+Size = Annotated[ByteSize, BeforeValidator(_refuse_bool), Field(ge=1)]
+
+
 def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -134,6 +145,7 @@ class Settings(BaseSettings):
     timeout: Duration = 10.0
     concurrency: int = Field(8, ge=1, le=256)
     stale_after: Duration | None = None
+    max_response_size: Size = ByteSize(32 * 2**20)
     listen: str = f":{DEFAULT_PORT}"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] | None = None
@@ -287,6 +299,7 @@ class Settings(BaseSettings):
             "timeout": self.timeout,
             "concurrency": self.concurrency,
             "stale_after": self.effective_stale_after,
+            "max_response_size": int(self.max_response_size),
             "listen": self.listen,
             "log_level": self.log_level,
             "log_format": self.log_format or "auto",

@@ -164,6 +164,7 @@ class FakeGcore:
     requests: list[str] = field(default_factory=list)
     request_times: list[float] = field(default_factory=list)  # time.monotonic(), one per request
     latency: float = 0.0  # added to every answer
+    claimed_count: Callable[[int], int] | None = None  # a lying `count`, from the true one
     in_flight: int = 0
     peak_in_flight: int = 0
 
@@ -252,9 +253,14 @@ class FakeGcore:
         scope = self._scope(request)
         if scope is None:
             return error(404, "Project or region not found")
-        return self._page(request, list(scope.values()))
+        return self._page(request, list(scope.values()), self.claimed_count)
 
-    def _page(self, request: web.Request, items: Sequence[Any]) -> web.Response:
+    def _page(
+        self,
+        request: web.Request,
+        items: Sequence[Any],
+        claimed: Callable[[int], int] | None = None,
+    ) -> web.Response:
         try:
             limit = int(request.query.get("limit", "10"))
             offset = int(request.query.get("offset", "0"))
@@ -263,7 +269,8 @@ class FakeGcore:
         if limit < 1 or offset < 0:
             return error(400, "limit must be positive and offset non-negative")
         page = items[offset : offset + min(limit, self.max_page)]
-        return web.json_response({"count": len(items), "results": list(page)})
+        count = len(items) if claimed is None else claimed(len(items))
+        return web.json_response({"count": count, "results": list(page)})
 
     async def _list_projects(self, request: web.Request) -> web.Response:
         return self._page(request, self.projects)

@@ -11,10 +11,14 @@ image the chunks read, family by family:
     gcore_gpu_image_size_bytes{project_id="1",region_id="10",image_id="f0e1…"} 3221225472
     gcore_gpu_image_locked{project_id="1",region_id="10",image_id="f0e1…"} 0
     gcore_gpu_image_up{project_id="1",region_id="10",image_id="f0e1…"} 1
+
+Whatever the API sent, the lines parse: a value that is no finite float64 (`size` of 10**400)
+drops its sample, never the scrape, and no family yields one label set twice.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Generic, Literal, TypeVar
@@ -83,12 +87,15 @@ class Family(Generic[Source]):
 
     def render(self, identity: str, source: Source) -> bytes:
         name = self.name
-        lines = [
-            f"{name}{{{identity},{_labels(extra)}}} {format_value(value)}\n"
-            if extra
-            else f"{name}{{{identity}}} {format_value(value)}\n"
-            for extra, value in self.samples(source)
-        ]
+        lines = []
+        for extra, value in self.samples(source):
+            shown = format_value(value)
+            if shown is None:
+                continue  # no float64 holds it: Prometheus would reject the whole scrape
+            if extra:
+                lines.append(f"{name}{{{identity},{_labels(extra)}}} {shown}\n")
+            else:
+                lines.append(f"{name}{{{identity}}} {shown}\n")
         # errors="replace": a lone surrogate from JSON must not sink the whole scrape
         return "".join(lines).encode("utf-8", "replace")
 
@@ -165,7 +172,8 @@ def _created(f: Fetched) -> Iterator[Sample]:
 
 
 def _updated(f: Fetched) -> Iterator[Sample]:
-    yield (), f.image.updated_at.timestamp()
+    if f.image.updated_at is not None:
+        yield (), f.image.updated_at.timestamp()
 
 
 def _age(f: Fetched) -> Iterator[Sample]:
@@ -173,7 +181,8 @@ def _age(f: Fetched) -> Iterator[Sample]:
 
 
 def _tags(f: Fetched) -> Iterator[Sample]:
-    for tag in f.image.tags or ():
+    # a key given twice is one tag, the last value winning as in a JSON object: no duplicate series
+    for tag in {tag.key: tag for tag in f.image.tags or ()}.values():
         yield (("key", tag.key), ("value", tag.value), ("read_only", str(tag.read_only).lower())), 1
 
 
@@ -309,10 +318,22 @@ def escape_help(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def format_value(value: float) -> str:
-    if isinstance(value, int) or (value.is_integer() and abs(value) < 2**53):
-        return str(int(value))
-    return repr(value)
+_EXACT: Final = 2**53  # integers up to here are exact in float64 and written as integers
+
+
+def format_value(value: float) -> str | None:
+    """`value` as Prometheus parses it (a float64); None if no finite float64 holds it."""
+    if type(value) is int and -_EXACT < value < _EXACT:
+        return str(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    if not math.isfinite(number):
+        return None
+    if number.is_integer() and abs(number) < _EXACT:
+        return str(int(number))
+    return repr(number)
 
 
 def _labels(pairs: Labels) -> str:

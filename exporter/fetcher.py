@@ -7,6 +7,7 @@ scheduler decides when; this module decides what a fetch means for the images it
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import structlog
 
@@ -20,6 +21,9 @@ from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Scope, Target
 log = structlog.get_logger("exporter.fetcher")
 
 Target = ImageKey | Scope
+Listing = Literal["complete", "moved", "stuck", "bounded"]
+"""How one read of a listing went: whole, `count` moved between its pages (the list changed
+under them), or cut short by a server that ignores `offset` or by the page limit."""
 
 
 class Fetcher:
@@ -64,8 +68,7 @@ class Fetcher:
         except Exception as exc:  # a bug must cost one fetch, never the poll loop
             log.exception("unexpected error while polling", target=repr(target))
             if isinstance(target, ImageKey):
-                problem = FetchError("invalid_response", f"unexpected {type(exc).__name__}")
-                self._store.failed(target, problem)
+                self._store.failed(target, _unexpected(exc))
             return False
 
     def round_done(self) -> None:
@@ -95,27 +98,37 @@ class Fetcher:
         labels = (str(scope.project_id), str(scope.region_id))
         seen: set[ImageKey] = set()
         try:
-            complete = await self._absorb_listing(scope, seen)
-            if not complete:  # the list changed under our pages: once more
-                complete = await self._absorb_listing(scope, seen)
-        except FetchError as exc:
-            if exc.reason == "not_found" and scope in self._discovered:
-                return self._unavailable(scope, exc)
+            outcome = await self._absorb_listing(scope, seen)
+            if outcome == "moved":  # the list changed under our pages: once more
+                outcome = await self._absorb_listing(scope, seen)
+        except Exception as exc:  # a bug too: the scope is down and its images age, not frozen
+            error = exc if isinstance(exc, FetchError) else _unexpected(exc)
+            if error is not exc:
+                log.exception("unexpected error while listing", target=repr(scope))
+            if error.reason == "not_found" and scope in self._discovered:
+                return self._unavailable(scope, error)
             self._scopes.mark(scope, "failing")
             log.warning(
                 "listing failed",
                 project_id=labels[0],
                 region_id=labels[1],
                 kind=scope.kind,
-                **exc.log_fields(),
+                **error.log_fields(),
             )
             for key in self._store.in_scope(scope):
                 if key not in seen:  # images of pages that did come are fresh
-                    self._store.failed(key, exc)
+                    self._store.failed(key, error)
             return False
         self._scopes.mark(scope, "ok")
-        if complete:  # only a complete listing proves that an image is gone
+        if outcome == "complete":  # only a complete listing proves that an image is gone
             self._store.retain(scope, seen)
+        else:
+            log.warning(
+                "listing incomplete, no image removed",
+                project_id=labels[0],
+                region_id=labels[1],
+                why=outcome,
+            )
         return True
 
     def _unavailable(self, scope: Scope, error: FetchError) -> bool:
@@ -131,19 +144,20 @@ class Fetcher:
             )
         return True
 
-    async def _absorb_listing(self, scope: Scope, seen: set[ImageKey]) -> bool:
-        """Take in every page of a scope's list; True if it held still while being paged."""
+    async def _absorb_listing(self, scope: Scope, seen: set[ImageKey]) -> Listing:
+        """Take in every page of a scope's list; complete if its pages ran out and `count` held
+        still, whatever it said: a `count` that lies must not keep a deleted image forever."""
         counts: set[int] = set()
-        listed: set[ImageKey] = set()
-        nameless = 0
+        outcome: Listing = "complete"
         async for page in self._client.list_pages(scope):
             counts.add(page.count)
+            if page.ending in ("stuck", "bounded"):
+                outcome = page.ending
             locked = [image for image in page.images if image.task_id is not None]
             found = await asyncio.gather(*(self._tasks.lock_of(image) for image in locked))
             tasks = {image.id: task for image, task in zip(locked, found, strict=True)}
             for number, image in enumerate(page.images, 1):
                 key = ImageKey(scope, image.id)
-                listed.add(key)
                 seen.add(key)
                 self._store.succeeded(key, image, tasks.get(image.id))
                 if number % YIELD_EVERY == 0:
@@ -157,10 +171,13 @@ class Fetcher:
                     problem=problem,
                 )
                 if image_id is None:
-                    nameless += 1
                     continue
                 key = ImageKey(scope, image_id)
-                listed.add(key)
                 seen.add(key)
                 self._store.failed(key, FetchError("invalid_response", problem))
-        return len(counts) == 1 and len(listed) + nameless == next(iter(counts))
+        return "moved" if len(counts) > 1 else outcome
+
+
+def _unexpected(exc: Exception) -> FetchError:
+    """What a bug costs the targets it touched: one failed fetch."""
+    return FetchError("invalid_response", f"unexpected {type(exc).__name__}")

@@ -115,8 +115,9 @@ class ImageStore:
         state = self.add(key)
         now = self._now()
         status = status_of(image)
-        if state.status is None:
-            state.status, state.status_since = status, image.updated_at.timestamp()
+        if state.status is None:  # updated_at bounds the change, when Gcore sends it
+            first = image.updated_at.timestamp() if image.updated_at is not None else now
+            state.status, state.status_since = status, first
         elif status != state.status:
             state.status, state.status_since = status, now
         if image.task_id != state.lock_task_id:

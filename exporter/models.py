@@ -1,4 +1,8 @@
-"""Typed views of what Gcore sends: lenient about additions, strict about what we rely on."""
+"""Typed views of what Gcore sends: lenient about additions, strict about what we rely on.
+
+Validation is also where untrusted text is made safe once per fetch: ids and tags lose lone
+surrogates (which no UTF-8 exposition can carry), so two ids that would render alike are one id.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,15 @@ def _assume_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+def clean_text(value: str) -> str:
+    """`value` with lone surrogates (JSON allows `\\ud800`) replaced by `?`, as rendering does."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
 UtcDatetime = Annotated[datetime, AfterValidator(_assume_utc)]
+Text = Annotated[str, AfterValidator(clean_text)]
 
 
 def _or_none(kind: type[T], then: Callable[[T], T] = lambda value: value) -> BeforeValidator:
@@ -52,21 +64,21 @@ class _Model(BaseModel):
 
 
 class Tag(_Model):
-    key: str
-    value: str
+    key: Text
+    value: Text
     read_only: bool = False
 
 
 class Image(_Model):
-    id: str
+    id: Text
     name: str
     status: str
     created_at: UtcDatetime
-    updated_at: UtcDatetime
+    updated_at: UtcDatetime | None = None  # required by the SDK, nullable in older clients
     size: int | None = None
     min_disk: int | None = None
     min_ram: int | None = None
-    task_id: str | None = None
+    task_id: Text | None = None
     tags: tuple[Tag, ...] | None = None
     visibility: str | None = None
     ssh_key: str | None = None

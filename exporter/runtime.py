@@ -117,6 +117,7 @@ async def open_poller(
             upstream.api_key,
             timeout=settings.timeout,
             concurrency=settings.concurrency,
+            max_response_size=settings.max_response_size,
             telemetry=telemetry,
             retry=RetryPolicy(budget=settings.interval),
         )

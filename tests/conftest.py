@@ -23,7 +23,17 @@ from exporter.runtime import POLLER, SCHEDULER, create_daemon
 from exporter.scheduler import RoundResult, Scheduler
 
 API_KEY = "test-key-5f3a9c1e-SECRET"
-NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z: the wall clock of in-process exporters, frozen
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z: where the wall clock of in-process exporters starts
+
+
+class Clock:
+    """A wall clock that moves only when a test moves it."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +104,7 @@ class RunningExporter:
     url: str
     app: web.Application
     http: aiohttp.ClientSession
+    clock: Clock
 
     @property
     def scheduler(self) -> Scheduler:
@@ -132,7 +143,8 @@ def exporter(fake_url: str, monkeypatch: pytest.MonkeyPatch) -> ExporterFactory:
     """`async with exporter(targets=[...], **settings) as running:` after its first round.
 
     The interval defaults to an hour so that tests drive rounds themselves with `running.round()`;
-    the exporter's wall clock stands still at `NOW`, so times and ages are exact.
+    the exporter's wall clock (`running.clock`) stands at `NOW` until the test moves it, so times
+    and ages are exact.
     """
     monkeypatch.setenv("GCORE_API_KEY", API_KEY)
     monkeypatch.setenv("GCORE_BASE_URL", fake_url)
@@ -141,7 +153,8 @@ def exporter(fake_url: str, monkeypatch: pytest.MonkeyPatch) -> ExporterFactory:
     async def start(**overrides: Any) -> AsyncIterator[RunningExporter]:
         options: dict[str, Any] = {"interval": "1h", "listen": "127.0.0.1:0", **overrides}
         settings = load_settings(**options)
-        app = create_daemon(settings, settings.read_api_key(), wall_clock=lambda: NOW)
+        clock = Clock()
+        app = create_daemon(settings, settings.read_api_key(), wall_clock=clock)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -149,7 +162,7 @@ def exporter(fake_url: str, monkeypatch: pytest.MonkeyPatch) -> ExporterFactory:
         port = runner.addresses[0][1]
         try:
             async with aiohttp.ClientSession() as http:
-                running = RunningExporter(f"http://127.0.0.1:{port}", app, http)
+                running = RunningExporter(f"http://127.0.0.1:{port}", app, http, clock)
                 await asyncio.wait_for(running.scheduler.wait_for_rounds(1), 10)
                 yield running
         finally:

@@ -12,13 +12,13 @@ import email.utils
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
 from aioresponses import aioresponses
 from aioresponses.core import RequestCall
+from mocking import Mocked
 from pydantic import SecretStr
 from yarl import URL
 
@@ -78,20 +78,6 @@ def sample(telemetry: Telemetry, name: str, **labels: str) -> float | None:
     return telemetry.registry.get_sample_value(name, labels)
 
 
-class _CompatResponse(aiohttp.ClientResponse):
-    """aioresponses 0.7.9 builds responses without the `stream_writer` aiohttp 3.14 requires."""
-
-    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
-
-
-class _Mocked(aioresponses):
-    def add(self, url: Any, method: str = "GET", *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("response_class", _CompatResponse)
-        super().add(url, method, *args, **kwargs)
-
-
 class FakeTime:
     """A clock for the rate gate; backoff sleeps and gate waits are recorded and advance it."""
 
@@ -131,7 +117,7 @@ def fake_time() -> FakeTime:
 
 @pytest.fixture
 def api() -> Iterator[aioresponses]:
-    with _Mocked() as mocked:
+    with Mocked() as mocked:
         yield mocked
 
 
@@ -157,6 +143,7 @@ def make_client(
         options: dict[str, Any] = {
             "timeout": 5.0,
             "concurrency": 4,
+            "max_response_size": 2**20,
             "telemetry": telemetry,
             "retry": RetryPolicy(),
             "gate": RateGate(fake_time.clock, fake_time.gate_sleep),
@@ -596,3 +583,148 @@ async def test_api_key_never_appears_in_errors_or_client_repr(
     ]
     for text in shown:
         assert API_KEY not in text
+
+
+# --- listings that lie end cleanly ---------------------------------------------------------------
+
+
+def page_of(count: int, ids: list[str]) -> dict[str, Any]:
+    return {"count": count, "results": [image_json(i) for i in ids]}
+
+
+async def listing(client: GcoreClient) -> tuple[list[str], str | None]:
+    """The ids a listing brought and how it ended."""
+    pages = [page async for page in client.list_pages(SCOPE)]
+    assert all(page.ending is None for page in pages[:-1])
+    return [image.id for page in pages for image in page.images], pages[-1].ending
+
+
+async def test_a_count_too_high_ends_when_the_pages_run_out(
+    api: aioresponses, client: GcoreClient
+) -> None:
+    ids = [image_id(n) for n in range(1, 4)]
+    api.get(page_url(0), payload=page_of(4, ids[0:2]))
+    api.get(page_url(2), payload=page_of(4, ids[2:3]))
+    api.get(page_url(3), payload=page_of(4, []))
+    assert await listing(client) == (ids, "ran_out")
+    assert sent_urls(api) == {page_url(0): 1, page_url(2): 1, page_url(3): 1}
+
+
+async def test_a_count_smaller_than_the_results_asks_once_more(
+    api: aioresponses, client: GcoreClient
+) -> None:
+    ids = [image_id(n) for n in range(1, 6)]
+    api.get(page_url(0), payload=page_of(2, ids))
+    api.get(page_url(5), payload=page_of(2, []))
+    assert await listing(client) == (ids, "ran_out")
+    assert len(sent_urls(api)) == 2
+
+
+async def test_a_billion_count_with_empty_pages_ends_at_the_first_empty_page(
+    api: aioresponses, client: GcoreClient
+) -> None:
+    api.get(page_url(0), payload=page_of(10**9, [IMG]))
+    api.get(page_url(1), payload=page_of(10**9, []), repeat=True)
+    assert await listing(client) == ([IMG], "ran_out")
+    assert sent_urls(api) == {page_url(0): 1, page_url(1): 1}
+
+
+async def test_a_short_page_where_count_says_is_the_end(
+    api: aioresponses, client: GcoreClient
+) -> None:
+    api.get(page_url(0), payload=page_of(1, [IMG]))
+    assert await listing(client) == ([IMG], "ran_out")
+    assert len(sent_urls(api)) == 1
+
+
+async def test_a_server_that_ignores_offset_is_asked_twice(
+    api: aioresponses, client: GcoreClient
+) -> None:
+    same = page_of(50, [image_id(1), image_id(2)])
+    for offset in range(0, 60, 2):
+        api.get(page_url(offset), payload=same)
+    ids, ending = await listing(client)
+    assert (ids, ending) == ([image_id(1), image_id(2)] * 2, "stuck")
+    assert sent_urls(api) == {page_url(0): 1, page_url(2): 1}
+
+
+async def test_pages_are_bounded_by_the_first_count_plus_a_margin(
+    api: aioresponses, client: GcoreClient
+) -> None:
+    # count 3 in pages of 2 allows 2 pages, plus 2: a server inventing ids stops after 4
+    for n in range(100):
+        api.get(page_url(2 * n), payload=page_of(3, [image_id(2 * n), image_id(2 * n + 1)]))
+    ids, ending = await listing(client)
+    assert (len(ids), ending) == (8, "bounded")
+    assert len(sent_urls(api)) == 4
+
+
+# --- API drift (the SDK's types and retries) -----------------------------------------------------
+
+
+async def test_updated_at_null_is_no_timestamp(api: aioresponses, client: GcoreClient) -> None:
+    api.get(IMAGE_URL, payload=image_json(updated_at=None))
+    assert (await client.get_image(KEY)).updated_at is None
+
+
+@pytest.mark.parametrize("created_on", ["", "yesterday", "2026-13-45T99:00:00", None, {"a": 1}])
+async def test_a_task_created_on_that_is_no_time_is_unknown(
+    api: aioresponses, client: GcoreClient, created_on: Any
+) -> None:
+    api.get(TASK_URL, payload={**task_json(), "created_on": created_on})
+    task = await client.get_task(TASK)
+    assert (task.id, task.state, task.created_on) == (TASK, "RUNNING", None)
+
+
+async def test_409_is_retried_as_the_sdk_does(
+    api: aioresponses, client: GcoreClient, fake_time: FakeTime, telemetry: Telemetry
+) -> None:
+    api.get(IMAGE_URL, status=409, payload=gcore_error("lock timeout"))
+    api.get(IMAGE_URL, payload=image_json())
+    assert (await client.get_image(KEY)).id == IMG
+    assert len(fake_time.backoffs) == 1
+    assert sample(telemetry, "gcore_exporter_api_retries_total", endpoint="image") == 1
+
+
+async def test_409_every_time_is_a_server_error(api: aioresponses, client: GcoreClient) -> None:
+    api.get(IMAGE_URL, status=409, payload=gcore_error("lock timeout"), repeat=True)
+    with pytest.raises(FetchError) as info:
+        await client.get_image(KEY)
+    assert (info.value.reason, info.value.status) == ("server_error", 409)
+    assert "lock timeout" in info.value.message
+    assert len(calls(api, IMAGE_URL)) == 3
+
+
+@pytest.mark.parametrize(
+    ("headers", "pause"),
+    [
+        ({"retry-after-ms": "2500"}, 2.5),
+        ({"retry-after-ms": "4000", "Retry-After": "90"}, 4.0),  # the SDK reads ms first
+        ({"retry-after-ms": "soon", "Retry-After": "90"}, 90.0),
+        ({"Retry-After-Ms": "120000"}, 120.0),
+    ],
+)
+async def test_retry_after_ms_is_honoured(
+    api: aioresponses, make_client: ClientFactory, headers: dict[str, str], pause: float
+) -> None:
+    client = make_client(retry=RetryPolicy(attempts=1))
+    api.get(IMAGE_URL, status=429, headers=headers)
+    with pytest.raises(FetchError):
+        await client.get_image(KEY)
+    assert client.gate.remaining == pytest.approx(pause)
+
+
+async def test_429s_without_retry_after_pause_everything_with_growing_backoff(
+    api: aioresponses, make_client: ClientFactory, fake_time: FakeTime, telemetry: Telemetry
+) -> None:
+    # jitter 1: the pause after attempt n is the full backoff ceiling of attempt n + 1
+    policy = RetryPolicy(attempts=4, backoff_base=1.0, backoff_cap=100.0)
+    client = make_client(retry=policy, jitter=lambda: 1.0)
+    sent_at: list[float] = []
+    for _ in range(3):
+        api.get(IMAGE_URL, status=429, callback=stamp(fake_time, sent_at))
+    api.get(IMAGE_URL, payload=image_json(), callback=stamp(fake_time, sent_at))
+    assert (await client.get_image(KEY)).id == IMG
+    assert fake_time.gate_waits == [2.0, 4.0, 8.0]
+    assert sent_at == [0.0, 2.0, 6.0, 14.0]
+    assert sample(telemetry, "gcore_exporter_rate_limit_pauses_total") == 3

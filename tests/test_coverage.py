@@ -13,6 +13,7 @@ import pytest
 from conftest import (
     API_KEY,
     NOW,
+    Clock,
     ExporterFactory,
     Samples,
     parse_samples,
@@ -414,14 +415,6 @@ async def test_running_task_has_no_finished_timestamp(
 
 
 # --- with a clock the test moves -----------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Running:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
+import subprocess
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -17,8 +19,11 @@ from conftest import (
     value,
     wait_until,
 )
+from tooling import require_tool
 
+from exporter.client import GcoreClient, Page
 from exporter.fakeapi import FakeGcore, make_image, make_task
+from exporter.vocabulary import Scope
 
 P, R = 7, 11
 IMG = "a1b2c3d4-0000-4000-8000-000000000001"
@@ -116,8 +121,10 @@ async def test_list_that_changes_while_paged_is_read_again_and_loses_nothing(
     fake.max_page = 2
     seed(fake, 4)
     async with exporter(targets=[f"{P}/{R}"]) as running:
-        # The next two listings start with an empty page that claims five images.
-        fake.inject(r"/images\?limit=1000&offset=0", 200, body={"count": 5, "results": []}, times=2)
+        # In the next two listings the list moves under the pages: the second page says five
+        # images now and lacks image 2, as if it had shifted onto the page already read.
+        moved = {"count": 5, "results": [make_image(image_id(3), "img-3")]}
+        fake.inject(r"/images\?limit=1000&offset=2", 200, body=moved, times=2)
         await running.round()
         s = await running.samples()
     assert fake.count(r"/images\?limit=1000&offset=0") == 3  # first round, then twice
@@ -512,3 +519,202 @@ def test_parse_samples_rejects_duplicates() -> None:
     text = '# TYPE a gauge\na{x="1"} 1\na{x="1"} 2\n'
     with pytest.raises(AssertionError, match="duplicate"):
         parse_samples(text)
+
+
+# --- every byte from the API is untrusted --------------------------------------------------------
+
+
+async def test_task_ids_from_answers_never_steer_requests(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    steering = "../../v3/gpu/virtual/7/11/images?limit=1"
+    fake.put_task(make_task(steering, "RUNNING"))
+    fake.put_image(P, R, make_image(image_id(1), "steering", task_id=steering))
+    fake.put_image(P, R, make_image(image_id(2), "dots", task_id=".."))
+    fake.put_image(P, R, make_image(image_id(3), "dots too", task_id=".."))
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        s = await running.samples()
+    task_requests = [path for path in fake.requests if "/tasks/" in path]
+    assert task_requests == [
+        "/cloud/v1/tasks/..%2F..%2Fv3%2Fgpu%2Fvirtual%2F7%2F11%2Fimages%3Flimit%3D1"
+    ]
+    assert fake.count(r"/images\?") == 1  # the one listing, nothing more
+    steered = {"task_id": steering, "task_state": "RUNNING"}
+    assert value(s, "gcore_gpu_image_task_info", **labels(image_id(1)), **steered) == 1
+    for n in (2, 3):  # a task id that cannot be a Gcore id: not requested, the image still up
+        assert value(s, "gcore_gpu_image_up", **labels(image_id(n))) == 1
+        assert value(s, "gcore_gpu_image_task_info", **labels(image_id(n)), task_state="") == 1
+    assert value(s, "gcore_exporter_task_fetch_errors_total", reason="invalid_response") == 1
+
+
+async def test_a_deep_tasks_answer_never_fails_the_image_or_the_listing(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    task_id = "7a5c0000-0000-4000-8000-00000000deee"
+    fake.inject("/tasks/", 200, body="[" * 100_000 + "]" * 100_000, times=None)
+    fake.put_image(P, R, make_image(IMG, "busy", task_id=task_id))
+    fake.put_image(P, R, make_image(image_id(2), "free"))
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        s = await running.samples()
+    assert value(s, "gcore_exporter_discovery_up", project_id=str(P), region_id=str(R)) == 1
+    assert value(s, "gcore_gpu_image_up", **labels()) == 1
+    assert value(s, "gcore_gpu_image_task_info", **labels(), task_id=task_id, task_state="") == 1
+    assert value(s, "gcore_exporter_task_fetch_errors_total", reason="invalid_response") == 1
+
+
+async def test_a_deep_listing_takes_the_scope_down_and_its_values_go_stale(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    seed(fake, 2)
+    async with exporter(targets=[f"{P}/{R}"], stale_after="1ms") as running:
+        fake.inject(r"/images\?", 200, body="[" * 100_000 + "]" * 100_000, times=None)
+        running.clock.now += 1
+        result = await running.round()
+        s = await running.samples()
+    assert (result.ok, result.failed) == (0, 1)
+    assert value(s, "gcore_exporter_discovery_up", project_id=str(P), region_id=str(R)) == 0
+    for n in range(2):
+        assert value(s, "gcore_gpu_image_up", **labels(image_id(n))) == 0
+        reason = "invalid_response"
+        assert value(s, "gcore_gpu_image_last_error_info", **labels(image_id(n)), reason=reason)
+    assert series(s, "gcore_gpu_image_info") == []  # older than stale_after: withdrawn
+
+
+async def test_an_answer_larger_than_max_response_size_fails_that_fetch(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.put_image(P, R, make_image(IMG, "big", description="x" * 4096))
+    fake.put_image(P, R, make_image(image_id(2), "small"))
+    targets = [f"{P}/{R}/{IMG}", f"{P}/{R}/{image_id(2)}"]
+    async with exporter(targets=targets, max_response_size="4KiB") as running:
+        s = await running.samples()
+    reason = "invalid_response"
+    assert value(s, "gcore_gpu_image_last_error_info", **labels(), reason=reason) == 1
+    assert fake.count(f"/images/{IMG}") == 1  # not retried
+    assert value(s, "gcore_gpu_image_up", **labels(image_id(2))) == 1
+
+
+async def test_one_image_can_never_blank_the_scrape(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    promtool = require_tool("promtool", "apt-get install prometheus")
+    tags = [
+        {"key": "team", "value": "ml", "read_only": False},
+        {"key": "team", "value": "ml", "read_only": False},
+        {"key": "env", "value": "dev", "read_only": False},
+        {"key": "env", "value": "prod", "read_only": True},
+    ]
+    huge = make_image(IMG, "huge", size=10**400, min_disk=10**300, min_ram=-(10**305), tags=tags)
+    fake.put_image(P, R, huge)
+    fake.put_image(P, R, make_image(image_id(2), "never updated", updated_at=None))
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        text = await running.scrape()
+    s = parse_samples(text)  # fails on a duplicate series
+    checked = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=text.encode(),
+        capture_output=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert value(s, "gcore_gpu_image_up", **labels()) == 1
+    for family in ("size_bytes", "min_disk_bytes", "min_ram_bytes"):
+        assert value(s, f"gcore_gpu_image_{family}", **labels()) is None
+    assert series(s, "gcore_gpu_image_tag_info", **labels()) == [
+        {**labels(), "key": "team", "value": "ml", "read_only": "false"},
+        {**labels(), "key": "env", "value": "prod", "read_only": "true"},  # the last one wins
+    ]
+    assert value(s, "gcore_gpu_image_up", **labels(image_id(2))) == 1
+    assert value(s, "gcore_gpu_image_updated_timestamp_seconds", **labels(image_id(2))) is None
+    assert value(s, "gcore_gpu_image_created_timestamp_seconds", **labels(image_id(2)))
+
+
+async def test_a_task_created_on_that_is_no_time_counts_the_lock_from_first_sight(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    task_id = "7a5c0000-0000-4000-8000-0000000000ee"
+    fake.put_task(make_task(task_id, "RUNNING", "update_image", created_on=""))
+    fake.put_image(P, R, make_image(IMG, "busy", task_id=task_id))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        s = await running.samples()
+    task = {"task_id": task_id, "task_type": "update_image", "task_state": "RUNNING"}
+    assert value(s, "gcore_gpu_image_task_info", **labels(), **task) == 1
+    lock_age = value(s, "gcore_gpu_image_lock_age_seconds", **labels())
+    assert lock_age is not None and 0 <= lock_age < 30
+
+
+@pytest.mark.parametrize(
+    "claimed",
+    [lambda n: n + 1, lambda n: 1, lambda n: 10**9],
+    ids=["one-too-many", "fewer-than-the-results", "a-billion"],
+)
+async def test_a_count_that_lies_does_not_keep_a_deleted_image(
+    fake: FakeGcore, exporter: ExporterFactory, claimed: Callable[[int], int]
+) -> None:
+    fake.max_page = 2
+    fake.claimed_count = claimed
+    seed(fake, 3)
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        fake.remove_image(P, R, image_id(1))
+        before = fake.count(r"/images\?")
+        await running.round()
+        s = await running.samples()
+        listed = fake.count(r"/images\?") - before
+    assert [ls["image_id"] for ls in series(s, "gcore_gpu_image_up")] == [image_id(0), image_id(2)]
+    assert listed <= 3  # two pages, and an empty one where count disagrees
+    assert value(s, "gcore_exporter_discovery_up", project_id=str(P), region_id=str(R)) == 1
+
+
+async def test_a_server_that_ignores_offset_costs_two_requests_and_removes_nothing(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    seed(fake, 4)
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        first_page = {"count": 4, "results": [make_image(image_id(n), f"img-{n}") for n in (0, 1)]}
+        fake.inject(r"/images\?", 200, body=first_page, times=None)
+        before = fake.count(r"/images\?")
+        await running.round()
+        s = await running.samples()
+        listed = fake.count(r"/images\?") - before
+    assert listed == 2
+    assert len(series(s, "gcore_gpu_image_up")) == 4  # images 2 and 3 were not proven gone
+    assert value(s, "gcore_exporter_discovery_up", project_id=str(P), region_id=str(R)) == 1
+
+
+async def test_a_listing_is_bounded_by_its_count_and_then_removes_nothing(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.max_page = 2
+    seed(fake, 20)
+    async with exporter(targets=[f"{P}/{R}"]) as running:
+        fake.claimed_count = lambda n: 3  # pages of 2 for a count of 3: 2 pages, a margin of 2
+        before = fake.count(r"/images\?")
+        await running.round()
+        s = await running.samples()
+        listed = fake.count(r"/images\?") - before
+    assert listed == 4
+    assert len(series(s, "gcore_gpu_image_up")) == 20
+
+
+async def test_a_bug_while_listing_takes_the_scope_down_and_fails_its_unseen_images(
+    fake: FakeGcore, exporter: ExporterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.max_page = 2
+    seed(fake, 4)
+    listed = GcoreClient.list_pages
+
+    async def first_page_then_a_bug(self: GcoreClient, scope: Scope) -> AsyncIterator[Page]:
+        async for page in listed(self, scope):
+            yield page
+            raise RuntimeError("a bug")
+
+    async with exporter(targets=[f"{P}/{R}"], stale_after="1h") as running:
+        monkeypatch.setattr(GcoreClient, "list_pages", first_page_then_a_bug)
+        result = await running.round()
+        s = await running.samples()
+    assert (result.ok, result.failed) == (0, 1)
+    assert value(s, "gcore_exporter_discovery_up", project_id=str(P), region_id=str(R)) == 0
+    assert [value(s, "gcore_gpu_image_up", **labels(image_id(n))) for n in range(4)] == [1, 1, 0, 0]
+    reason = "invalid_response"
+    assert value(s, "gcore_gpu_image_last_error_info", **labels(image_id(2)), reason=reason) == 1

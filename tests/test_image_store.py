@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from conftest import Clock
 
 from exporter.families import FAMILIES, NO_VALUES
 from exporter.image_store import ImageStore
@@ -15,14 +16,6 @@ from exporter.vocabulary import FetchError, ImageKey, Reason, Scope
 SCOPE = Scope(1, 2)
 KEY = ImageKey(SCOPE, "img-1")
 STALE_AFTER = 300.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def image(**fields: Any) -> Image:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import pytest
-from conftest import API_KEY, Samples, parse_samples, value
+from conftest import API_KEY, Clock, Samples, parse_samples, value
 from pydantic import SecretStr
 
 from exporter.client import GcoreClient
@@ -19,14 +19,6 @@ from exporter.vocabulary import ImageKey, Scope, Targets
 
 SCOPE = Scope(1, 2)
 KEY = ImageKey(SCOPE, "d00d0000-0000-4000-8000-000000000001")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Running:

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from conftest import Clock
+
 from exporter.models import Image, Task
 from exporter.task_cache import TaskCache
 from exporter.vocabulary import FetchError
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Lookups:
@@ -51,7 +45,7 @@ def locked(task_id: str | None, image_id: str = "img") -> Image:
 async def test_concurrent_callers_share_one_lookup() -> None:
     lookups = Lookups()
     lookups.release.clear()
-    cache = TaskCache(lookups, ttl=60, clock=Clock())
+    cache = TaskCache(lookups, ttl=60, clock=Clock(1000.0))
     waiting = [asyncio.ensure_future(cache.lock_of(locked("t-1", f"i{n}"))) for n in range(5)]
     await asyncio.sleep(0)  # let every caller reach the shared lookup
     lookups.release.set()
@@ -62,13 +56,13 @@ async def test_concurrent_callers_share_one_lookup() -> None:
 
 async def test_an_unlocked_image_needs_no_lookup() -> None:
     lookups = Lookups()
-    cache = TaskCache(lookups, ttl=60, clock=Clock())
+    cache = TaskCache(lookups, ttl=60, clock=Clock(1000.0))
     assert await cache.lock_of(locked(None)) is None
     assert lookups.calls == []
 
 
 async def test_entries_are_looked_up_again_after_their_ttl_and_expire_later() -> None:
-    lookups, clock = Lookups(), Clock()
+    lookups, clock = Lookups(), Clock(1000.0)
     cache = TaskCache(lookups, ttl=60, clock=clock)
     await cache.lock_of(locked("t-1"))
     clock.now += 60
@@ -83,13 +77,15 @@ async def test_entries_are_looked_up_again_after_their_ttl_and_expire_later() ->
 
 
 async def test_an_answer_about_another_task_is_no_answer() -> None:
-    cache = TaskCache(Lookups(answer_id="t-other"), ttl=60, clock=Clock())
+    cache = TaskCache(Lookups(answer_id="t-other"), ttl=60, clock=Clock(1000.0))
     assert await cache.lock_of(locked("t-1")) is None
 
 
 async def test_a_failed_lookup_is_no_answer_and_is_reported() -> None:
     failures: list[FetchError] = []
     problem = FetchError("not_found", "HTTP 404")
-    cache = TaskCache(Lookups(error=problem), ttl=60, on_failure=failures.append, clock=Clock())
+    cache = TaskCache(
+        Lookups(error=problem), ttl=60, on_failure=failures.append, clock=Clock(1000.0)
+    )
     assert await cache.lock_of(locked("t-1")) is None
     assert failures == [problem]
