@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] | None = None
     demo: bool = False
+    web_config_file: Path | None = None
+    protect_probes: bool = False
     api_key: SecretStr | None = Field(None, validation_alias="GCORE_API_KEY")
     api_key_file: Path | None = Field(None, validation_alias="GCORE_API_KEY_FILE")
     base_url: str = Field(DEFAULT_BASE_URL, validation_alias="GCORE_BASE_URL")
@@ -238,6 +240,8 @@ class Settings(BaseSettings):
             "api_key": "**********" if self.api_key or self.api_key_file else None,
             "api_key_file": str(self.api_key_file) if self.api_key_file else None,
             "demo": self.demo,
+            "web_config_file": str(self.web_config_file) if self.web_config_file else None,
+            "protect_probes": self.protect_probes,
         }
 
 
