@@ -25,6 +25,7 @@ from exporter.task_cache import TaskCache
 from exporter.telemetry import Telemetry
 from exporter.vocabulary import Targets
 from exporter.web import create_app
+from exporter.webguard import WebGuard
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +138,17 @@ async def open_scheduler(
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 
 
-def create_daemon(settings: Settings, api_key: SecretStr | None) -> web.Application:
-    """The HTTP app with polling started and stopped through its `cleanup_ctx`."""
+def create_daemon(
+    settings: Settings, api_key: SecretStr | None, guard: WebGuard | None = None
+) -> web.Application:
+    """The HTTP app with polling started and stopped through its `cleanup_ctx`.
+
+    `guard` is the web config already loaded (by the CLI, to validate it first); without it the
+    settings' `web_config_file` is loaded here, so no caller serves unprotected by omission.
+    """
     monitor = new_monitor(settings)
-    app = create_app(monitor.publisher)
+    guard = guard or WebGuard.load(settings.web_config_file)
+    app = create_app(monitor.publisher, guard, protect_probes=settings.protect_probes)
 
     async def polling(app: web.Application) -> AsyncIterator[None]:
         async with (
