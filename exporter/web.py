@@ -29,7 +29,7 @@ GUARD = web.AppKey("guard", WebGuard)
 IDLE_TIMEOUT = web.AppKey("idle_timeout", float)
 
 DEFAULT_IDLE_TIMEOUT: Final = 75.0  # above the usual 60 s scrape interval, so scrapers keep alive
-PIECE: Final = 256 * 1024  # most bytes handed to a connection before waiting for it to drain
+PIECE: Final = 128 * 1024  # bytes per write: each is above aiohttp's 64 KiB mark, so it drains
 PROBES: Final = frozenset({"/healthz", "/readyz"})
 
 log = structlog.get_logger("exporter.web")
