@@ -357,7 +357,10 @@ def server_context(tls: TLSServerConfig, directory: Path) -> ssl.SSLContext:
         context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     suites = [name for name in (CIPHERS[c] for c in tls.cipher_suites) if name]
     if suites:
-        context.set_ciphers(":".join(suites))
+        try:
+            context.set_ciphers(":".join(suites))
+        except ssl.SSLError:
+            raise ValueError("cipher_suites: this OpenSSL offers none of them") from None
     for curve in tls.curve_preferences:
         context.set_ecdh_curve(CURVES[curve])
     cert, key = directory / tls.cert_file, directory / tls.key_file
@@ -365,7 +368,7 @@ def server_context(tls: TLSServerConfig, directory: Path) -> ssl.SSLContext:
     _readable(key, "key_file")
     try:
         context.load_cert_chain(cert, key, password=_no_password)
-    except (ssl.SSLError, _EncryptedKeyError) as exc:
+    except (OSError, _EncryptedKeyError) as exc:  # ssl.SSLError is an OSError
         problem = (
             "the key does not match the certificate"
             if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH"
@@ -392,7 +395,7 @@ def _load_client_ca(context: ssl.SSLContext, tls: TLSServerConfig, directory: Pa
         what, load = "client_ca", {"cadata": tls.client_ca}
     try:
         context.load_verify_locations(**load)
-    except (ssl.SSLError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise ValueError(f"{what}: no PEM certificate found ({_reason(exc)})") from None
 
 
@@ -414,7 +417,7 @@ def _readable(path: Path, what: str) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    return str(getattr(exc, "reason", None) or exc)
+    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
 
 
 def peer_sans(peercert: Mapping[str, Any] | None) -> frozenset[str]:

@@ -149,6 +149,8 @@ class WebGuard:
     def __init__(self, path: Path | None, loaded: LoadedWebConfig | None) -> None:
         self._path = path
         self._loaded = loaded
+        # What the listening socket was built with; only a restart changes it.
+        self._fixed = loaded.config.tls_server_config.policy if loaded else None
         self._access = WebAccess.of(loaded.config) if loaded else WebAccess()
         self._seen = self._signature()
         self.ssl_context = loaded.ssl_context if loaded else None
@@ -185,12 +187,9 @@ class WebGuard:
         return self._access
 
     def _adopt(self, loaded: LoadedWebConfig) -> None:
-        before, after = self._loaded, loaded
-        assert before is not None
-        old_tls, new_tls = before.config.tls_server_config, after.config.tls_server_config
-        if (self.ssl_context is None) != (after.ssl_context is None):
+        if (self.ssl_context is None) != (loaded.ssl_context is None):
             log.warning("web config: TLS is only turned on or off at restart")
-        elif old_tls.policy != new_tls.policy:
+        elif self.ssl_context is not None and loaded.config.tls_server_config.policy != self._fixed:
             log.warning(
                 "web config: client_auth_type, TLS versions, ciphers and curves change at restart; "
                 "certificates, keys, client CA, users, headers and rate limit changed now"
@@ -216,16 +215,14 @@ class WebGuard:
 
     def describe(self) -> dict[str, Any]:
         """For `--check-config`: what is protected, never a hash."""
-        if self._loaded is None:
-            return {"tls": False, "basic_auth_users": []}
-        config = self._loaded.config
+        config = self._loaded.config if self._loaded else WebConfig()
         tls = config.tls_server_config
         return {
             "tls": self.ssl_context is not None,
             "client_auth_type": (tls.client_auth_type or "NoClientCert") if tls.enabled else None,
             "basic_auth_users": sorted(config.basic_auth_users),
             "headers": sorted(config.http_server_config.headers),
-            "rate_limit": bool(config.rate_limit.interval),
+            "rate_limit": config.rate_limit.interval > 0,
         }
 
 
