@@ -114,6 +114,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers=headers)
     response.content_length = body.size
     await response.prepare(request)
+    # A streamed body is ours to withhold from HEAD.
     await _send(request, response, body if request.method != "HEAD" else None)
     return response
 

@@ -26,7 +26,7 @@ from webtools import serving as serving_app
 from bench.pki import CertificateAuthority
 from exporter.fakeapi import FakeGcore, make_image
 from exporter.web import GUARD, create_app
-from exporter.webguard import WebGuard
+from exporter.webguard import RateLimiter, WebGuard
 
 PASSWORD = "correct horse battery staple"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
@@ -327,6 +327,18 @@ async def test_rate_limit_answers_429_past_the_burst_and_spares_the_probes(tmp_p
         statuses = [(await get(url + "/metrics"))[0] for _ in range(3)]
         assert statuses == [200, 200, 429]
         assert (await get(url + "/healthz"))[0] == 200
+
+
+def test_the_rate_limit_refills_one_request_per_interval() -> None:
+    now = [0.0]
+    limiter = RateLimiter(10.0, 2, clock=lambda: now[0])
+    assert [limiter.allow() for _ in range(3)] == [True, True, False]
+    now[0] = 9.0
+    assert not limiter.allow()
+    now[0] = 10.0
+    assert [limiter.allow(), limiter.allow()] == [True, False]
+    now[0] = 1000.0  # a long quiet spell refills the burst, no more
+    assert [limiter.allow() for _ in range(3)] == [True, True, False]
 
 
 # --- rotation without a restart ----------------------------------------------------------------
