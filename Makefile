@@ -36,6 +36,7 @@ test: lint typecheck pytest
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.once_10k
 	$(BIN)/python -m bench.loop_lag
+	$(BIN)/python -m bench.scrape_load
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,8 @@ from exporter.config import DEFAULT_PORT, ConfigError, Settings, listen_address,
 from exporter.exposition import render_parts
 from exporter.logs import configure_logging
 from exporter.runtime import create_daemon, new_monitor, open_poller, upstream_for
+from exporter.web import server_options
+from exporter.webguard import WebGuard
 
 EXIT_OK, EXIT_FETCH_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -81,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("json", "console"),
         help="default: console on a terminal, json otherwise",
     )
+    add(
+        "--web-config-file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="TLS and basic auth for the HTTP server, in the Prometheus exporter-toolkit format",
+    )
+    add(
+        "--protect-probes",
+        dest="protect_probes",
+        action="store_true",
+        default=None,
+        help="require the web config's basic auth and rate limit on /healthz and /readyz too",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--once",
@@ -110,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(**flags)
         api_key = None if settings.demo else settings.read_api_key()
+        guard = WebGuard.load(settings.web_config_file)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"gcore-gpu-image-exporter: config error: {problem}", file=sys.stderr)
@@ -117,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets = [api_key.get_secret_value()] if api_key else []
     configure_logging(settings.log_level, settings.log_format, secrets)
     if check:
-        print(json.dumps(settings.describe(), indent=2))
+        print(json.dumps({**settings.describe(), "web": guard.describe()}, indent=2))
         return EXIT_OK
     if once:
         return asyncio.run(_once(settings, api_key))
@@ -125,14 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Modules and classes live as long as the process: keep the collector from rescanning them,
     # which shortens the pauses of full collections while big listings come and go.
     gc.freeze()
+    app = create_daemon(settings, api_key, guard)
     web.run_app(
-        create_daemon(settings, api_key),
+        app,
         host=host,
         port=port,
+        ssl_context=guard.ssl_context,
         print=None,
         access_log=None,
         shutdown_timeout=3.0,
         handle_signals=True,
+        **server_options(app),
     )
     return EXIT_OK
 

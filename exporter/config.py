@@ -150,6 +150,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] | None = None
     demo: bool = False
+    web_config_file: Path | None = None
+    protect_probes: bool = False
     api_key: SecretStr | None = Field(None, validation_alias="GCORE_API_KEY")
     api_key_file: Path | None = Field(None, validation_alias="GCORE_API_KEY_FILE")
     base_url: str = Field(DEFAULT_BASE_URL, validation_alias="GCORE_BASE_URL")
@@ -311,6 +313,8 @@ class Settings(BaseSettings):
             "task_interval": self.effective_task_interval,
             "failed_task_window": self.failed_task_window,
             "image_task_pattern": self.image_task_pattern,
+            "web_config_file": str(self.web_config_file) if self.web_config_file else None,
+            "protect_probes": self.protect_probes,
         }
 
 

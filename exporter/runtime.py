@@ -28,6 +28,7 @@ from exporter.task_cache import TaskCache
 from exporter.telemetry import Telemetry
 from exporter.vocabulary import Targets
 from exporter.web import create_app
+from exporter.webguard import WebGuard
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,11 +181,19 @@ POLLER = web.AppKey("poller", Poller)
 
 
 def create_daemon(
-    settings: Settings, api_key: SecretStr | None, wall_clock: Callable[[], float] = time.time
+    settings: Settings,
+    api_key: SecretStr | None,
+    guard: WebGuard | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> web.Application:
-    """The HTTP app with polling started and stopped through its `cleanup_ctx`."""
+    """The HTTP app with polling started and stopped through its `cleanup_ctx`.
+
+    `guard` is the web config already loaded (by the CLI, to validate it first); without it the
+    settings' `web_config_file` is loaded here, so no caller serves unprotected by omission.
+    """
     monitor = new_monitor(settings, wall_clock)
-    app = create_app(monitor.publisher)
+    guard = guard or WebGuard.load(settings.web_config_file)
+    app = create_app(monitor.publisher, guard, protect_probes=settings.protect_probes)
 
     async def polling(app: web.Application) -> AsyncIterator[None]:
         async with (

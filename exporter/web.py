@@ -1,18 +1,38 @@
 """HTTP side: serves the latest snapshot of a source; never calls Gcore and never waits on a poll.
 
 What produces the snapshots is wired elsewhere (`runtime`), so this module knows nothing of polling.
+A scraper is a stranger: bodies go out in bounded pieces at the pace the client reads them, a
+client that stops reading or never sends its request is dropped after `idle_timeout`, and a client
+that hangs up or sends garbage costs a debug line, not an error with a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any, Final
+
+import structlog
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
+from aiohttp.typedefs import Handler, Middleware
 
 from exporter import __version__
-from exporter.exposition import ExpositionCache, wants_gzip, wants_openmetrics
+from exporter.exposition import Body, ExpositionCache, wants_gzip, wants_openmetrics
 from exporter.snapshot import SnapshotSource
+from exporter.webconfig import peer_sans
+from exporter.webguard import WebGuard
 
 SOURCE = web.AppKey("source", SnapshotSource)
 CACHE = web.AppKey("cache", ExpositionCache)
+GUARD = web.AppKey("guard", WebGuard)
+IDLE_TIMEOUT = web.AppKey("idle_timeout", float)
+
+DEFAULT_IDLE_TIMEOUT: Final = 75.0  # above the usual 60 s scrape interval, so scrapers keep alive
+PIECE: Final = 128 * 1024  # bytes per write: each is above aiohttp's 64 KiB mark, so it drains
+PROBES: Final = frozenset({"/healthz", "/readyz"})
+
+log = structlog.get_logger("exporter.web")
 
 _LANDING = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Gcore GPU image exporter</title></head>
@@ -24,15 +44,61 @@ _LANDING = """<!doctype html>
 """
 
 
-def create_app(source: SnapshotSource) -> web.Application:
-    app = web.Application()
+def create_app(
+    source: SnapshotSource,
+    guard: WebGuard | None = None,
+    *,
+    protect_probes: bool = False,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+) -> web.Application:
+    """The app; `guard` (the web config) protects every path, probes only with `protect_probes`."""
+    guard = guard or WebGuard.load(None)
+    app = web.Application(middlewares=[_guarded(guard, protect_probes)])
     app[SOURCE] = source
     app[CACHE] = ExpositionCache()
+    app[GUARD] = guard
+    app[IDLE_TIMEOUT] = idle_timeout
+    app.on_response_prepare.append(_add_headers)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", landing)
     return app
+
+
+def server_options(app: web.Application) -> dict[str, Any]:
+    """What `web.run_app` and `web.AppRunner` take for `app`: the idle bound and the quiet log."""
+    return {"keepalive_timeout": app[IDLE_TIMEOUT], "logger": ServerLog()}
+
+
+def _guarded(guard: WebGuard, protect_probes: bool) -> Middleware:
+    @web.middleware
+    async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+        access = guard.refresh()
+        if access.sans is not None and not access.sans & peer_sans(
+            request.get_extra_info("peercert")
+        ):
+            # Go refuses the handshake; Python's ssl cannot look at names during it.
+            response = web.Response(status=403, text="client certificate not allowed\n")
+            response.force_close()
+            return response
+        if request.path in PROBES and not protect_probes:
+            return await handler(request)
+        if access.limiter is not None and not access.limiter.allow():
+            return web.Response(status=429, text="Too Many Requests\n")
+        if access.auth is not None and not await access.auth.check(
+            request.headers.get("Authorization")
+        ):
+            return web.Response(
+                status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Basic"}
+            )
+        return await handler(request)
+
+    return guarded
+
+
+async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(request.app[GUARD].access.headers)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
@@ -48,11 +114,37 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers=headers)
     response.content_length = body.size
     await response.prepare(request)
-    if request.method != "HEAD":  # a streamed body is ours to withhold from HEAD
-        for part in body.parts:
-            await response.write(part)
-    await response.write_eof()
+    # A streamed body is ours to withhold from HEAD.
+    await _send(request, response, body if request.method != "HEAD" else None)
     return response
+
+
+async def _send(request: web.Request, response: web.StreamResponse, body: Body | None) -> None:
+    """Write `body` in pieces, each waiting until the client has taken most of the last one.
+
+    The transport then holds at most about one piece per connection, however many scrapers are
+    slow. A client that takes nothing for `idle_timeout` is cut off.
+    """
+    sent, idle_timeout = 0, request.app[IDLE_TIMEOUT]
+    try:
+        for part in body.parts if body is not None else ():
+            view = memoryview(part)
+            for start in range(0, len(view), PIECE):
+                piece = view[start : start + PIECE]
+                async with asyncio.timeout(idle_timeout):
+                    await response.write(piece)
+                sent += len(piece)
+        await response.write_eof()
+    except ConnectionError:
+        log.debug("scrape cut short: the client went away", sent=sent, size=_size(body))
+    except TimeoutError:
+        log.debug("scrape cut short: the client stopped reading", sent=sent, size=_size(body))
+        if request.transport is not None:
+            request.transport.abort()
+
+
+def _size(body: Body | None) -> int:
+    return body.size if body is not None else 0
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -67,3 +159,18 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def landing(request: web.Request) -> web.Response:
     return web.Response(text=_LANDING.format(version=__version__), content_type="text/html")
+
+
+class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, with a malformed request (oversized headers, a bad request line)
+    demoted to a debug line without traceback: it is the client's fault, and the traceback would
+    quote the request, password and all."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.debug("bad request refused: %s %s", exc_info.code, type(exc_info).__name__)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
