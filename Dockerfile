@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1
 # Stage 1 builds the exporter's wheel from pyproject.toml; the final stage installs it with its
 # runtime dependencies (no dev tools) into /opt/venv on a slim Python base.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Pinned by digest so that a rebuild of the same commit gets the same base; bump it on purpose
+# (Dependabot does, see .github/dependabot.yml) with
+# `docker buildx imagetools inspect python:3.11-slim-bookworm`.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \

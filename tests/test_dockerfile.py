@@ -80,7 +80,10 @@ def test_hadolint_passes() -> None:
 
 def test_final_image_settings_match_the_project() -> None:
     assert FINAL == 1
-    assert re.fullmatch(r"python:3\.1[12]-slim(-\w+)?", _arg_default("PYTHON_IMAGE"))
+    # a tag for people, a digest for reproducible builds
+    assert re.fullmatch(
+        r"python:3\.1[12]-slim(-\w+)?@sha256:[0-9a-f]{64}", _arg_default("PYTHON_IMAGE")
+    )
     assert _args("FROM", 0) == ["${PYTHON_IMAGE} AS build"]
     assert _args("FROM", FINAL) == ["${PYTHON_IMAGE}"]
     assert _arg_default("VERSION") == PYPROJECT["project"]["version"]
