@@ -26,7 +26,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 
 typecheck: $(VENV)/.installed-test
-	$(BIN)/mypy --strict exporter tests bench
+	$(BIN)/mypy --strict exporter tests bench deploy/prometheus/render_rules.py grafana
 
 pytest: $(VENV)/.installed-test
 	$(BIN)/pytest

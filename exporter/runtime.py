@@ -137,15 +137,17 @@ async def open_scheduler(
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 
 
-def create_daemon(settings: Settings, api_key: SecretStr | None) -> web.Application:
+def create_daemon(
+    settings: Settings, api_key: SecretStr | None, wall_clock: Callable[[], float] = time.time
+) -> web.Application:
     """The HTTP app with polling started and stopped through its `cleanup_ctx`."""
-    monitor = new_monitor(settings)
+    monitor = new_monitor(settings, wall_clock)
     app = create_app(monitor.publisher)
 
     async def polling(app: web.Application) -> AsyncIterator[None]:
         async with (
             upstream_for(settings, api_key) as upstream,
-            open_scheduler(settings, upstream, monitor) as scheduler,
+            open_scheduler(settings, upstream, monitor, wall_clock) as scheduler,
         ):
             app[SCHEDULER] = scheduler
             running = asyncio.create_task(scheduler.run())

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Builds grafana/gcore-gpu-images.json (stdlib only), so its ~25 panels stay consistent.
 
-The JSON is the artefact people import; this script is its source. Edit here, then run
-`python grafana/build_dashboard.py` (writes the file) or `--check` (fails if it is out of date;
-the e2e tests run the check too). The README says what each panel means.
+The JSON is the artefact people import; this script is its source and `panels.py` holds the
+generic helpers it writes panels with. Edit here, then run `python3 grafana/build_dashboard.py`
+(writes the file) or `--check` (fails if it is out of date; the tests run the check without any
+site-packages). Colours follow the alert thresholds of `exporter/alerting.py`, and `--set` or
+`--scale` change them as they change the rules of `deploy/prometheus/render_rules.py`. The README
+says what each panel means.
 """
 
 from __future__ import annotations
@@ -11,17 +14,49 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from exporter.collector import KNOWN_STATUSES
+HERE = Path(__file__).resolve().parent
+# Run as a script, even by `python3 -I` (no script folder on sys.path): the helpers beside this
+# file and the repository's `exporter` package (only its stdlib-only `alerting` module is used).
+for _path in (str(HERE.parent), str(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
-OUTPUT = Path(__file__).resolve().parent / "gcore-gpu-images.json"
-UID = "gcore-gpu-images"
-RUNBOOK = (
-    "https://github.com/gcore-gpu-image-exporter/gcore-gpu-image-exporter/blob/main/docs/runbook.md"
+from panels import (  # noqa: E402
+    ANY_IS_BAD,
+    bargauge,
+    colored_text,
+    column,
+    fixed_color,
+    layout,
+    organize,
+    panel,
+    query_variable,
+    row,
+    stat,
+    steps,
+    table,
+    target,
+    timeseries,
+    value_map,
 )
-DS = {"type": "prometheus", "uid": "${datasource}"}
+
+from exporter.alerting import (  # noqa: E402
+    FAILED_STATUSES,
+    KNOWN_STATUSES,
+    RUNBOOK_URL,
+    TRANSITIONAL_STATUSES,
+    add_threshold_options,
+    parse_duration,
+    resolve,
+    thresholds_from,
+)
+
+OUTPUT = HERE / "gcore-gpu-images.json"
+UID = "gcore-gpu-images"
 
 # Label selectors. Per-image series carry job/instance (from the scrape) and the image key.
 KEY = "project_id, region_id, image_id"
@@ -36,19 +71,26 @@ ALERTS = (
     ' project_id=~"$project_id|", region_id=~"$region_id|", image_id=~"$image|"'
 )
 
-TRANSITIONAL = ("queued", "saving", "uploading", "importing")
+# Green usable, blue on its way, red or orange failed, purple a status the exporter does not know.
 STATUS_COLORS = {
     "active": "green",
-    "queued": "blue",
-    "saving": "blue",
-    "uploading": "blue",
-    "importing": "blue",
-    "killed": "red",
-    "deleted": "red",
-    "pending_delete": "orange",
-    "deactivated": "orange",
+    **dict.fromkeys(TRANSITIONAL_STATUSES, "blue"),
+    **{"killed": "red", "deleted": "red", "pending_delete": "orange", "deactivated": "orange"},
     "unknown": "purple",
 }
+STATUS_TEXT_MAP = value_map({s: (s, c) for s, c in STATUS_COLORS.items()})
+STATUS_CODES = {status: i + 1 for i, status in enumerate(KNOWN_STATUSES)}
+STATUS_CODES["unknown"] = len(KNOWN_STATUSES) + 1
+STATUS_CODE_MAP = value_map({str(STATUS_CODES[s]): (s, c) for s, c in STATUS_COLORS.items()})
+TASK_STATE_MAP = value_map(
+    {
+        "ERROR": ("ERROR", "red"),
+        "RUNNING": ("RUNNING", "blue"),
+        "NEW": ("NEW", "blue"),
+        "FINISHED": ("FINISHED", "green"),
+        "": ("unknown (task lookup failed)", "orange"),
+    }
+)
 INFO_COLUMNS = (
     "name",
     "os_distro",
@@ -81,277 +123,6 @@ def named(expr: str, extra: str = "") -> str:
     return f"max by ({by}) (\n  ({expr})\n  * on ({KEY}) group_left (name)\n  {NAMES}\n)"
 
 
-# --- field config helpers ---------------------------------------------------------------------
-
-
-def steps(*pairs: tuple[float | None, str]) -> dict[str, Any]:
-    return {
-        "mode": "absolute",
-        "steps": [{"color": color, "value": value} for value, color in pairs],
-    }
-
-
-GREEN = steps((None, "green"))
-ANY_IS_BAD = steps((None, "green"), (1, "red"))
-
-
-def value_map(mapping: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
-    """Grafana value mappings: raw value -> (display text, colour)."""
-    return [
-        {
-            "type": "value",
-            "options": {
-                raw: {"text": text, "color": color, "index": i}
-                for i, (raw, (text, color)) in enumerate(mapping.items())
-            },
-        }
-    ]
-
-
-STATUS_TEXT_MAP = value_map({s: (s, c) for s, c in STATUS_COLORS.items()})
-STATUS_CODES = {status: i + 1 for i, status in enumerate(KNOWN_STATUSES)}
-STATUS_CODES["unknown"] = len(KNOWN_STATUSES) + 1
-STATUS_CODE_MAP = value_map({str(STATUS_CODES[s]): (s, c) for s, c in STATUS_COLORS.items()})
-TASK_STATE_MAP = value_map(
-    {
-        "ERROR": ("ERROR", "red"),
-        "RUNNING": ("RUNNING", "blue"),
-        "NEW": ("NEW", "blue"),
-        "FINISHED": ("FINISHED", "green"),
-        "": ("unknown (task lookup failed)", "orange"),
-    }
-)
-
-
-def override(name: str, *props: tuple[str, Any], regex: bool = False) -> dict[str, Any]:
-    return {
-        "matcher": {"id": "byRegexp" if regex else "byName", "options": name},
-        "properties": [{"id": key, "value": value} for key, value in props],
-    }
-
-
-def fixed_color(name: str, color: str, *, regex: bool = False) -> dict[str, Any]:
-    return override(name, ("color", {"mode": "fixed", "fixedColor": color}), regex=regex)
-
-
-def column(name: str, display: str, unit: str | None = None, **extra: Any) -> dict[str, Any]:
-    props: list[tuple[str, Any]] = [("displayName", display)]
-    if unit:
-        props.append(("unit", unit))
-    props.extend(extra.items())
-    return override(name, *props)
-
-
-def colored_text(mappings: list[dict[str, Any]]) -> tuple[tuple[str, Any], ...]:
-    return (("custom.cellOptions", {"type": "color-text"}), ("mappings", mappings))
-
-
-def organize(
-    exclude: tuple[str, ...] = (), order: tuple[str, ...] = (), rename: dict[str, str] | None = None
-) -> dict[str, Any]:
-    return {
-        "id": "organize",
-        "options": {
-            "excludeByName": dict.fromkeys(exclude, True),
-            "indexByName": {name: i for i, name in enumerate(order)},
-            "renameByName": rename or {},
-        },
-    }
-
-
-# --- panels -----------------------------------------------------------------------------------
-
-
-def target(
-    expr: str, ref: str = "A", legend: str = "", *, instant: bool = False, table: bool = False
-) -> dict[str, Any]:
-    return {
-        "datasource": DS,
-        "refId": ref,
-        "expr": expr,
-        "legendFormat": legend or "__auto",
-        "range": not instant,
-        "instant": instant,
-        "format": "table" if table else "time_series",
-        "editorMode": "code",
-    }
-
-
-def panel(
-    kind: str,
-    title: str,
-    description: str,
-    targets: list[dict[str, Any]],
-    size: tuple[int, int],
-    *,
-    unit: str | None = None,
-    thresholds: dict[str, Any] | None = None,
-    mappings: list[dict[str, Any]] | None = None,
-    overrides: list[dict[str, Any]] | None = None,
-    options: dict[str, Any] | None = None,
-    custom: dict[str, Any] | None = None,
-    transformations: list[dict[str, Any]] | None = None,
-    color_mode: str = "thresholds",
-    extra_defaults: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    defaults: dict[str, Any] = {
-        "color": {"mode": color_mode},
-        "thresholds": thresholds or GREEN,
-        "mappings": mappings or [],
-    }
-    if unit:
-        defaults["unit"] = unit
-    if custom:
-        defaults["custom"] = custom
-    defaults.update(extra_defaults or {})
-    out: dict[str, Any] = {
-        "type": kind,
-        "title": title,
-        "description": description,
-        "datasource": DS,
-        "gridPos": {"w": size[0], "h": size[1]},
-        "targets": targets,
-        "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
-        "options": options or {},
-    }
-    if transformations:
-        out["transformations"] = transformations
-    return out
-
-
-def stat(
-    title: str,
-    description: str,
-    targets: list[dict[str, Any]],
-    width: int,
-    *,
-    unit: str = "short",
-    thresholds: dict[str, Any] | None = None,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    return panel(
-        "stat",
-        title,
-        description,
-        targets,
-        (width, 4),
-        unit=unit,
-        thresholds=thresholds,
-        options={
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "orientation": "auto",
-            "textMode": "auto",
-            "colorMode": "background",
-            "graphMode": "none",
-            "justifyMode": "auto",
-            "wideLayout": True,
-            "showPercentChange": False,
-        },
-        **kwargs,
-    )
-
-
-TABLE_CUSTOM = {
-    "align": "auto",
-    "cellOptions": {"type": "auto"},
-    "inspect": False,
-    "filterable": True,
-}
-
-
-def table(
-    title: str,
-    description: str,
-    targets: list[dict[str, Any]],
-    size: tuple[int, int],
-    *,
-    sort_by: str | None = None,
-    desc: bool = True,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "showHeader": True,
-        "cellHeight": "sm",
-        "footer": {"show": False, "reducer": ["sum"], "fields": "", "countRows": False},
-    }
-    if sort_by:
-        options["sortBy"] = [{"displayName": sort_by, "desc": desc}]
-    return panel(
-        "table", title, description, targets, size, custom=TABLE_CUSTOM, options=options, **kwargs
-    )
-
-
-def timeseries(
-    title: str,
-    description: str,
-    targets: list[dict[str, Any]],
-    size: tuple[int, int],
-    *,
-    stack: bool = False,
-    bars: bool = False,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    custom = {
-        "drawStyle": "bars" if bars else "line",
-        "lineInterpolation": "linear",
-        "lineWidth": 1,
-        "fillOpacity": 80 if bars else 10,
-        "gradientMode": "none",
-        "showPoints": "never",
-        "pointSize": 4,
-        "spanNulls": False,
-        "axisPlacement": "auto",
-        "axisSoftMin": 0,
-        "stacking": {"mode": "normal" if stack else "none", "group": "A"},
-        "thresholdsStyle": {"mode": "off"},
-    }
-    options = {
-        "legend": {
-            "displayMode": "table",
-            "placement": "right",
-            "showLegend": True,
-            "calcs": ["lastNotNull", "max"],
-        },
-        "tooltip": {"mode": "multi", "sort": "desc"},
-    }
-    kwargs.setdefault("color_mode", "palette-classic")
-    return panel(
-        "timeseries", title, description, targets, size, custom=custom, options=options, **kwargs
-    )
-
-
-def bargauge(
-    title: str,
-    description: str,
-    targets: list[dict[str, Any]],
-    size: tuple[int, int],
-    **kwargs: Any,
-) -> dict[str, Any]:
-    options = {
-        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-        "orientation": "horizontal",
-        "displayMode": "basic",
-        "valueMode": "color",
-        "namePlacement": "auto",
-        "showUnfilled": True,
-        "sizing": "auto",
-        "minVizWidth": 8,
-        "minVizHeight": 16,
-        "maxVizHeight": 300,
-    }
-    return panel("bargauge", title, description, targets, size, options=options, **kwargs)
-
-
-def row(title: str) -> dict[str, Any]:
-    return {
-        "type": "row",
-        "title": title,
-        "collapsed": False,
-        "gridPos": {"w": 24, "h": 1},
-        "panels": [],
-    }
-
-
 # --- the dashboard ----------------------------------------------------------------------------
 
 
@@ -379,8 +150,8 @@ def overview() -> list[dict[str, Any]]:
         stat(
             "Images by status",
             "How many images are in each Gcore status. Green is active (usable), blue a transient"
-            " status (queued, saving, uploading, importing), red/orange a failed one (killed,"
-            " deleted, pending_delete, deactivated), purple a status unknown to the exporter."
+            f" status ({', '.join(TRANSITIONAL_STATUSES)}), red/orange a failed one"
+            f" ({', '.join(FAILED_STATUSES)}), purple a status unknown to the exporter."
             " Anything not green for long is listed in 'Images not active'.",
             [
                 target(
@@ -449,7 +220,8 @@ def overview() -> list[dict[str, Any]]:
         stat(
             "Firing alerts",
             "Alerts of this exporter's rules (GcoreGpuImage*) firing now for the selection. Each"
-            " is listed in 'Firing alerts' below with its runbook section.",
+            " is listed in 'Pending and firing alerts' below; the Runbook link at the top says"
+            " what to do.",
             [target(f'count(ALERTS{{{ALERTS}, alertstate="firing"}}) or vector(0)', instant=True)],
             3,
             thresholds=ANY_IS_BAD,
@@ -457,7 +229,8 @@ def overview() -> list[dict[str, Any]]:
     ]
 
 
-def attention() -> list[dict[str, Any]]:
+def attention(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
+    lock_age = thresholds["lock_age"]  # the warning of GcoreGpuImageLockedTooLong
     not_active = (
         f"gcore_gpu_image_updated_timestamp_seconds{{{IMG}}} * 1000\n"
         f"  * on ({SCRAPE_KEY}) group_left (status)\n"
@@ -490,7 +263,7 @@ def attention() -> list[dict[str, Any]]:
             sort_by="Since",
             desc=False,
             overrides=[
-                column("status", "Status", None, **dict(colored_text(STATUS_TEXT_MAP))),
+                column("status", "Status", None, **colored_text(STATUS_TEXT_MAP)),
                 column("Value", "Since", "dateTimeFromNow"),
                 column("name", "Image"),
             ],
@@ -500,7 +273,7 @@ def attention() -> list[dict[str, Any]]:
             "Locked images",
             "Images held by a Gcore task, how long (since the task was created) and the task."
             " A task in ERROR keeps the image locked until it is cleaned up: open a ticket with"
-            " Gcore quoting the task id. Lock age turns orange after 30 minutes (the default alert"
+            f" Gcore quoting the task id. Lock age turns orange after {lock_age} (the alert"
             " threshold). An empty task state means the Tasks API gave no answer.",
             [target(named(locked, "task_id, task_type, task_state"), instant=True, table=True)],
             (12, 8),
@@ -508,11 +281,11 @@ def attention() -> list[dict[str, Any]]:
             overrides=[
                 column("name", "Image"),
                 column("Value", "Lock age", "s", **{"custom.cellOptions": {"type": "color-text"}}),
-                column("task_state", "Task state", None, **dict(colored_text(TASK_STATE_MAP))),
+                column("task_state", "Task state", None, **colored_text(TASK_STATE_MAP)),
                 column("task_type", "Task type"),
                 column("task_id", "Task id"),
             ],
-            thresholds=steps((None, "green"), (1800, "orange")),
+            thresholds=steps((None, "green"), (parse_duration(lock_age), "orange")),
             transformations=[
                 organize(
                     ("Time",),
@@ -559,11 +332,9 @@ def attention() -> list[dict[str, Any]]:
                     "severity",
                     "Severity",
                     None,
-                    **dict(
-                        colored_text(
-                            value_map(
-                                {"critical": ("critical", "red"), "warning": ("warning", "orange")}
-                            )
+                    **colored_text(
+                        value_map(
+                            {"critical": ("critical", "red"), "warning": ("warning", "orange")}
                         )
                     ),
                 ),
@@ -571,12 +342,8 @@ def attention() -> list[dict[str, Any]]:
                     "alertstate",
                     "State",
                     None,
-                    **dict(
-                        colored_text(
-                            value_map(
-                                {"firing": ("firing", "red"), "pending": ("pending", "yellow")}
-                            )
-                        )
+                    **colored_text(
+                        value_map({"firing": ("firing", "red"), "pending": ("pending", "yellow")})
                     ),
                 ),
             ],
@@ -738,14 +505,21 @@ def inventory() -> list[dict[str, Any]]:
     ]
 
 
-def exporter() -> list[dict[str, Any]]:
+def exporter(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
+    # Values older than an exporter may be down before GcoreGpuImageExporterDown fires are
+    # suspect (orange); older than failed fetches may last before GcoreGpuImageFetchFailing
+    # fires, they are as bad as a failed fetch (red).
+    suspect, stale = thresholds["exporter_down_for"], thresholds["fetch_failing_for"]
+    age_steps = steps(
+        (None, "green"), (parse_duration(suspect), "orange"), (parse_duration(stale), "red")
+    )
     api = f"gcore_exporter_api_requests_total{{{EXP}}}"
     buckets = f"gcore_exporter_api_request_duration_seconds_bucket{{{EXP}}}"
     quantiles = [
         target(
             f"histogram_quantile({q}, sum by (le, endpoint) (rate({buckets}[$__rate_interval])))",
             ref,
-            legend=f"p{round(q * 100)} {{{{endpoint}}}}",
+            legend=f"p{round(q * 100)} " + "{{endpoint}}",
         )
         for ref, q in (("A", 0.5), ("B", 0.9), ("C", 0.99))
     ]
@@ -765,7 +539,7 @@ def exporter() -> list[dict[str, Any]]:
         stat(
             "Time since last poll",
             "Seconds since each exporter finished its last poll round. It should stay below the"
-            " poll interval; orange after 5 minutes, red after 15: the exporter is stuck or"
+            f" poll interval; orange after {suspect}, red after {stale}: the exporter is stuck or"
             " paused by rate limiting (see its log).",
             [
                 target(
@@ -777,12 +551,12 @@ def exporter() -> list[dict[str, Any]]:
             ],
             8,
             unit="s",
-            thresholds=steps((None, "green"), (300, "orange"), (900, "red")),
+            thresholds=age_steps,
         ),
         stat(
             "Oldest successful fetch",
-            "Time since the selected image that was fetched successfully longest ago. Above 15"
-            " minutes (red) its values are old: see 'Images failing to fetch'.",
+            "Time since the selected image that was fetched successfully longest ago. Above"
+            f" {stale} (red) its values are old: see 'Images failing to fetch'.",
             [
                 target(
                     f"time() - min(max by ({KEY}) "
@@ -792,7 +566,7 @@ def exporter() -> list[dict[str, Any]]:
             ],
             8,
             unit="s",
-            thresholds=steps((None, "green"), (300, "orange"), (900, "red")),
+            thresholds=age_steps,
         ),
         timeseries(
             "Fetch failures by reason",
@@ -897,27 +671,6 @@ def exporter() -> list[dict[str, Any]]:
 
 
 def variables() -> list[dict[str, Any]]:
-    def query_var(name: str, label: str, query: str, **extra: Any) -> dict[str, Any]:
-        var: dict[str, Any] = {
-            "type": "query",
-            "name": name,
-            "label": label,
-            "datasource": DS,
-            "definition": query,
-            "query": {"query": query, "refId": f"PrometheusVariableQueryEditor-{name}"},
-            "refresh": 2,
-            "regex": "",
-            "sort": 1,
-            "multi": True,
-            "includeAll": True,
-            "allValue": ".*",
-            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-            "options": [],
-            "hide": 0,
-        }
-        var.update(extra)
-        return var
-
     image_query = f"query_result({names(SCOPE)})".replace("\n", " ")
     return [
         {
@@ -933,21 +686,21 @@ def variables() -> list[dict[str, Any]]:
             "includeAll": False,
             "multi": False,
         },
-        query_var("job", "Job", "label_values(gcore_exporter_build_info, job)"),
-        query_var("instance", "Instance", 'label_values(up{job=~"$job"}, instance)'),
-        query_var(
+        query_variable("job", "Job", "label_values(gcore_exporter_build_info, job)"),
+        query_variable("instance", "Instance", 'label_values(up{job=~"$job"}, instance)'),
+        query_variable(
             "project_id",
             "Project",
             f"label_values(gcore_gpu_image_up{{{EXP}}}, project_id)",
             sort=3,
         ),
-        query_var(
+        query_variable(
             "region_id",
             "Region",
             f'label_values(gcore_gpu_image_up{{{EXP}, project_id=~"$project_id"}}, region_id)',
             sort=3,
         ),
-        query_var(
+        query_variable(
             "image",
             "Image",
             image_query,
@@ -959,24 +712,10 @@ def variables() -> list[dict[str, Any]]:
     ]
 
 
-def layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Assigns ids and grid positions left to right, wrapping at Grafana's 24 columns."""
-    x = y = row_height = 0
-    for number, item in enumerate(panels, start=1):
-        item["id"] = number
-        grid = item["gridPos"]
-        if x + grid["w"] > 24 or item["type"] == "row":
-            x, y, row_height = 0, y + row_height, 0
-        grid["x"], grid["y"] = x, y
-        x += grid["w"]
-        row_height = max(row_height, grid["h"])
-        if item["type"] == "row":
-            x, y, row_height = 0, y + grid["h"], 0
-    return panels
-
-
-def dashboard() -> dict[str, Any]:
-    panels = layout([*overview(), *attention(), *inventory(), *exporter()])
+def dashboard(thresholds: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The dashboard as data; `thresholds` overrides the alert thresholds its colours follow."""
+    t = resolve(thresholds)
+    panels = layout([*overview(), *attention(t), *inventory(), *exporter(t)])
     return {
         "__inputs": [
             {
@@ -1027,7 +766,7 @@ def dashboard() -> dict[str, Any]:
                 "title": "Runbook",
                 "type": "link",
                 "icon": "doc",
-                "url": RUNBOOK,
+                "url": RUNBOOK_URL,
                 "targetBlank": True,
                 "tooltip": "What to do for each alert",
                 "asDropdown": False,
@@ -1052,24 +791,31 @@ def dashboard() -> dict[str, Any]:
     }
 
 
-def render() -> str:
-    return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
+def render(thresholds: Mapping[str, str] | None = None) -> str:
+    return json.dumps(dashboard(thresholds), indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the JSON is out of date")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=OUTPUT, help=f"where to write; - is stdout ({OUTPUT})"
+    )
+    add_threshold_options(parser)
     args = parser.parse_args(argv)
-    text = render()
+    text = render(thresholds_from(parser, args))
+    output: Path = args.output
     if args.check:
-        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
+        current = output.read_text(encoding="utf-8") if output.is_file() else ""
         if current != text:
             print(
-                f"{OUTPUT} is out of date: run python grafana/build_dashboard.py", file=sys.stderr
+                f"{output} is out of date: run python3 grafana/build_dashboard.py", file=sys.stderr
             )
             return 1
-        return 0
-    OUTPUT.write_text(text, encoding="utf-8")
+    elif str(output) == "-":
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
     return 0
 
 

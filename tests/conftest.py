@@ -22,6 +22,7 @@ from exporter.runtime import SCHEDULER, create_daemon
 from exporter.scheduler import RoundResult, Scheduler
 
 API_KEY = "test-key-5f3a9c1e-SECRET"
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z: the wall clock of in-process exporters, frozen
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +118,8 @@ ExporterFactory = Callable[..., Any]
 def exporter(fake_url: str, monkeypatch: pytest.MonkeyPatch) -> ExporterFactory:
     """`async with exporter(targets=[...], **settings) as running:` after its first round.
 
-    The interval defaults to an hour so that tests drive rounds themselves with `running.round()`.
+    The interval defaults to an hour so that tests drive rounds themselves with `running.round()`;
+    the exporter's wall clock stands still at `NOW`, so times and ages are exact.
     """
     monkeypatch.setenv("GCORE_API_KEY", API_KEY)
     monkeypatch.setenv("GCORE_BASE_URL", fake_url)
@@ -126,7 +128,7 @@ def exporter(fake_url: str, monkeypatch: pytest.MonkeyPatch) -> ExporterFactory:
     async def start(**overrides: Any) -> AsyncIterator[RunningExporter]:
         options: dict[str, Any] = {"interval": "1h", "listen": "127.0.0.1:0", **overrides}
         settings = load_settings(**options)
-        app = create_daemon(settings, settings.read_api_key())
+        app = create_daemon(settings, settings.read_api_key(), wall_clock=lambda: NOW)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

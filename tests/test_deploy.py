@@ -57,7 +57,8 @@ def _one(objects: Objects, kind: str) -> dict[str, Any]:
 def _container(objects: Objects) -> dict[str, Any]:
     containers = _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
-    return containers[0]
+    container: dict[str, Any] = containers[0]
+    return container
 
 
 def test_every_overlay_renders_its_objects_without_namespace_or_secret(

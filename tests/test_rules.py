@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 from tooling import ROOT, load_render_rules, require_tool
+
+from exporter.alerting import FAILED_STATUSES, KNOWN_STATUSES, TRANSITIONAL_STATUSES
 
 RENDERER = ROOT / "deploy" / "prometheus" / "render_rules.py"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
@@ -54,6 +58,36 @@ def _run_renderer(*args: str) -> str:
 def test_rules_yaml_is_the_default_rendering(render_rules: ModuleType) -> None:
     assert RULES.read_text(encoding="utf-8") == render_rules.render()
     assert _run_renderer() == render_rules.render()
+
+
+def test_the_renderer_needs_only_pyyaml(tmp_path: Path) -> None:
+    """Without site-packages (-S) and with a copy of PyYAML alone on the path, as docs/deploy.md
+    promises: the thresholds come from exporter/alerting.py, which the script finds itself."""
+    shutil.copytree(Path(yaml.__file__).parent, tmp_path / "yaml")
+    result = subprocess.run(
+        [sys.executable, "-S", str(RENDERER)],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == RULES.read_text(encoding="utf-8")
+
+
+def test_status_groups_split_the_known_statuses(render_rules: ModuleType) -> None:
+    """Active, transitional and failed cover every known status once; the critical NotActive
+    rule catches every status but active and the transitional ones (unknown ones too)."""
+    groups = [("active",), TRANSITIONAL_STATUSES, FAILED_STATUSES]
+    assert sorted(status for group in groups for status in group) == sorted(KNOWN_STATUSES)
+    critical, warning = _rules(render_rules.render())[:2]
+    assert critical["expr"] == (
+        f'gcore_gpu_image_status{{status!~"{"|".join(("active", *TRANSITIONAL_STATUSES))}"}} == 1'
+    )
+    assert warning["expr"] == (
+        f'gcore_gpu_image_status{{status=~"{"|".join(TRANSITIONAL_STATUSES)}"}} == 1'
+    )
 
 
 def test_prometheus_rule_carries_the_same_groups(render_rules: ModuleType) -> None:

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,7 +47,7 @@ class WaitTimeout(AssertionError):
 
 def wait_for(
     what: str,
-    probe: Callable[[], T],
+    probe: Callable[[], T | None],
     timeout: float,
     *,
     interval: float = 0.25,
@@ -63,7 +63,7 @@ def wait_for(
             last = exc
         else:
             if last:
-                return last  # type: ignore[return-value]
+                return last
         if time.monotonic() >= deadline:
             extra = f"\n{details()}" if details else ""
             raise WaitTimeout(
@@ -255,7 +255,7 @@ class PrometheusError(Exception):
 class PrometheusApi:
     url: str
 
-    def get(self, path: str, params: Mapping[str, Any] | list[tuple[str, Any]] = ()) -> Any:
+    def get(self, path: str, params: Mapping[str, Any] | Sequence[tuple[str, Any]] = ()) -> Any:
         query = urllib.parse.urlencode(params, doseq=True)
         status, body = http_get(f"{self.url}{path}?{query}", timeout=10)
         try:

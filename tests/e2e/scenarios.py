@@ -13,17 +13,16 @@ from typing import Any
 
 from exporter.fakeapi import FakeGcore, make_image, make_task
 
-# Every threshold and `for:` of deploy/prometheus/rules.yaml, shortened through render_rules'
-# documented knob. The transitional one must exceed how long the healthy upload stays queued
-# (one or two polls), the error windows must outlast the 429/500 bursts by far, and
-# exporter_down_for must exceed Prometheus' start, when `absent(up)` holds until the scrape manager
-# applies its targets (on a 5 s tick).
+# Every threshold of deploy/prometheus/rules.yaml (the names of DEFAULTS in exporter/alerting.py),
+# shortened through render_rules' documented knob. The transitional one must exceed how long the
+# healthy upload stays queued (one or two polls), api_error_window must outlast the 429/500 bursts
+# by far, and exporter_down_for must exceed Prometheus' start, when `absent(up)` holds until the
+# scrape manager applies its targets (on a 5 s tick).
 THRESHOLDS = {
     "failed_for": "2s",
     "transitional_for": "12s",
     "lock_age": "5m",
     "lock_error_for": "2s",
-    "missing_window": "1m",
     "missing_for": "2s",
     "fetch_failing_for": "4s",
     "exporter_down_for": "10s",

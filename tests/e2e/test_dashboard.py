@@ -1,7 +1,7 @@
 """Static checks of the Grafana dashboard and its provisioning (no Prometheus needed).
 
 They keep the JSON importable (grafana.com-style `__inputs`, no datasource uid baked in), in step
-with its generator and the README, and limited to the exporter's fixed metric names.
+with its generator, the alert rules and the README, and limited to the metrics the exporter exposes.
 """
 
 from __future__ import annotations
@@ -16,37 +16,38 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.alerting import (
+    DEFAULTS,
+    FAILED_STATUSES,
+    KNOWN_STATUSES,
+    TRANSITIONAL_STATUSES,
+    parse_duration,
+)
+from exporter.families import FAMILIES
+from exporter.telemetry import Telemetry
+
 from .harness import DASHBOARD, REPO, panel_targets
 
+BUILDER = REPO / "grafana" / "build_dashboard.py"
+RENDERER = REPO / "deploy" / "prometheus" / "render_rules.py"
 PROMETHEUS_DS = {"type": "prometheus", "uid": "${datasource}"}
 VARIABLES = ("datasource", "job", "instance", "project_id", "region_id", "image")
 BUILTINS = {"__rate_interval", "__range", "__interval"}
-# The exporter's fixed metric names, plus what Prometheus itself provides.
-METRICS = {
-    "gcore_gpu_image_info",
-    "gcore_gpu_image_status",
-    "gcore_gpu_image_size_bytes",
-    "gcore_gpu_image_min_disk_bytes",
-    "gcore_gpu_image_min_ram_bytes",
-    "gcore_gpu_image_locked",
-    "gcore_gpu_image_lock_age_seconds",
-    "gcore_gpu_image_task_info",
-    "gcore_gpu_image_created_timestamp_seconds",
-    "gcore_gpu_image_updated_timestamp_seconds",
-    "gcore_gpu_image_age_seconds",
-    "gcore_gpu_image_tag_info",
-    "gcore_gpu_image_up",
-    "gcore_gpu_image_last_success_timestamp_seconds",
-    "gcore_gpu_image_fetch_errors_total",
-    "gcore_exporter_build_info",
-    "gcore_exporter_api_requests_total",
-    "gcore_exporter_api_request_duration_seconds_bucket",
-    "gcore_exporter_poll_duration_seconds",
-    "gcore_exporter_last_poll_timestamp_seconds",
-    "gcore_exporter_images",
-    "ALERTS",
-    "up",
+# What Prometheus itself provides.
+PROMETHEUS_METRICS = {"ALERTS", "up"}
+# The sample names a prometheus_client family of each type exposes (`_created` is disabled).
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+# Families the exporter exposes that the dashboard leaves out on purpose, and why.
+NOT_SHOWN = {
+    "gcore_gpu_image_last_error_info": "'Images failing to fetch' shows the most frequent reason",
+    "gcore_exporter_api_retries": "'API requests by code' counts retries among the requests",
+    "gcore_exporter_rate_limit_pauses": "429 answers show in 'API requests by code'",
+    "gcore_exporter_rate_limit_paused": "a pause shows in 'Time since last poll'",
+    "gcore_exporter_task_fetch_errors": "'Locked images' shows an empty task state",
+    "gcore_exporter_discovery_up": "a failed listing shows in 'Monitored images per exporter'",
+    "gcore_exporter_polls": "'Time since last poll' shows whether rounds complete",
 }
+OVERRIDES = {"lock_age": "45m", "exporter_down_for": "2m", "fetch_failing_for": "20m"}
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +72,76 @@ def _datasources(node: Any) -> Iterator[Any]:
             yield from _datasources(item)
 
 
-def test_json_is_generated_from_build_dashboard() -> None:
-    script = REPO / "grafana" / "build_dashboard.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+def _exposed() -> dict[str, set[str]]:
+    """Every metric family the exporter exposes -> the names a query can select it by."""
+    exposed = {family.name: {family.name} for family in FAMILIES}
+    for family in Telemetry().registry.collect():
+        names = {family.name + suffix for suffix in SUFFIXES[family.type]}
+        assert {sample.name for sample in family.samples} <= names, family.name
+        exposed[family.name] = names
+    return exposed
+
+
+def _build(*args: str) -> subprocess.CompletedProcess[str]:
+    """grafana/build_dashboard.py run without site-packages (-S) or environment (-I): with the
+    standard library only, as its docstring promises, so no aiohttp or other dependency."""
+    return subprocess.run(
+        [sys.executable, "-I", "-S", str(BUILDER), *args],
+        capture_output=True,
+        text=True,
+        check=False,
     )
+
+
+def _panel(dashboard: dict[str, Any], title: str) -> dict[str, Any]:
+    (found,) = [p for p in _panels(dashboard) if p["title"] == title]
+    return found
+
+
+def _steps(dashboard: dict[str, Any], title: str) -> list[tuple[float | None, str]]:
+    thresholds = _panel(dashboard, title)["fieldConfig"]["defaults"]["thresholds"]
+    return [(step["value"], step["color"]) for step in thresholds["steps"]]
+
+
+def test_json_is_generated_with_the_standard_library_only() -> None:
+    result = _build("--check")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("overrides", [{}, OVERRIDES], ids=["defaults", "set"])
+def test_colours_follow_the_alert_thresholds(overrides: dict[str, str]) -> None:
+    """Lock age turns orange where GcoreGpuImageLockedTooLong fires; old values turn orange after
+    exporter_down_for and red after fetch_failing_for; both scripts take the same --set."""
+    options = [arg for name, value in overrides.items() for arg in ("--set", f"{name}={value}")]
+    built = _build(*options, "--output", "-")
+    assert built.returncode == 0, built.stderr
+    board = json.loads(built.stdout)
+    rendered = subprocess.run(
+        [sys.executable, str(RENDERER), *options], capture_output=True, text=True, check=True
+    )
+    rules = [rule for group in yaml.safe_load(rendered.stdout)["groups"] for rule in group["rules"]]
+    fors = {rule["alert"]: rule.get("for") for rule in rules}
+    (lock,) = [
+        rule for rule in rules if rule["expr"].startswith("gcore_gpu_image_lock_age_seconds")
+    ]
+    thresholds = {**DEFAULTS, **overrides}
+    lock_age = parse_duration(thresholds["lock_age"])
+    down_for = parse_duration(thresholds["exporter_down_for"])
+    failing_for = parse_duration(thresholds["fetch_failing_for"])
+    assert lock["expr"] == f"gcore_gpu_image_lock_age_seconds > {lock_age:g}"
+    assert parse_duration(fors["GcoreGpuImageExporterDown"]) == down_for
+    assert parse_duration(fors["GcoreGpuImageFetchFailing"]) == failing_for
+    assert _steps(board, "Locked images") == [(None, "green"), (lock_age, "orange")]
+    stale = [(None, "green"), (down_for, "orange"), (failing_for, "red")]
+    assert _steps(board, "Time since last poll") == stale
+    assert _steps(board, "Oldest successful fetch") == stale
+
+
+def test_bad_threshold_options_are_rejected() -> None:
+    result = _build("--set", "lock_timeout=1m", "--output", "-")
+    assert result.returncode == 2
+    assert "unknown threshold(s) lock_timeout" in result.stderr
+    assert not result.stdout
 
 
 def test_importable_and_datasource_agnostic(dashboard: dict[str, Any]) -> None:
@@ -134,8 +199,6 @@ def test_panels_are_documented_and_laid_out(dashboard: dict[str, Any]) -> None:
         defaults = panel["fieldConfig"]["defaults"]
         if panel["type"] in ("stat", "timeseries", "bargauge"):
             assert defaults.get("unit"), f"{panel['title']}: no unit"
-        if panel["type"] == "stat":
-            assert len(defaults["thresholds"]["steps"]) >= 1
     units = {
         prop["value"]
         for panel in panels
@@ -148,6 +211,8 @@ def test_panels_are_documented_and_laid_out(dashboard: dict[str, Any]) -> None:
 
 def test_queries_use_known_metrics_and_variables(dashboard: dict[str, Any]) -> None:
     names = set(VARIABLES) | BUILTINS
+    exposed = _exposed()
+    known = set().union(*exposed.values()) | PROMETHEUS_METRICS
     used: set[str] = set()
     queries = [(title, target["expr"]) for title, target in panel_targets(dashboard)]
     queries += [(v["name"], v["definition"]) for v in dashboard["templating"]["list"][1:]]
@@ -158,10 +223,28 @@ def test_queries_use_known_metrics_and_variables(dashboard: dict[str, Any]) -> N
             assert var in names or var.isdigit(), f"{title}: unknown variable ${var}"
         metrics = set(re.findall(r"\b((?:gcore_\w+)|ALERTS|up)\s*[{,]", expr))
         assert metrics, f"{title}: no selector with labels in {expr}"
-        assert metrics <= METRICS, f"{title}: unknown metrics {metrics - METRICS}"
+        assert metrics <= known, f"{title}: unknown metrics {metrics - known}"
         used |= metrics
-    # Everything the exporter exposes is on the dashboard somewhere.
-    assert used == METRICS
+    # Every family the exporter exposes is on the dashboard, unless left out on purpose.
+    shown = {family for family, selectable in exposed.items() if selectable & used}
+    assert shown == set(exposed) - set(NOT_SHOWN)
+
+
+def test_status_colours_follow_the_status_groups(dashboard: dict[str, Any]) -> None:
+    (mapping,) = _panel(dashboard, "Status timeline")["fieldConfig"]["defaults"]["mappings"]
+    colours = {option["text"]: option["color"] for option in mapping["options"].values()}
+    assert list(colours) == [*KNOWN_STATUSES, "unknown"]
+    assert colours["active"] == "green"
+    assert {colours[status] for status in TRANSITIONAL_STATUSES} == {"blue"}
+    assert {colours[status] for status in FAILED_STATUSES} <= {"red", "orange"}
+    assert colours["unknown"] == "purple"
+
+
+def test_descriptions_point_at_other_panels(dashboard: dict[str, Any]) -> None:
+    titles = {panel["title"] for panel in _panels(dashboard)}
+    for panel in _panels(dashboard):
+        for name in re.findall(r"(?:see|in) '([^']+)'", panel.get("description", ""), re.I):
+            assert name in titles - {panel["title"]}, f"{panel['title']} points at {name!r}"
 
 
 def test_docs_describe_every_panel(dashboard: dict[str, Any]) -> None:
@@ -180,4 +263,3 @@ def test_provisioning_points_grafana_at_the_dashboard() -> None:
     [provider] = providers["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == "${GCORE_DASHBOARDS_DIR}"
-    assert DASHBOARD.parent == REPO / "grafana"

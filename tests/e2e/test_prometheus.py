@@ -96,12 +96,12 @@ def test_alerts_of_the_scenario_fire(scenarios: dict[str, tuple[Scenario, Stack]
             assert alert.get("job") == JOB, alert
     # Annotations render: no template errors, and an image's summary names it.
     names = {i["id"]: i["name"] for scope in scenario.fake.images.values() for i in scope.values()}
-    for alert in stack.prom.alerts():
-        text = json.dumps(alert["annotations"])
-        assert "error expanding template" not in text, alert
-        image_id = alert["labels"].get("image_id")
-        if image_id and alert["state"] == "firing":
-            assert names.get(image_id, image_id) in alert["annotations"]["summary"], alert
+    for seen in stack.prom.alerts():
+        text = json.dumps(seen["annotations"])
+        assert "error expanding template" not in text, seen
+        image_id = seen["labels"].get("image_id")
+        if image_id and seen["state"] == "firing":
+            assert names.get(image_id, image_id) in seen["annotations"]["summary"], seen
     # The 429 and 500 bursts were seen and the images recovered.
     prom = stack.prom
     for code in ("429", "500", "401", "404"):
