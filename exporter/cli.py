@@ -16,7 +16,13 @@ from exporter import __version__
 from exporter.config import DEFAULT_PORT, ConfigError, Settings, listen_address, load_settings
 from exporter.exposition import render_parts
 from exporter.logs import configure_logging
-from exporter.runtime import create_daemon, new_monitor, open_scheduler, upstream_for
+from exporter.runtime import (
+    create_daemon,
+    demo_settings,
+    new_monitor,
+    open_scheduler,
+    upstream_for,
+)
 
 EXIT_OK, EXIT_FETCH_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -88,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets = [api_key.get_secret_value()] if api_key else []
     configure_logging(settings.log_level, settings.log_format, secrets)
     if check:
-        print(json.dumps(settings.describe(), indent=2))
+        shown = demo_settings(settings) if settings.demo else settings
+        print(json.dumps(shown.describe(), indent=2))
         return EXIT_OK
     if once:
         return asyncio.run(_once(settings, api_key))

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import aiohttp
 from pydantic import SecretStr, ValidationError
@@ -23,8 +23,8 @@ from pydantic import SecretStr, ValidationError
 from exporter.models import Image, ImagePage, Task
 from exporter.telemetry import Telemetry
 from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Reason, Scope
+from exporter.vocabulary import Endpoint as Endpoint  # re-exported: the client's own word
 
-Endpoint = Literal["images", "image", "task"]
 PAGE_SIZE: Final = 1000
 _MAX_ITEMS: Final = 10_000_000  # a bound on pagination, whatever `count` claims
 

@@ -33,6 +33,7 @@ from yarl import URL
 from exporter.vocabulary import ImageKey, Scope, Targets
 
 DEFAULT_PORT = 10150
+DEFAULT_TIMEOUT = 10.0
 DEFAULT_BASE_URL = "https://api.gcore.com"
 CONFIG_ENV = "GCORE_EXPORTER_CONFIG"
 
@@ -98,7 +99,7 @@ class Settings(BaseSettings):
     config: Path | None = None
     targets: Annotated[tuple[TargetSpec, ...], NoDecode] = ()
     interval: Duration = 60.0
-    timeout: Duration = 10.0
+    timeout: Duration | None = None
     concurrency: int = Field(8, ge=1, le=256)
     stale_after: Duration | None = None
     listen: str = f":{DEFAULT_PORT}"
@@ -160,8 +161,30 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_whole(self) -> Settings:
-        if self.demo:
-            return self
+        problems = self._contradictions()
+        if not self.demo:
+            problems += self._missing()
+        if problems:
+            raise ValueError("\n".join(problems))  # load_settings reports one line each
+        return self
+
+    def _contradictions(self) -> list[str]:
+        """Options that cannot both hold; a default never contradicts (see effective_timeout)."""
+        problems = []
+        if self.timeout is not None and self.timeout > self.interval:
+            problems.append(
+                f"timeout ({self.timeout:g}s) is longer than interval ({self.interval:g}s):"
+                " a request could outlast its poll round; shorten it or leave it unset"
+            )
+        if self.stale_after is not None and self.stale_after < self.interval:
+            problems.append(
+                f"stale_after ({self.stale_after:g}s) is shorter than interval"
+                f" ({self.interval:g}s): values would be withdrawn at the first failed fetch"
+            )
+        return problems
+
+    def _missing(self) -> list[str]:
+        """What a run against Gcore needs and the demo does not: a key and targets."""
         problems = []
         if self.api_key is not None and self.api_key_file is not None:
             problems.append("set only one of GCORE_API_KEY and GCORE_API_KEY_FILE")
@@ -176,13 +199,16 @@ class Settings(BaseSettings):
                 for t in self.targets
                 if "/" not in t
             )
-        if problems:
-            raise ValueError("\n".join(problems))  # load_settings reports one line each
-        return self
+        return problems
 
     @property
     def effective_stale_after(self) -> float:
         return self.stale_after if self.stale_after is not None else 5 * self.interval
+
+    @property
+    def effective_timeout(self) -> float:
+        """The timeout given, else 10 s or the interval if that is shorter."""
+        return self.timeout if self.timeout is not None else min(DEFAULT_TIMEOUT, self.interval)
 
     def resolved_targets(self) -> Targets:
         """Explicit images and discovery scopes, deduplicated; images a scope covers are dropped."""
@@ -228,7 +254,7 @@ class Settings(BaseSettings):
             ]
             + [f"{s.project_id}/{s.region_id}" for s in targets.scopes],
             "interval": self.interval,
-            "timeout": self.timeout,
+            "timeout": self.effective_timeout,
             "concurrency": self.concurrency,
             "stale_after": self.effective_stale_after,
             "listen": self.listen,

@@ -1,8 +1,9 @@
-"""The simulated Gcore account behind `--demo`: a dozen images in two regions that keep changing.
+"""The simulated Gcore account behind `--demo`: 13 watched images in two regions that keep changing.
 
-Region 10 is watched through discovery, region 20 through explicit image ids (one of which does not
-exist, to show a 404). Every few seconds an upload moves through queued -> saving -> active under a
-task lock, another image is killed and recreated, and now and then the API answers 500 or 429.
+Region 10 (6 images) is watched through discovery, region 20 through 7 explicit image ids, one of
+which does not exist, to show a 404 (so `--demo --once` exits 1: one fetch always fails). Every few
+seconds an upload moves through queued -> saving -> active under a task lock, another image is
+killed and recreated, and now and then the API answers 500 or 429.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from exporter.fakeapi import FakeGcore, make_image, make_task
 
@@ -23,6 +24,14 @@ MISSING_IMAGE = "00000000-0000-4000-8000-000000000404"
 
 def _image_id(n: int) -> str:
     return f"6f1e0b9c-{n:04d}-4c2a-9d3e-0123456789ab"
+
+
+TARGETS: Final = (
+    f"{PROJECT}/{DISCOVERED_REGION}",
+    *(f"{PROJECT}/{EXPLICIT_REGION}/{_image_id(n)}" for n in range(6, 12)),
+    f"{PROJECT}/{EXPLICIT_REGION}/{MISSING_IMAGE}",
+)
+"""What the demo watches, whatever targets were given."""
 
 
 def _ts(moment: datetime) -> str:
@@ -58,15 +67,6 @@ class DemoWorld:
                 for key in ("disk_format", "hw_firmware_type", "cuda_toolkit_version"):
                     del image[key]
             fake.put_image(PROJECT, region, image)
-
-    @property
-    def targets(self) -> list[str]:
-        explicit = [f"{PROJECT}/{EXPLICIT_REGION}/{_image_id(n)}" for n in range(6, 12)]
-        return [
-            f"{PROJECT}/{DISCOVERED_REGION}",
-            *explicit,
-            f"{PROJECT}/{EXPLICIT_REGION}/{MISSING_IMAGE}",
-        ]
 
     def step(self) -> None:
         """Advance the story by one tick (the demo ticks every few seconds)."""

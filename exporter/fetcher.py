@@ -7,6 +7,8 @@ scheduler decides when; this module decides what a fetch means for the images it
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import structlog
 
@@ -29,11 +31,13 @@ class Fetcher:
         store: ImageStore,
         tasks: TaskCache,
         telemetry: Telemetry,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._store = store
         self._tasks = tasks
         self._telemetry = telemetry
+        self._clock = clock
 
     def register(self, targets: Targets) -> None:
         """Explicit images exist (down) and scopes are undiscovered until their first fetch."""
@@ -95,6 +99,7 @@ class Fetcher:
                     self._store.failed(key, exc)
             return False
         self._telemetry.discovery_up.labels(*labels).set(1)
+        self._telemetry.discovery_last_success.labels(*labels).set(self._clock())
         if complete:  # only a complete listing proves that an image is gone
             self._store.retain(scope, seen)
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -15,6 +16,8 @@ import pytest
 from conftest import API_KEY, parse_samples, value, wait_until
 from tooling import free_port, require_tool
 
+from exporter import __version__
+from exporter.demo import MISSING_IMAGE, TARGETS
 from exporter.fakeapi import FakeGcore, make_image, make_task
 
 P, R = 3, 5
@@ -198,3 +201,36 @@ async def test_demo_serves_metrics_that_promtool_accepts(tmp_path: Path) -> None
     output, _ = await check.communicate(text.encode())
     assert check.returncode == 0, output.decode()
     assert output.decode().strip() == ""
+
+
+async def test_demo_check_config_shows_the_demo_targets() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GCORE_")}
+    code, out, err = await run("--demo", "--check-config", "--target", "9/9", env=env)
+    assert code == 0, err
+    settings = json.loads(out)
+    assert sorted(settings["targets"]) == sorted(TARGETS)  # the demo's, not the ignored 9/9
+    assert len(settings["targets"]) == 8
+
+
+async def test_demo_once_exits_1_for_its_missing_image() -> None:
+    """As the README says: the demo watches 13 images, one of which answers 404."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GCORE_")}
+    code, out, err = await run("--demo", "--once", env=env)
+    assert code == 1, err
+    samples = parse_samples(out)
+    assert value(samples, "gcore_exporter_images") == 13
+    assert value(samples, "gcore_gpu_image_up", image_id=MISSING_IMAGE) == 0
+    assert value(samples, "gcore_gpu_image_last_error_info", image_id=MISSING_IMAGE) == 1
+    failing = [v for (n, _), v in samples.items() if n == "gcore_gpu_image_up" and v == 0]
+    assert len(failing) == 1
+
+
+async def test_version_prints_the_package_version() -> None:
+    code, out, _ = await run("--version")
+    assert (code, out.strip()) == (0, f"gcore-gpu-image-exporter {__version__}")
+
+
+async def test_once_and_check_config_exclude_each_other() -> None:
+    code, _, err = await run("--once", "--check-config", "--target", "1/2")
+    assert code == 2
+    assert "not allowed with argument" in err
