@@ -154,7 +154,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--selector",
         help=f"label matchers of the exporter's series and targets (default: {DEFAULT_SELECTOR})",
     )
-    which.add_argument("--job", help='shorthand for --selector \'job="JOB"\'')
+    which.add_argument("--job", help="shorthand for --selector 'job=\"JOB\"'")
     parser.add_argument(
         "--cluster-label",
         default="",
