@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -135,3 +136,19 @@ def test_release_workflow_is_valid_and_builds_both_architectures_on_a_tag(
     del workflow["jobs"]["image"]["runs-on"]
     broken.write_text(yaml.safe_dump({"on": workflow.pop(True), **workflow}), encoding="utf-8")
     assert _validate_workflow(check_jsonschema, broken).returncode != 0
+
+
+def test_grafana_overlay_is_the_dashboard_as_a_sidecar_configmap() -> None:
+    """deploy/grafana: one ConfigMap that the Grafana sidecar of kube-prometheus-stack loads
+    (label grafana_dashboard: "1"), holding exactly grafana/gcore-gpu-images.json, under a fixed
+    name, and small enough for a client-side `kubectl apply` (its last-applied annotation)."""
+    objects = kustomize(DEPLOY / "grafana")
+    (config_map,) = objects
+    assert config_map["kind"] == "ConfigMap"
+    assert config_map["metadata"]["name"] == "gcore-gpu-image-exporter-dashboard"
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = (ROOT / "grafana" / "gcore-gpu-images.json").read_text(encoding="utf-8")
+    assert config_map["data"] == {"gcore-gpu-images.json": dashboard}
+    assert len(json.dumps(config_map)) < 262_144  # kubectl's limit on annotations
+    for version in ("1.27", latest_version()):
+        kubernetes_validate.validate(config_map, version, strict=True)
