@@ -17,10 +17,14 @@ RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
+# The source revision (git commit), shown by gcore_exporter_build_info{revision}:
+# `docker build --build-arg REVISION="$(git rev-parse HEAD)" .` (the release workflow passes it).
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="gcore-gpu-image-exporter" \
       org.opencontainers.image.description="Prometheus exporter for Gcore Cloud virtual GPU images" \
       org.opencontainers.image.source="https://github.com/gcore-gpu-image-exporter/gcore-gpu-image-exporter" \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -31,7 +35,8 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 # Bytecode was compiled at install time; nothing is written at run time (read-only root works).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    GCORE_EXPORTER_REVISION=${REVISION}
 USER 10001:10001
 EXPOSE 10150
 # Probes the port of GCORE_EXPORTER_LISTEN (default 10150) without curl.
