@@ -161,45 +161,24 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_whole(self) -> Settings:
-        problems = self._contradictions()
-        if not self.demo:
-            problems += self._missing()
+        problems = _contradictions(self)
+        if not self.demo:  # the demo needs no key and brings its own targets
+            if self.api_key is not None and self.api_key_file is not None:
+                problems.append("set only one of GCORE_API_KEY and GCORE_API_KEY_FILE")
+            if self.api_key is None and self.api_key_file is None:
+                problems.append("an API key is required: set GCORE_API_KEY or GCORE_API_KEY_FILE")
+            if not self.targets:
+                problems.append("no targets: give --target, GCORE_EXPORTER_TARGETS or `targets`")
+            if self.project_id is None or self.region_id is None:
+                problems.extend(
+                    f"target {t!r} has no project/region: write PROJECT/REGION/{t} "
+                    "or set GCORE_CLOUD_PROJECT_ID and GCORE_CLOUD_REGION_ID"
+                    for t in self.targets
+                    if "/" not in t
+                )
         if problems:
             raise ValueError("\n".join(problems))  # load_settings reports one line each
         return self
-
-    def _contradictions(self) -> list[str]:
-        """Options that cannot both hold; a default never contradicts (see effective_timeout)."""
-        problems = []
-        if self.timeout is not None and self.timeout > self.interval:
-            problems.append(
-                f"timeout ({self.timeout:g}s) is longer than interval ({self.interval:g}s):"
-                " a request could outlast its poll round; shorten it or leave it unset"
-            )
-        if self.stale_after is not None and self.stale_after < self.interval:
-            problems.append(
-                f"stale_after ({self.stale_after:g}s) is shorter than interval"
-                f" ({self.interval:g}s): values would be withdrawn at the first failed fetch"
-            )
-        return problems
-
-    def _missing(self) -> list[str]:
-        """What a run against Gcore needs and the demo does not: a key and targets."""
-        problems = []
-        if self.api_key is not None and self.api_key_file is not None:
-            problems.append("set only one of GCORE_API_KEY and GCORE_API_KEY_FILE")
-        if self.api_key is None and self.api_key_file is None:
-            problems.append("an API key is required: set GCORE_API_KEY or GCORE_API_KEY_FILE")
-        if not self.targets:
-            problems.append("no targets: give --target, GCORE_EXPORTER_TARGETS or `targets`")
-        if self.project_id is None or self.region_id is None:
-            problems.extend(
-                f"target {t!r} has no project/region: write PROJECT/REGION/{t} "
-                "or set GCORE_CLOUD_PROJECT_ID and GCORE_CLOUD_REGION_ID"
-                for t in self.targets
-                if "/" not in t
-            )
-        return problems
 
     @property
     def effective_stale_after(self) -> float:
@@ -265,6 +244,23 @@ class Settings(BaseSettings):
             "api_key_file": str(self.api_key_file) if self.api_key_file else None,
             "demo": self.demo,
         }
+
+
+def _contradictions(settings: Settings) -> list[str]:
+    """Options that cannot both hold; a default never contradicts (see effective_timeout)."""
+    timeout, stale_after, interval = settings.timeout, settings.stale_after, settings.interval
+    problems = []
+    if timeout is not None and timeout > interval:
+        problems.append(
+            f"timeout ({timeout:g}s) is longer than interval ({interval:g}s):"
+            " a request could outlast its poll round; shorten it or leave it unset"
+        )
+    if stale_after is not None and stale_after < interval:
+        problems.append(
+            f"stale_after ({stale_after:g}s) is shorter than interval ({interval:g}s):"
+            " values would be withdrawn at the first failed fetch"
+        )
+    return problems
 
 
 def listen_address(value: str) -> tuple[str | None, int]:
