@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1
 # Stage 1 builds the exporter's wheel from pyproject.toml; the final stage installs it with its
 # runtime dependencies (no dev tools) into /opt/venv on a slim Python base.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Pinned by digest so that a rebuild of the same commit gets the same base; bump it on purpose
+# (Dependabot does, see .github/dependabot.yml) with
+# `docker buildx imagetools inspect python:3.11-slim-bookworm`.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -14,10 +17,14 @@ RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
+# The source revision (git commit), shown by gcore_exporter_build_info{revision}:
+# `docker build --build-arg REVISION="$(git rev-parse HEAD)" .` (the release workflow passes it).
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="gcore-gpu-image-exporter" \
       org.opencontainers.image.description="Prometheus exporter for Gcore Cloud virtual GPU images" \
       org.opencontainers.image.source="https://github.com/gcore-gpu-image-exporter/gcore-gpu-image-exporter" \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -28,7 +35,8 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 # Bytecode was compiled at install time; nothing is written at run time (read-only root works).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    GCORE_EXPORTER_REVISION=${REVISION}
 USER 10001:10001
 EXPOSE 10150
 # Probes the port of GCORE_EXPORTER_LISTEN (default 10150) without curl.

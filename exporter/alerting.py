@@ -1,7 +1,9 @@
 """What the alert rules, the dashboard and the exporter agree on: statuses, groups, thresholds.
 
 Standard library only: `grafana/build_dashboard.py` and `deploy/prometheus/render_rules.py` import
-it with a plain `python3` that has none of the exporter's dependencies.
+it with a plain `python3` that has none of the exporter's dependencies. Both take the same
+mixin-style configuration (`Config`): the thresholds, a selector of the exporter's series and an
+optional cluster label.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 KNOWN_STATUSES: Final = (
@@ -37,14 +40,24 @@ DEFAULTS: Final[Mapping[str, str]] = {
     "failed_for": "5m",
     "transitional_for": "1h",
     "lock_age": "30m",
+    "lock_age_for": "5m",
     "lock_error_for": "5m",
     "missing_for": "1m",
     "fetch_failing_for": "15m",
+    "discovery_failing_for": "15m",
     "exporter_down_for": "5m",
     "api_error_window": "10m",
     "unauthorized_for": "15m",
     "rate_limited_for": "15m",
 }
+
+DEFAULT_JOB: Final = "gcore-gpu-image-exporter"
+DEFAULT_SELECTOR: Final = f'job="{DEFAULT_JOB}"'
+# Labels of the exporter's series that are ours: a cluster label may not take one of these names.
+OWN_LABELS: Final = frozenset({"project_id", "region_id", "image_id", "status", "reason", "name"})
+_LABEL: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MATCHER: Final = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*'
+_SELECTOR: Final = re.compile(rf"{_MATCHER}(?:,{_MATCHER})*")
 
 _UNITS: Final = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
 _DURATION: Final = re.compile(r"(\d+)(ms|d|h|m|s)")
@@ -86,8 +99,46 @@ def resolve(thresholds: Mapping[str, str] | None = None) -> dict[str, str]:
     return {k: format_duration(v) for k, v in merged.items()}
 
 
-def add_threshold_options(parser: argparse.ArgumentParser) -> None:
-    """`--set NAME=DURATION` and `--scale FACTOR`, so the rules and the dashboard take the same."""
+def check_selector(selector: str) -> str:
+    """`selector` stripped, if it is label matchers such as `job="x",namespace=~"a|b"`."""
+    text = selector.strip()
+    if not _SELECTOR.fullmatch(text):
+        raise ValueError(
+            f"selector {selector!r} is not label matchers such as"
+            ' job="gcore-gpu-image-exporter" or job="x",namespace="monitoring"'
+        )
+    if "`" in text or "{{" in text or "}}" in text:  # they would end a template's string
+        raise ValueError(f"selector {selector!r} may not contain ` or {{{{ or }}}}")
+    return text
+
+
+def check_label_name(name: str, what: str = "cluster label") -> str:
+    """`name` if it is a Prometheus label name that is not one of the exporter's own."""
+    if not _LABEL.fullmatch(name) or name.startswith("__") or name in OWN_LABELS:
+        raise ValueError(f"{what} {name!r} is not a free Prometheus label name")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """What the rules and the dashboard are rendered for, mixin style. `selector` picks the
+    exporter's series (and its `up`); `cluster_label`, when set, is kept through every
+    aggregation, so one Prometheus (or Thanos) can watch exporters in several clusters. Every
+    field is checked and `thresholds` resolved (ValueError naming the problem)."""
+
+    thresholds: Mapping[str, str] = field(default_factory=dict)  # DEFAULTS overridden by these
+    selector: str = DEFAULT_SELECTOR
+    cluster_label: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", resolve(self.thresholds))
+        object.__setattr__(self, "selector", check_selector(self.selector))
+        if self.cluster_label:
+            check_label_name(self.cluster_label)
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `Config`, so that the rules and the dashboard take the same."""
     parser.add_argument(
         "--set",
         action="append",
@@ -98,10 +149,22 @@ def add_threshold_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiply every threshold by this factor first"
     )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--selector",
+        help=f"label matchers of the exporter's series and targets (default: {DEFAULT_SELECTOR})",
+    )
+    which.add_argument("--job", help="shorthand for --selector 'job=\"JOB\"'")
+    parser.add_argument(
+        "--cluster-label",
+        default="",
+        metavar="LABEL",
+        help="label that tells clusters apart, kept through every aggregation (default: none)",
+    )
 
 
-def thresholds_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
-    """The thresholds that `--scale` then `--set` ask for; a bad one exits through `parser`."""
+def config_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
+    """The `Config` the options ask for (`--scale`, then `--set`); a bad one exits via `parser`."""
     if args.scale <= 0:
         parser.error("--scale must be positive")
     thresholds = scaled(args.scale)
@@ -110,7 +173,10 @@ def thresholds_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         if not sep:
             parser.error(f"--set {item!r}: expected NAME=DURATION")
         thresholds[name] = value
+    selector = args.selector
+    if selector is None:
+        selector = f'job="{args.job}"' if args.job else DEFAULT_SELECTOR
     try:
-        return resolve(thresholds)
+        return Config(thresholds, selector, args.cluster_label)
     except ValueError as exc:
         parser.error(str(exc))

@@ -16,7 +16,13 @@ from exporter import __version__
 from exporter.config import DEFAULT_PORT, ConfigError, Settings, listen_address, load_settings
 from exporter.exposition import render_parts
 from exporter.logs import configure_logging
-from exporter.runtime import create_daemon, new_monitor, open_poller, upstream_for
+from exporter.runtime import (
+    create_daemon,
+    demo_settings,
+    new_monitor,
+    open_poller,
+    upstream_for,
+)
 from exporter.web import server_options
 from exporter.webguard import WebGuard
 
@@ -133,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets = [api_key.get_secret_value()] if api_key else []
     configure_logging(settings.log_level, settings.log_format, secrets)
     if check:
-        print(json.dumps({**settings.describe(), "web": guard.describe()}, indent=2))
+        shown = demo_settings(settings) if settings.demo else settings
+        print(json.dumps({**shown.describe(), "web": guard.describe()}, indent=2))
         return EXIT_OK
     if once:
         return asyncio.run(_once(settings, api_key))

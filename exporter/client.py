@@ -19,8 +19,8 @@ from pydantic import SecretStr, ValidationError
 
 from exporter.models import Image, ImagePage, Listing, Project, Region, Task, clean_text
 from exporter.telemetry import Telemetry
-from exporter.transport import Endpoint, RateGate, RetryPolicy, Transport, shown
-from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Scope
+from exporter.transport import RateGate, RetryPolicy, Transport, shown
+from exporter.vocabulary import YIELD_EVERY, Endpoint, FetchError, ImageKey, Scope
 
 __all__ = ["GcoreClient", "Page", "RateGate", "RetryPolicy"]
 

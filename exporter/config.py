@@ -35,6 +35,7 @@ from yarl import URL
 from exporter.vocabulary import ImageKey, Kind, Scope, Targets, Wildcard
 
 DEFAULT_PORT = 10150
+DEFAULT_TIMEOUT = 10.0
 DEFAULT_BASE_URL = "https://api.gcore.com"
 CONFIG_ENV = "GCORE_EXPORTER_CONFIG"
 
@@ -142,7 +143,7 @@ class Settings(BaseSettings):
     config: Path | None = None
     targets: Annotated[tuple[TargetSpec, ...], NoDecode] = ()
     interval: Duration = 60.0
-    timeout: Duration = 10.0
+    timeout: Duration | None = None
     concurrency: int = Field(8, ge=1, le=256)
     stale_after: Duration | None = None
     max_response_size: Size = ByteSize(32 * 2**20)
@@ -220,23 +221,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_whole(self) -> Settings:
-        if self.demo:
-            return self
-        problems = []
-        if self.api_key is not None and self.api_key_file is not None:
-            problems.append("set only one of GCORE_API_KEY and GCORE_API_KEY_FILE")
-        if self.api_key is None and self.api_key_file is None:
-            problems.append("an API key is required: set GCORE_API_KEY or GCORE_API_KEY_FILE")
-        if not self.targets:
-            problems.append("no targets: give --target, GCORE_EXPORTER_TARGETS or `targets`")
-        if self.project_id is None or self.region_id is None:
-            problems.extend(
-                f"target {t!r} has no project/region: write {head}{sep}PROJECT/REGION/{image} "
-                "or set GCORE_CLOUD_PROJECT_ID and GCORE_CLOUD_REGION_ID"
-                for t in self.targets
-                if isinstance(parse_target(t), BareImage)
-                for head, sep, image in [t.rpartition(":")]
-            )
+        problems = _contradictions(self)
+        if not self.demo:  # the demo needs no key and brings its own targets
+            problems += _missing(self)
         if problems:
             raise ValueError("\n".join(problems))  # load_settings reports one line each
         return self
@@ -248,6 +235,11 @@ class Settings(BaseSettings):
     @property
     def effective_task_interval(self) -> float:
         return self.task_interval if self.task_interval is not None else self.interval
+
+    @property
+    def effective_timeout(self) -> float:
+        """The timeout given, else 10 s or the interval if that is shorter."""
+        return self.timeout if self.timeout is not None else min(DEFAULT_TIMEOUT, self.interval)
 
     def resolved_targets(self) -> Targets:
         """Explicit images, scopes and wildcards, deduplicated; images a scope covers are dropped.
@@ -298,7 +290,7 @@ class Settings(BaseSettings):
             + [s.spec() for s in targets.scopes]
             + [w.spec() for w in targets.wildcards],
             "interval": self.interval,
-            "timeout": self.timeout,
+            "timeout": self.effective_timeout,
             "concurrency": self.concurrency,
             "stale_after": self.effective_stale_after,
             "max_response_size": int(self.max_response_size),
@@ -316,6 +308,43 @@ class Settings(BaseSettings):
             "web_config_file": str(self.web_config_file) if self.web_config_file else None,
             "protect_probes": self.protect_probes,
         }
+
+
+def _contradictions(settings: Settings) -> list[str]:
+    """Options that cannot both hold; a default never contradicts (see effective_timeout)."""
+    timeout, stale_after, interval = settings.timeout, settings.stale_after, settings.interval
+    problems = []
+    if timeout is not None and timeout > interval:
+        problems.append(
+            f"timeout ({timeout:g}s) is longer than interval ({interval:g}s):"
+            " a request could outlast its poll round; shorten it or leave it unset"
+        )
+    if stale_after is not None and stale_after < interval:
+        problems.append(
+            f"stale_after ({stale_after:g}s) is shorter than interval ({interval:g}s):"
+            " values would be withdrawn at the first failed fetch"
+        )
+    return problems
+
+
+def _missing(settings: Settings) -> list[str]:
+    """What a real account needs and the settings lack: a key, and targets that name a scope."""
+    problems = []
+    if settings.api_key is not None and settings.api_key_file is not None:
+        problems.append("set only one of GCORE_API_KEY and GCORE_API_KEY_FILE")
+    if settings.api_key is None and settings.api_key_file is None:
+        problems.append("an API key is required: set GCORE_API_KEY or GCORE_API_KEY_FILE")
+    if not settings.targets:
+        problems.append("no targets: give --target, GCORE_EXPORTER_TARGETS or `targets`")
+    if settings.project_id is None or settings.region_id is None:
+        problems.extend(
+            f"target {t!r} has no project/region: write {head}{sep}PROJECT/REGION/{image} "
+            "or set GCORE_CLOUD_PROJECT_ID and GCORE_CLOUD_REGION_ID"
+            for t in settings.targets
+            if isinstance(parse_target(t), BareImage)
+            for head, sep, image in [t.rpartition(":")]
+        )
+    return problems
 
 
 def listen_address(value: str) -> tuple[str | None, int]:

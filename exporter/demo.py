@@ -33,6 +33,10 @@ def _image_id(n: int) -> str:
     return f"6f1e0b9c-{n:04d}-4c2a-9d3e-0123456789ab"
 
 
+TARGETS: Final = ("*", "baremetal:*")
+"""What the demo watches, whatever targets were given."""
+
+
 def _ts(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S")
 
@@ -123,10 +127,6 @@ class DemoWorld:
                 gpu_driver_version="570.148.08",
             )
             self.fake.put_image(project, BAREMETAL_REGION, image, kind="baremetal")
-
-    @property
-    def targets(self) -> list[str]:
-        return ["*", "baremetal:*"]
 
     def step(self) -> None:
         """Advance the story by one tick (the demo ticks every few seconds)."""

@@ -106,7 +106,7 @@ class FailedTasks(Collector):
                 "listing failed: the last known set is kept", endpoint="tasks", **exc.log_fields()
             )
             return False
-        account_up(self._telemetry, "tasks", True)
+        account_up(self._telemetry, "tasks", True, self._now)
         failed: dict[str, FailedTask] = {}
         first_seen: dict[str, float] = {}
         for task in tasks:

@@ -7,6 +7,8 @@ scheduler decides when; this module decides what a fetch means for the images it
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Literal
 
 import structlog
@@ -34,11 +36,12 @@ class Fetcher:
         store: ImageStore,
         tasks: TaskCache,
         telemetry: Telemetry,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._store = store
         self._tasks = tasks
-        self._scopes = ScopeHealth(telemetry)
+        self._scopes = ScopeHealth(telemetry, clock)
         self._discovered: frozenset[Scope] = frozenset()
 
     def register(self, targets: Targets) -> None:

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from exporter import __version__
 from exporter.client import GcoreClient, RetryPolicy
 from exporter.config import Settings
-from exporter.demo import DEMO_API_KEY, DemoWorld, animate
+from exporter.demo import DEMO_API_KEY, TARGETS, DemoWorld, animate
 from exporter.discovery import Discovery
 from exporter.failed_tasks import FailedTasks
 from exporter.fakeapi import FakeGcore
@@ -43,6 +43,11 @@ class Upstream:
         return f"Upstream(base_url={self.base_url!r})"
 
 
+def demo_settings(settings: Settings) -> Settings:
+    """`settings` with the demo's own targets, which replace any given."""
+    return settings.model_copy(update={"targets": TARGETS})
+
+
 @asynccontextmanager
 async def demo_upstream(settings: Settings) -> AsyncIterator[Upstream]:
     """Serve the simulated Gcore account on a loopback port for as long as the context lasts."""
@@ -55,11 +60,9 @@ async def demo_upstream(settings: Settings) -> AsyncIterator[Upstream]:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        targets = settings.model_copy(update={"targets": tuple(world.targets)})
         ticker = asyncio.create_task(animate(world))
-        yield Upstream(
-            f"http://127.0.0.1:{port}", SecretStr(DEMO_API_KEY), targets.resolved_targets()
-        )
+        targets = demo_settings(settings).resolved_targets()
+        yield Upstream(f"http://127.0.0.1:{port}", SecretStr(DEMO_API_KEY), targets)
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -116,7 +119,7 @@ async def open_poller(
             session,
             upstream.base_url,
             upstream.api_key,
-            timeout=settings.timeout,
+            timeout=settings.effective_timeout,
             concurrency=settings.concurrency,
             max_response_size=settings.max_response_size,
             telemetry=telemetry,
@@ -128,7 +131,9 @@ async def open_poller(
             ttl=settings.interval,
             on_failure=lambda error: telemetry.task_fetch_errors.labels(error.reason).inc(),
         )
-        fetcher = Fetcher(client, store=monitor.store, tasks=tasks, telemetry=telemetry)
+        fetcher = Fetcher(
+            client, store=monitor.store, tasks=tasks, telemetry=telemetry, clock=wall_clock
+        )
         scheduler = Scheduler(
             fetcher,
             upstream.targets,

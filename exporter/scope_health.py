@@ -9,6 +9,8 @@ through `account_up` with empty ids and kind, so one `discovery_up == 0` alert c
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Callable
 from typing import Final, Literal, get_args
 
 from exporter.telemetry import Telemetry
@@ -24,8 +26,11 @@ def _labels(scope: Scope) -> tuple[str, str, str, str]:
 
 
 class ScopeHealth:
-    def __init__(self, telemetry: Telemetry) -> None:
+    def __init__(self, telemetry: Telemetry, clock: Callable[[], float] = time.time) -> None:
         self._up = telemetry.discovery_up
+        self._last_success = telemetry.discovery_last_success
+        self._now = clock
+        self._listed: set[Scope] = set()  # scopes with a last-success series
         self._states: dict[Scope, State] = {}
         for state in STATES:
             telemetry.scopes.labels(state).set_function(functools.partial(self.count, state))
@@ -46,14 +51,24 @@ class ScopeHealth:
         changed = self._states.get(scope) != state
         self._states[scope] = state
         self._up.labels(*_labels(scope)).set(int(state != "failing"))
+        if state == "ok":
+            self._listed.add(scope)
+            self._last_success.labels(*_labels(scope)).set(self._now())
         return changed
 
     def forget(self, scope: Scope) -> None:
         """A scope no longer watched leaves the metrics."""
         if self._states.pop(scope, None) is not None:
             self._up.remove(*_labels(scope))
+            if scope in self._listed:
+                self._listed.discard(scope)
+                self._last_success.remove(*_labels(scope))
 
 
-def account_up(telemetry: Telemetry, endpoint: AccountEndpoint, ok: bool) -> None:
+def account_up(
+    telemetry: Telemetry, endpoint: AccountEndpoint, ok: bool, now: Callable[[], float] = time.time
+) -> None:
     """Record an account-wide listing's outcome."""
     telemetry.discovery_up.labels("", "", "", endpoint).set(int(ok))
+    if ok:
+        telemetry.discovery_last_success.labels("", "", "", endpoint).set(now())

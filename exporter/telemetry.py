@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import platform
 from dataclasses import dataclass, field
+from typing import get_args
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 
 from exporter import __version__
 from exporter.families import CACHED_HELP
+from exporter.vocabulary import Endpoint, Reason
 
 REQUEST_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# The source revision the image was built from (the Dockerfile's REVISION build argument).
+REVISION_ENV = "GCORE_EXPORTER_REVISION"
+
+
+def revision() -> str:
+    return os.environ.get(REVISION_ENV, "").strip() or "unknown"
 
 
 # `_created` series double every counter and histogram for no use in alerting or dashboards.
@@ -32,10 +43,11 @@ class Telemetry:
         r = self.registry
         Gauge(
             "gcore_exporter_build_info",
-            "Version of the running exporter.",
-            ["version"],
+            "Version, source revision and Python version of the running exporter.",
+            ["version", "revision", "python_version"],
             registry=r,
-        ).labels(__version__).set(1)
+        ).labels(__version__, revision(), platform.python_version()).set(1)
+        ProcessCollector(registry=r)  # process_*: memory, CPU, open files, start time
         self.api_requests = Counter(
             "gcore_exporter_api_requests",
             CACHED_HELP + "HTTP requests sent to the Gcore API, by endpoint and status code "
@@ -56,6 +68,8 @@ class Telemetry:
             ["endpoint"],
             registry=r,
         )
+        for endpoint in get_args(Endpoint):  # 0 from the start, so rate() sees the first retry
+            self.api_retries.labels(endpoint)
         self.rate_limit_pauses = Counter(
             "gcore_exporter_rate_limit_pauses",
             CACHED_HELP + "Times a 429 from Gcore paused every request to the API.",
@@ -73,6 +87,8 @@ class Telemetry:
             ["reason"],
             registry=r,
         )
+        for reason in get_args(Reason):
+            self.task_fetch_errors.labels(reason)
         self.polls = Counter(
             "gcore_exporter_polls",
             CACHED_HELP + "Completed poll rounds.",
@@ -105,5 +121,12 @@ class Telemetry:
             CACHED_HELP + "Watched project/regions by the state of their image listing: ok, "
             "failing, or unavailable (a discovered region without that GPU service).",
             ["state"],
+            registry=r,
+        )
+        self.discovery_last_success = Gauge(
+            "gcore_exporter_discovery_last_success_timestamp_seconds",
+            CACHED_HELP + "Unix time of the last successful listing, labelled as discovery_up"
+            " (absent until one succeeds).",
+            ["project_id", "region_id", "kind", "endpoint"],
             registry=r,
         )

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import quote
 
 import aiohttp
@@ -27,9 +27,8 @@ from yarl import URL
 
 from exporter.models import clean_text
 from exporter.telemetry import Telemetry
-from exporter.vocabulary import FetchError, Reason
+from exporter.vocabulary import Endpoint, FetchError, Reason
 
-Endpoint = Literal["images", "image", "task", "projects", "regions", "tasks"]
 Params = Mapping[str, int] | Sequence[tuple[str, str | int]]
 _ERROR_BODY: Final = 64 * 1024  # an error body is read this far: only its message is wanted
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+Endpoint = Literal["images", "image", "task", "projects", "regions", "tasks"]
+"""The Gcore API endpoints the client calls: a scope's list, one image, one task."""
+
 Reason = Literal[
     "not_found",
     "unauthorized",

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Builds grafana/gcore-gpu-images.json (stdlib only), so its ~25 panels stay consistent.
+"""Builds grafana/gcore-gpu-images.json (stdlib only), so its ~35 panels stay consistent.
 
-The JSON is the artefact people import; this script is its source and `panels.py` holds the
-generic helpers it writes panels with. Edit here, then run `python3 grafana/build_dashboard.py`
-(writes the file) or `--check` (fails if it is out of date; the tests run the check without any
-site-packages). Colours follow the alert thresholds of `exporter/alerting.py`, and `--set` or
-`--scale` change them as they change the rules of `deploy/prometheus/render_rules.py`. The README
-says what each panel means.
+The JSON is the artefact people import (and, copied to deploy/grafana, the Grafana sidecar's
+ConfigMap); this script is its source and `panels.py` holds the generic helpers it writes panels
+with. Edit here, then run `python3 grafana/build_dashboard.py` (writes both files) or `--check`
+(fails if one is out of date; the tests run the check without any site-packages). It takes the
+options of `deploy/prometheus/render_rules.py` (`exporter/alerting.py`, `Config`): colours follow
+the thresholds (`--set`, `--scale`), queries the selector (`--selector`, `--job`) and the cluster
+label (`--cluster-label`, which adds a Cluster variable). The README says what each panel means.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 HERE = Path(__file__).resolve().parent
 # Run as a script, even by `python3 -I` (no script folder on sys.path): the helpers beside this
@@ -49,27 +50,70 @@ from exporter.alerting import (  # noqa: E402
     KNOWN_STATUSES,
     RUNBOOK_URL,
     TRANSITIONAL_STATUSES,
-    add_threshold_options,
+    Config,
+    add_options,
+    config_from,
     parse_duration,
-    resolve,
-    thresholds_from,
 )
 
 OUTPUT = HERE / "gcore-gpu-images.json"
+# The same JSON in the folder of the Grafana sidecar's ConfigMap (kustomize reads no file above it).
+CONFIGMAP_COPY = HERE.parent / "deploy" / "grafana" / "gcore-gpu-images.json"
 UID = "gcore-gpu-images"
 
-# Label selectors. Per-image series carry job/instance (from the scrape) and the image key.
-KEY = "project_id, region_id, image_id"
-SCRAPE_KEY = f"job, instance, {KEY}"
-KEY_COLUMNS = ("project_id", "region_id", "image_id")
-EXP = 'job=~"$job", instance=~"$instance"'
-SCOPE = f'{EXP}, project_id=~"$project_id", region_id=~"$region_id"'
-IMG = f'{SCOPE}, image_id=~"$image"'
-# Alerts without a label (e.g. ExporterDown from absent()) must survive a concrete selection.
-ALERTS = (
-    'alertname=~"GcoreGpuImage.*", job=~"$job|", instance=~"$instance|",'
-    ' project_id=~"$project_id|", region_id=~"$region_id|", image_id=~"$image|"'
-)
+
+class Queries(NamedTuple):
+    """Label selectors and grouping keys, for one `Config`. Per-image series carry job/instance
+    (from the scrape), the cluster label if one is configured, and the image key; the dashboard
+    groups by the key (`max by`), so replicas that scrape the same images count once."""
+
+    key: str  # an image across replicas: [cluster,] project_id, region_id, image_id
+    scope_key: str  # a project/region across replicas
+    scrape_key: str  # one replica's image: job, instance and the key
+    replica_key: str  # one replica: [cluster,] job, instance
+    key_columns: tuple[str, ...]
+    exp: str  # the exporter's series of the selected jobs and instances
+    scope: str  # ... of the selected projects and regions
+    img: str  # ... of the selected images
+    alerts: str  # our ALERTS of the selection
+    names: str  # every selected image's name (see names())
+
+
+def queries(config: Config) -> Queries:
+    cluster = [config.cluster_label] if config.cluster_label else []
+    key_columns = (*cluster, "project_id", "region_id", "image_id")
+    key = ", ".join(key_columns)
+    exp = ", ".join(
+        [
+            config.selector,
+            *(f'{label}=~"$cluster"' for label in cluster),
+            'job=~"$job", instance=~"$instance"',
+        ]
+    )
+    scope = f'{exp}, project_id=~"$project_id", region_id=~"$region_id"'
+    img = f'{scope}, image_id=~"$image"'
+    # Alerts without a label (e.g. ExporterDown from absent()) must survive a concrete selection.
+    alerts = ", ".join(
+        [
+            'alertname=~"GcoreGpuImage.*"',
+            *(f'{label}=~"$cluster|"' for label in cluster),
+            'job=~"$job|", instance=~"$instance|", project_id=~"$project_id|"',
+            'region_id=~"$region_id|", image_id=~"$image|"',
+        ]
+    )
+    return Queries(
+        key=key,
+        scope_key=", ".join([*cluster, "project_id", "region_id"]),
+        scrape_key=f"job, instance, {key}",
+        replica_key=", ".join([*cluster, "job", "instance"]),
+        key_columns=key_columns,
+        exp=exp,
+        scope=scope,
+        img=img,
+        alerts=alerts,
+        names=names(key, img),
+    )
+
 
 # Green usable, blue on its way, red or orange failed, purple a status the exporter does not know.
 STATUS_COLORS = {
@@ -102,31 +146,29 @@ INFO_COLUMNS = (
 )
 
 
-def names(selector: str) -> str:
-    """One series per image labelled with its name; an image without info (404, never fetched)
-    gets its image_id as name, so joins never drop it."""
+def names(key: str, selector: str) -> str:
+    """One series of value 1 per image, labelled with its name; an image without info (404, never
+    fetched) gets its image_id as name, so joins never drop it nor zero its value. One name per
+    image even when replicas disagree (a rename between their polls)."""
     return (
-        f"max by ({KEY}, name) (\n"
+        f"topk by ({key}) (1, group by ({key}, name) (\n"
         f"  gcore_gpu_image_info{{{selector}}}\n"
-        f"  or on ({KEY})\n"
+        f"  or on ({key})\n"
         f'  label_replace(gcore_gpu_image_up{{{selector}}}, "name", "$1", "image_id", "(.+)")\n'
-        ")"
+        "))"
     )
 
 
-NAMES = names(IMG)
-
-
-def named(expr: str, extra: str = "") -> str:
+def named(q: Queries, expr: str, extra: str = "") -> str:
     """`expr` per image (deduplicated across exporters) with the image's name as a label."""
-    by = f"{KEY}, name" + (f", {extra}" if extra else "")
-    return f"max by ({by}) (\n  ({expr})\n  * on ({KEY}) group_left (name)\n  {NAMES}\n)"
+    by = f"{q.key}, name" + (f", {extra}" if extra else "")
+    return f"max by ({by}) (\n  ({expr})\n  * on ({q.key}) group_left (name)\n  {q.names}\n)"
 
 
 # --- the dashboard ----------------------------------------------------------------------------
 
 
-def overview() -> list[dict[str, Any]]:
+def overview(q: Queries) -> list[dict[str, Any]]:
     status_overrides = [fixed_color(s, c) for s, c in STATUS_COLORS.items() if s != "unknown"]
     status_overrides.append(
         fixed_color(f"^(?!({'|'.join(KNOWN_STATUSES)})$).*", STATUS_COLORS["unknown"], regex=True)
@@ -140,7 +182,7 @@ def overview() -> list[dict[str, Any]]:
             " wrong or the exporter is not scraped: check the exporter panels below.",
             [
                 target(
-                    f"count(max by ({KEY}) (gcore_gpu_image_up{{{IMG}}})) or vector(0)",
+                    f"count(max by ({q.key}) (gcore_gpu_image_up{{{q.img}}})) or vector(0)",
                     instant=True,
                 )
             ],
@@ -155,8 +197,8 @@ def overview() -> list[dict[str, Any]]:
             " Anything not green for long is listed in 'Images not active'.",
             [
                 target(
-                    f"count by (status) (max by ({KEY}, status) "
-                    f"(gcore_gpu_image_status{{{IMG}}} == 1))",
+                    f"count by (status) (max by ({q.key}, status) "
+                    f"(gcore_gpu_image_status{{{q.img}}} == 1))",
                     legend="{{status}}",
                     instant=True,
                 )
@@ -172,8 +214,8 @@ def overview() -> list[dict[str, Any]]:
             " for which and since when.",
             [
                 target(
-                    f"count(max by ({KEY}) "
-                    f'(gcore_gpu_image_status{{{IMG}, status!="active"}} == 1)) or vector(0)',
+                    f"count(max by ({q.key}) "
+                    f'(gcore_gpu_image_status{{{q.img}, status!="active"}} == 1)) or vector(0)',
                     instant=True,
                 )
             ],
@@ -187,7 +229,8 @@ def overview() -> list[dict[str, Any]]:
             " See 'Locked images'.",
             [
                 target(
-                    f"count(max by ({KEY}) (gcore_gpu_image_locked{{{IMG}}}) == 1) or vector(0)",
+                    f"count(max by ({q.key}) (gcore_gpu_image_locked{{{q.img}}}) == 1)"
+                    " or vector(0)",
                     instant=True,
                 )
             ],
@@ -201,7 +244,7 @@ def overview() -> list[dict[str, Any]]:
             " for the reason; alerts GcoreGpuImageMissing / GcoreGpuImageFetchFailing.",
             [
                 target(
-                    f"count(max by ({KEY}) (gcore_gpu_image_up{{{IMG}}}) == 0) or vector(0)",
+                    f"count(max by ({q.key}) (gcore_gpu_image_up{{{q.img}}}) == 0) or vector(0)",
                     instant=True,
                 )
             ],
@@ -212,7 +255,11 @@ def overview() -> list[dict[str, Any]]:
             "Total size",
             "Sum of the sizes Gcore reports for the selected images (images without a size yet,"
             " e.g. still uploading, count as 0). Useful for storage cost.",
-            [target(f"sum(max by ({KEY}) (gcore_gpu_image_size_bytes{{{IMG}}}))", instant=True)],
+            [
+                target(
+                    f"sum(max by ({q.key}) (gcore_gpu_image_size_bytes{{{q.img}}}))", instant=True
+                )
+            ],
             3,
             unit="bytes",
             thresholds=steps((None, "blue")),
@@ -222,33 +269,39 @@ def overview() -> list[dict[str, Any]]:
             "Alerts of this exporter's rules (GcoreGpuImage*) firing now for the selection. Each"
             " is listed in 'Pending and firing alerts' below; the Runbook link at the top says"
             " what to do.",
-            [target(f'count(ALERTS{{{ALERTS}, alertstate="firing"}}) or vector(0)', instant=True)],
+            [
+                target(
+                    f'count(ALERTS{{{q.alerts}, alertstate="firing"}}) or vector(0)', instant=True
+                )
+            ],
             3,
             thresholds=ANY_IS_BAD,
         ),
     ]
 
 
-def attention(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
+def attention(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
     lock_age = thresholds["lock_age"]  # the warning of GcoreGpuImageLockedTooLong
     not_active = (
-        f"gcore_gpu_image_updated_timestamp_seconds{{{IMG}}} * 1000\n"
-        f"  * on ({SCRAPE_KEY}) group_left (status)\n"
-        f'  (gcore_gpu_image_status{{{IMG}, status!="active"}} == 1)'
+        f"gcore_gpu_image_updated_timestamp_seconds{{{q.img}}} * 1000\n"
+        f"  * on ({q.scrape_key}) group_left (status)\n"
+        f'  (gcore_gpu_image_status{{{q.img}, status!="active"}} == 1)'
     )
     locked = (
-        f"gcore_gpu_image_lock_age_seconds{{{IMG}}}\n"
-        f"  * on ({SCRAPE_KEY}) group_left (task_id, task_type, task_state)\n"
-        f"  gcore_gpu_image_task_info{{{IMG}}}"
+        f"gcore_gpu_image_lock_age_seconds{{{q.img}}}\n"
+        f"  * on ({q.scrape_key}) group_left (task_id, task_type, task_state)\n"
+        f"  gcore_gpu_image_task_info{{{q.img}}}"
     )
-    # Per failing image: the most frequent error reason of the last 15 minutes.
+    # Per image failing on every replica: the most frequent error reason of the last 15 minutes
+    # and how often (on the replica that saw it most), even if a fetch never succeeded.
+    errors = f"increase(gcore_gpu_image_fetch_errors_total{{{q.img}}}[15m])"
     failing = (
-        f"topk by ({SCRAPE_KEY}) (1, increase(gcore_gpu_image_fetch_errors_total{{{IMG}}}[15m]))\n"
-        f"  and on ({SCRAPE_KEY}) (gcore_gpu_image_up{{{IMG}}} == 0)"
+        f"topk by ({q.key}) (1, max by ({q.key}, reason) ({errors}))\n"
+        f"  and on ({q.key}) (max by ({q.key}) (gcore_gpu_image_up{{{q.img}}}) == 0)"
     )
     last_success = (
-        f"gcore_gpu_image_last_success_timestamp_seconds{{{IMG}}} * 1000\n"
-        f"  * on ({SCRAPE_KEY}) group_left (reason) (({failing}) * 0 + 1)"
+        f"max by ({q.key}) (gcore_gpu_image_last_success_timestamp_seconds{{{q.img}}}) * 1000\n"
+        f"  * on ({q.key}) group_left (reason) (({failing}) * 0 + 1)"
     )
     return [
         row("Needs attention"),
@@ -258,7 +311,7 @@ def attention(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
             " (updated_at, the best 'since when' the API offers). Transient statuses clear by"
             " themselves; for killed/deactivated images re-upload or delete the image, for"
             " deleted/pending_delete ones remove the target (runbook: GcoreGpuImageNotActive).",
-            [target(named(not_active, "status"), instant=True, table=True)],
+            [target(named(q, not_active, "status"), instant=True, table=True)],
             (12, 8),
             sort_by="Since",
             desc=False,
@@ -267,7 +320,7 @@ def attention(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
                 column("Value", "Since", "dateTimeFromNow"),
                 column("name", "Image"),
             ],
-            transformations=[organize(("Time",), ("name", "status", "Value", *KEY_COLUMNS))],
+            transformations=[organize(("Time",), ("name", "status", "Value", *q.key_columns))],
         ),
         table(
             "Locked images",
@@ -275,7 +328,7 @@ def attention(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
             " A task in ERROR keeps the image locked until it is cleaned up: open a ticket with"
             f" Gcore quoting the task id. Lock age turns orange after {lock_age} (the alert"
             " threshold). An empty task state means the Tasks API gave no answer.",
-            [target(named(locked, "task_id, task_type, task_state"), instant=True, table=True)],
+            [target(named(q, locked, "task_id, task_type, task_state"), instant=True, table=True)],
             (12, 8),
             sort_by="Lock age",
             overrides=[
@@ -289,7 +342,7 @@ def attention(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
             transformations=[
                 organize(
                     ("Time",),
-                    ("name", "Value", "task_type", "task_state", "task_id", *KEY_COLUMNS),
+                    ("name", "Value", "task_type", "task_state", "task_id", *q.key_columns),
                 )
             ],
         ),
@@ -302,8 +355,8 @@ def attention(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
             " server_error/timeout/connection: Gcore or the network is unwell, usually temporary."
             " An image without info shows its id as name.",
             [
-                target(named(failing, "reason"), "A", instant=True, table=True),
-                target(named(last_success, "reason"), "B", instant=True, table=True),
+                target(named(q, failing, "reason"), "A", instant=True, table=True),
+                target(named(q, last_success, "reason"), "B", instant=True, table=True),
             ],
             (12, 8),
             sort_by="Errors (15m)",
@@ -315,14 +368,14 @@ def attention(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
             ],
             transformations=[
                 {"id": "merge", "options": {}},
-                organize(("Time",), ("name", "reason", "Value #A", "Value #B", *KEY_COLUMNS)),
+                organize(("Time",), ("name", "reason", "Value #A", "Value #B", *q.key_columns)),
             ],
         ),
         table(
             "Pending and firing alerts",
             "Alerts of this exporter's rules that are pending or firing, with their labels. The"
             " runbook (dashboard link at the top) has a section per alert name saying what to do.",
-            [target(f"ALERTS{{{ALERTS}}}", instant=True, table=True)],
+            [target(f"ALERTS{{{q.alerts}}}", instant=True, table=True)],
             (12, 8),
             sort_by="Severity",
             desc=False,
@@ -334,7 +387,11 @@ def attention(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
                     None,
                     **colored_text(
                         value_map(
-                            {"critical": ("critical", "red"), "warning": ("warning", "orange")}
+                            {
+                                "critical": ("critical", "red"),
+                                "warning": ("warning", "orange"),
+                                "info": ("info", "blue"),
+                            }
                         )
                     ),
                 ),
@@ -350,31 +407,123 @@ def attention(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
             transformations=[
                 organize(
                     ("Time", "Value", "__name__", "job"),
-                    ("alertname", "severity", "alertstate", *KEY_COLUMNS, "status", "reason"),
+                    (
+                        "alertname",
+                        "severity",
+                        "alertstate",
+                        *q.key_columns,
+                        "status",
+                        "reason",
+                        "code",
+                        "instance",
+                    ),
                 )
             ],
         ),
     ]
 
 
-def inventory() -> list[dict[str, Any]]:
+def age_steps(thresholds: Mapping[str, str]) -> dict[str, Any]:
+    """Values older than an exporter may be down before GcoreGpuImageExporterDown fires are
+    suspect (orange); older than failed fetches may last before GcoreGpuImageFetchFailing fires,
+    they are as bad as a failed fetch (red)."""
+    suspect, stale = thresholds["exporter_down_for"], thresholds["fetch_failing_for"]
+    return steps(
+        (None, "green"), (parse_duration(suspect), "orange"), (parse_duration(stale), "red")
+    )
+
+
+def discovery(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
+    up = f"max by ({q.scope_key}) (gcore_exporter_discovery_up{{{q.scope}}})"
+    last = (
+        f"max by ({q.scope_key})"
+        f" (gcore_exporter_discovery_last_success_timestamp_seconds{{{q.scope}}})"
+    )
+    images = f"count by ({q.scope_key}) (max by ({q.key}) (gcore_gpu_image_up{{{q.scope}}}))"
+    failing_for = thresholds["discovery_failing_for"]
+    columns = tuple(c for c in q.key_columns if c != "image_id")
+    return [
+        row("Discovery"),
+        stat(
+            "Scopes listed",
+            "PROJECT/REGION targets whose last listing succeeded on at least one exporter. Each"
+            " such target is watched through the list endpoint: new images there appear at the"
+            " next poll.",
+            [target(f"count({up} == 1) or vector(0)", instant=True)],
+            8,
+            thresholds=steps((None, "blue")),
+        ),
+        stat(
+            "Scopes failing",
+            "PROJECT/REGION targets whose last listing failed on every exporter: their images are"
+            f" not refreshed and new ones not seen. After {failing_for} the alert"
+            " GcoreGpuImageDiscoveryFailing fires (critical when the exporter has no image of the"
+            " scope at all). See 'Listing per scope'.",
+            [target(f"count({up} == 0) or vector(0)", instant=True)],
+            8,
+            thresholds=ANY_IS_BAD,
+        ),
+        stat(
+            "Oldest listing",
+            "Time since the selected scope that was listed successfully longest ago (scopes never"
+            " listed are in 'Scopes failing'). Orange and red at the same ages as 'Oldest"
+            " successful fetch'.",
+            [target(f"time() - min({last})", instant=True)],
+            8,
+            unit="s",
+            thresholds=age_steps(thresholds),
+        ),
+        table(
+            "Listing per scope",
+            "Every PROJECT/REGION target: whether its last listing succeeded (on any exporter),"
+            " when one last did ('never' if none did since the exporter started) and how many"
+            " images the exporter has of it. A failing scope: check the exporter's log line"
+            " 'listing failed' (reason, status, request_id); 403 means the API key may not read"
+            " the project, 404 a wrong project or region.",
+            [
+                target(up, "A", instant=True, table=True),
+                target(f"{last} * 1000", "B", instant=True, table=True),
+                target(images, "C", instant=True, table=True),
+            ],
+            (24, 6),
+            sort_by="Listing",
+            desc=False,
+            overrides=[
+                column(
+                    "Value #A",
+                    "Listing",
+                    None,
+                    **colored_text(value_map({"1": ("ok", "green"), "0": ("failing", "red")})),
+                ),
+                column("Value #B", "Last success", "dateTimeFromNow", noValue="never"),
+                column("Value #C", "Images", "short", noValue="0"),
+            ],
+            transformations=[
+                {"id": "merge", "options": {}},
+                organize(("Time",), (*columns, "Value #A", "Value #B", "Value #C")),
+            ],
+        ),
+    ]
+
+
+def inventory(q: Queries) -> list[dict[str, Any]]:
     status_code = "\n  or ".join(
-        f'(gcore_gpu_image_status{{{IMG}, status="{status}"}} == 1) * {STATUS_CODES[status]}'
+        f'(gcore_gpu_image_status{{{q.img}, status="{status}"}} == 1) * {STATUS_CODES[status]}'
         for status in KNOWN_STATUSES
     )
     unknown = "|".join(KNOWN_STATUSES)
     status_code += (
-        f'\n  or (gcore_gpu_image_status{{{IMG}, status!~"{unknown}"}} == 1)'
+        f'\n  or (gcore_gpu_image_status{{{q.img}, status!~"{unknown}"}} == 1)'
         f" * {STATUS_CODES['unknown']}"
     )
     info_labels = ", ".join(INFO_COLUMNS)
 
     def with_info(metric: str, scale: str = "") -> str:
         return (
-            f"max by ({KEY}, {info_labels}) (\n"
-            f"  {metric}{{{IMG}}}{scale}\n"
-            f"  * on ({SCRAPE_KEY}) group_left ({info_labels})\n"
-            f"  gcore_gpu_image_info{{{IMG}}}\n"
+            f"max by ({q.key}, {info_labels}) (\n"
+            f"  {metric}{{{q.img}}}{scale}\n"
+            f"  * on ({q.scrape_key}) group_left ({info_labels})\n"
+            f"  gcore_gpu_image_info{{{q.img}}}\n"
             ")"
         )
 
@@ -395,7 +544,7 @@ def inventory() -> list[dict[str, Any]]:
             table=True,
         ),
     ]
-    tags = f"max by ({KEY}, key, value, read_only) (gcore_gpu_image_tag_info{{{IMG}}})"
+    tags = f"max by ({q.key}, key, value, read_only) (gcore_gpu_image_tag_info{{{q.img}}})"
     return [
         row("Images"),
         panel(
@@ -404,7 +553,7 @@ def inventory() -> list[dict[str, Any]]:
             "The status of each selected image over time, one row per image. Use it to see when"
             " an upload finished, how long an image sat in a transient status, or when it failed."
             " Gaps mean the exporter had no values (scrape failed, image not found, or stale).",
-            [target(named(status_code), legend="{{name}}")],
+            [target(named(q, status_code), legend="{{name}}")],
             (24, 8),
             mappings=STATUS_CODE_MAP,
             thresholds=steps((None, "text")),
@@ -424,8 +573,8 @@ def inventory() -> list[dict[str, Any]]:
             " 'Images not active'); bumps in transient statuses are uploads in progress.",
             [
                 target(
-                    f"count by (status) (max by ({KEY}, status) "
-                    f"(gcore_gpu_image_status{{{IMG}}} == 1))",
+                    f"count by (status) (max by ({q.key}, status) "
+                    f"(gcore_gpu_image_status{{{q.img}}} == 1))",
                     legend="{{status}}",
                 )
             ],
@@ -440,7 +589,7 @@ def inventory() -> list[dict[str, Any]]:
             " size). Large images cost storage and take longer to boot from.",
             [
                 target(
-                    f"sort_desc({named(f'gcore_gpu_image_size_bytes{{{IMG}}}')})",
+                    f"sort_desc({named(q, f'gcore_gpu_image_size_bytes{{{q.img}}}')})",
                     legend="{{name}}",
                     instant=True,
                 )
@@ -455,7 +604,7 @@ def inventory() -> list[dict[str, Any]]:
             " year) likely carry outdated GPU drivers and CUDA: consider rebuilding them.",
             [
                 target(
-                    f"sort_desc({named(f'gcore_gpu_image_age_seconds{{{IMG}}}')})",
+                    f"sort_desc({named(q, f'gcore_gpu_image_age_seconds{{{q.img}}}')})",
                     legend="{{name}}",
                     instant=True,
                 )
@@ -468,11 +617,11 @@ def inventory() -> list[dict[str, Any]]:
             "Image tags",
             "Tags (metadata key/value pairs) of the selected images; read_only tags are set by"
             " Gcore. Use them to find an image's owner or purpose.",
-            [target(named(tags, "key, value, read_only"), instant=True, table=True)],
+            [target(named(q, tags, "key, value, read_only"), instant=True, table=True)],
             (12, 8),
             overrides=[column("name", "Image"), column("key", "Key"), column("value", "Tag value")],
             transformations=[
-                organize(("Time", "Value"), ("name", "key", "value", "read_only", *KEY_COLUMNS))
+                organize(("Time", "Value"), ("name", "key", "value", "read_only", *q.key_columns))
             ],
         ),
         table(
@@ -498,39 +647,34 @@ def inventory() -> list[dict[str, Any]]:
                 {"id": "merge", "options": {}},
                 organize(
                     ("Time",),
-                    (*INFO_COLUMNS, *(f"Value #{r}" for r in "ABCDE"), *KEY_COLUMNS),
+                    (*INFO_COLUMNS, *(f"Value #{r}" for r in "ABCDE"), *q.key_columns),
                 ),
             ],
         ),
     ]
 
 
-def exporter(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
-    # Values older than an exporter may be down before GcoreGpuImageExporterDown fires are
-    # suspect (orange); older than failed fetches may last before GcoreGpuImageFetchFailing
-    # fires, they are as bad as a failed fetch (red).
+def exporter(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
     suspect, stale = thresholds["exporter_down_for"], thresholds["fetch_failing_for"]
-    age_steps = steps(
-        (None, "green"), (parse_duration(suspect), "orange"), (parse_duration(stale), "red")
-    )
-    api = f"gcore_exporter_api_requests_total{{{EXP}}}"
-    buckets = f"gcore_exporter_api_request_duration_seconds_bucket{{{EXP}}}"
+    api = f"gcore_exporter_api_requests_total{{{q.exp}}}"
+    buckets = f"gcore_exporter_api_request_duration_seconds_bucket{{{q.exp}}}"
     quantiles = [
         target(
-            f"histogram_quantile({q}, sum by (le, endpoint) (rate({buckets}[$__rate_interval])))",
+            f"histogram_quantile({quantile}, sum by (le, endpoint)"
+            f" (rate({buckets}[$__rate_interval])))",
             ref,
-            legend=f"p{round(q * 100)} " + "{{endpoint}}",
+            legend=f"p{round(quantile * 100)} " + "{{endpoint}}",
         )
-        for ref, q in (("A", 0.5), ("B", 0.9), ("C", 0.99))
+        for ref, quantile in (("A", 0.5), ("B", 0.9), ("C", 0.99))
     ]
     return [
         row("Exporter and Gcore API"),
         stat(
             "Exporter scrape",
-            "Whether Prometheus can scrape each exporter (its own `up` metric). DOWN means no"
-            " image alert can fire: check the pod/process and the network"
-            " (alert GcoreGpuImageExporterDown).",
-            [target(f"up{{{EXP}}}", legend="{{instance}}", instant=True)],
+            "Whether Prometheus can scrape each exporter (its own `up` metric). DOWN on every"
+            " replica means no image alert can fire: check the pod/process and the network"
+            " (alerts GcoreGpuImageExporterDown, GcoreGpuImageExporterReplicaDown).",
+            [target(f"up{{{q.exp}}}", legend="{{instance}}", instant=True)],
             8,
             unit="none",
             thresholds=steps((None, "red"), (1, "green")),
@@ -543,15 +687,15 @@ def exporter(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
             " paused by rate limiting (see its log).",
             [
                 target(
-                    f"time() - max by (job, instance) "
-                    f"(gcore_exporter_last_poll_timestamp_seconds{{{EXP}}})",
+                    f"time() - max by ({q.replica_key}) "
+                    f"(gcore_exporter_last_poll_timestamp_seconds{{{q.exp}}})",
                     legend="{{instance}}",
                     instant=True,
                 )
             ],
             8,
             unit="s",
-            thresholds=age_steps,
+            thresholds=age_steps(thresholds),
         ),
         stat(
             "Oldest successful fetch",
@@ -559,25 +703,25 @@ def exporter(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
             f" {stale} (red) its values are old: see 'Images failing to fetch'.",
             [
                 target(
-                    f"time() - min(max by ({KEY}) "
-                    f"(gcore_gpu_image_last_success_timestamp_seconds{{{IMG}}}))",
+                    f"time() - min(max by ({q.key}) "
+                    f"(gcore_gpu_image_last_success_timestamp_seconds{{{q.img}}}))",
                     instant=True,
                 )
             ],
             8,
             unit="s",
-            thresholds=age_steps,
+            thresholds=age_steps(thresholds),
         ),
         timeseries(
             "Fetch failures by reason",
-            "Failed image fetches per second by reason, after the exporter's retries. A steady"
-            " not_found means a watched image is gone; unauthorized/forbidden a bad API key;"
-            " rate_limited too many requests; server_error/timeout/connection trouble at Gcore"
-            " or on the network.",
+            "Failed image fetches per second by reason, after the exporter's retries (per image,"
+            " the replica that failed most, so replicas do not add up). A steady not_found means"
+            " a watched image is gone; unauthorized/forbidden a bad API key; rate_limited too many"
+            " requests; server_error/timeout/connection trouble at Gcore or on the network.",
             [
                 target(
-                    f"sum by (reason) (rate(gcore_gpu_image_fetch_errors_total{{{IMG}}}"
-                    "[$__rate_interval]))",
+                    f"sum by (reason) (max by ({q.key}, reason)"
+                    f" (rate(gcore_gpu_image_fetch_errors_total{{{q.img}}}[$__rate_interval])))",
                     legend="{{reason}}",
                 )
             ],
@@ -593,13 +737,14 @@ def exporter(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
         ),
         bargauge(
             "Fetch failures per image (time range)",
-            "Failed fetches of each image during the dashboard's time range, by reason. Points at"
-            " the images behind the failures of the panel on the left.",
+            "Failed fetches of each image during the dashboard's time range, by reason (on the"
+            " replica that failed most). Points at the images behind the failures of the panel on"
+            " the left.",
             [
                 target(
-                    f"sort_desc(sum by ({KEY}, name, reason) ((sum by ({KEY}, reason) "
-                    f"(increase(gcore_gpu_image_fetch_errors_total{{{IMG}}}[$__range])) > 0)"
-                    f" * on ({KEY}) group_left (name) {NAMES}))",
+                    f"sort_desc(max by ({q.key}, name, reason) ((max by ({q.key}, reason) "
+                    f"(increase(gcore_gpu_image_fetch_errors_total{{{q.img}}}[$__range])) > 0)"
+                    f" * on ({q.key}) group_left (name) {q.names}))",
                     legend="{{name}} {{reason}}",
                     instant=True,
                 )
@@ -647,7 +792,7 @@ def exporter(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
             " per exporter, raise --concurrency or the interval.",
             [
                 target(
-                    f"max by (job, instance) (gcore_exporter_poll_duration_seconds{{{EXP}}})",
+                    f"max by ({q.replica_key}) (gcore_exporter_poll_duration_seconds{{{q.exp}}})",
                     legend="{{instance}}",
                 )
             ],
@@ -657,10 +802,40 @@ def exporter(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
         timeseries(
             "Monitored images per exporter",
             "How many images each exporter watches (explicit targets plus discovered ones). A"
-            " sudden drop means images were deleted or a listing failed.",
+            " sudden drop means images were deleted; a listing that fails keeps its images (see"
+            " 'Listing per scope').",
             [
                 target(
-                    f"max by (job, instance) (gcore_exporter_images{{{EXP}}})",
+                    f"max by ({q.replica_key}) (gcore_exporter_images{{{q.exp}}})",
+                    legend="{{instance}}",
+                )
+            ],
+            (12, 8),
+            unit="short",
+        ),
+        timeseries(
+            "Exporter memory",
+            "Resident memory of each exporter process (the standard process_resident_memory_bytes,"
+            " as of its last snapshot). It grows with the number of images watched, about 8 MiB"
+            " per 1,000 (docs/deploy.md, Resources): compare it with the pod's memory limit.",
+            [
+                target(
+                    f"max by ({q.replica_key}) (process_resident_memory_bytes{{{q.exp}}})",
+                    legend="{{instance}}",
+                )
+            ],
+            (12, 8),
+            unit="bytes",
+        ),
+        timeseries(
+            "Exporter CPU",
+            "CPU time each exporter process uses per second (cores). Peaks follow poll rounds and"
+            " the first scrape after each; a steady high value means too many images per exporter"
+            " or a too short interval.",
+            [
+                target(
+                    f"max by ({q.replica_key})"
+                    f" (rate(process_cpu_seconds_total{{{q.exp}}}[$__rate_interval]))",
                     legend="{{instance}}",
                 )
             ],
@@ -670,8 +845,21 @@ def exporter(thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
     ]
 
 
-def variables() -> list[dict[str, Any]]:
-    image_query = f"query_result({names(SCOPE)})".replace("\n", " ")
+def variables(q: Queries, config: Config) -> list[dict[str, Any]]:
+    image_query = f"query_result({names(q.key, q.scope)})".replace("\n", " ")
+    exporter = config.selector
+    clusters = []
+    if config.cluster_label:
+        clusters.append(
+            query_variable(
+                "cluster",
+                "Cluster",
+                f"label_values(gcore_exporter_build_info{{{exporter}}}, {config.cluster_label})",
+            )
+        )
+        exporter += f', {config.cluster_label}=~"$cluster"'
+    # Scopes whose listing never succeeded have no image series, only their discovery health.
+    scoped = '{__name__=~"gcore_gpu_image_up|gcore_exporter_discovery_up", ' + q.exp
     return [
         {
             "type": "datasource",
@@ -686,18 +874,16 @@ def variables() -> list[dict[str, Any]]:
             "includeAll": False,
             "multi": False,
         },
-        query_variable("job", "Job", "label_values(gcore_exporter_build_info, job)"),
-        query_variable("instance", "Instance", 'label_values(up{job=~"$job"}, instance)'),
+        *clusters,
+        query_variable("job", "Job", f"label_values(gcore_exporter_build_info{{{exporter}}}, job)"),
         query_variable(
-            "project_id",
-            "Project",
-            f"label_values(gcore_gpu_image_up{{{EXP}}}, project_id)",
-            sort=3,
+            "instance", "Instance", f'label_values(up{{{exporter}, job=~"$job"}}, instance)'
         ),
+        query_variable("project_id", "Project", f"label_values({scoped}}}, project_id)", sort=3),
         query_variable(
             "region_id",
             "Region",
-            f'label_values(gcore_gpu_image_up{{{EXP}, project_id=~"$project_id"}}, region_id)',
+            f'label_values({scoped}, project_id=~"$project_id"}}, region_id)',
             sort=3,
         ),
         query_variable(
@@ -712,10 +898,14 @@ def variables() -> list[dict[str, Any]]:
     ]
 
 
-def dashboard(thresholds: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The dashboard as data; `thresholds` overrides the alert thresholds its colours follow."""
-    t = resolve(thresholds)
-    panels = layout([*overview(), *attention(t), *inventory(), *exporter(t)])
+def dashboard(config: Config | None = None) -> dict[str, Any]:
+    """The dashboard as data, for `config` (the defaults if None): its colours follow the alert
+    thresholds, its queries the selector and the cluster label."""
+    config = config or Config()
+    q, t = queries(config), config.thresholds
+    panels = layout(
+        [*overview(q), *attention(q, t), *discovery(q, t), *inventory(q), *exporter(q, t)]
+    )
     return {
         "__inputs": [
             {
@@ -780,7 +970,7 @@ def dashboard(thresholds: Mapping[str, str] | None = None) -> dict[str, Any]:
         "refresh": "1m",
         "schemaVersion": 39,
         "tags": ["gcore", "gpu", "images", "prometheus"],
-        "templating": {"list": variables()},
+        "templating": {"list": variables(q, config)},
         "time": {"from": "now-6h", "to": "now"},
         "timepicker": {},
         "timezone": "browser",
@@ -791,30 +981,35 @@ def dashboard(thresholds: Mapping[str, str] | None = None) -> dict[str, Any]:
     }
 
 
-def render(thresholds: Mapping[str, str] | None = None) -> str:
-    return json.dumps(dashboard(thresholds), indent=2, ensure_ascii=False) + "\n"
+def render(config: Config | None = None) -> str:
+    return json.dumps(dashboard(config), indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the JSON is out of date")
+    parser.add_argument("--check", action="store_true", help="fail if a file is out of date")
     parser.add_argument(
-        "-o", "--output", type=Path, default=OUTPUT, help=f"where to write; - is stdout ({OUTPUT})"
+        "-o",
+        "--output",
+        type=Path,
+        help=f"where to write, - for stdout (default: {OUTPUT.relative_to(HERE.parent)} and"
+        f" {CONFIGMAP_COPY.relative_to(HERE.parent)})",
     )
-    add_threshold_options(parser)
+    add_options(parser)
     args = parser.parse_args(argv)
-    text = render(thresholds_from(parser, args))
-    output: Path = args.output
+    text = render(config_from(parser, args))
+    outputs: list[Path] = [args.output] if args.output else [OUTPUT, CONFIGMAP_COPY]
     if args.check:
-        current = output.read_text(encoding="utf-8") if output.is_file() else ""
-        if current != text:
+        stale = [o for o in outputs if not o.is_file() or o.read_text(encoding="utf-8") != text]
+        for output in stale:
             print(
                 f"{output} is out of date: run python3 grafana/build_dashboard.py", file=sys.stderr
             )
-            return 1
-    elif str(output) == "-":
+        return 1 if stale else 0
+    if str(args.output) == "-":
         sys.stdout.write(text)
-    else:
+        return 0
+    for output in outputs:
         output.write_text(text, encoding="utf-8")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -16,6 +17,8 @@ import pytest
 from conftest import API_KEY, parse_samples, series, value, wait_until
 from tooling import free_port, require_tool
 
+from exporter import __version__
+from exporter.demo import TARGETS
 from exporter.fakeapi import FakeGcore, make_image, make_project, make_region, make_task
 
 P, R = 3, 5
@@ -118,7 +121,7 @@ async def test_once_with_star_discovers_polls_and_exits_0(fake: FakeGcore, fake_
     samples = parse_samples(out)
     assert value(samples, "gcore_gpu_image_info", image_id=IMG, kind="virtual") == 1
     assert value(samples, "gcore_gpu_image_info", image_id=IMG2, kind="baremetal") == 1
-    assert value(samples, "gcore_exporter_scopes", state="unavailable") == 1
+    assert value(samples, "gcore_exporter_scopes", state="unavailable") == 2  # region 30, twice
     assert value(samples, "gcore_gpu_image_task_failed_info", task_id="t-1") == 1
     assert value(samples, "gcore_gpu_project_info", project_id=str(P)) == 1
 
@@ -243,3 +246,38 @@ async def test_demo_serves_metrics_that_promtool_accepts(tmp_path: Path) -> None
     output, _ = await check.communicate(text.encode())
     assert check.returncode == 0, output.decode()
     assert output.decode().strip() == ""
+
+
+async def test_demo_check_config_shows_the_demo_targets() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GCORE_")}
+    code, out, err = await run("--demo", "--check-config", "--target", "9/9", env=env)
+    assert code == 0, err
+    settings = json.loads(out)
+    assert settings["targets"] == list(TARGETS) == ["*", "baremetal:*"]  # not the ignored 9/9
+
+
+async def test_demo_once_covers_the_whole_simulated_account() -> None:
+    """As the README says: two projects, three regions (one without GPU service), both kinds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GCORE_")}
+    code, out, err = await run("--demo", "--once", env=env)
+    assert code == 0, err
+    samples = parse_samples(out)
+    assert value(samples, "gcore_exporter_images") == 17
+    assert {ls["kind"] for ls in series(samples, "gcore_gpu_image_info")} == {
+        "virtual",
+        "baremetal",
+    }
+    assert len(series(samples, "gcore_gpu_project_info")) == 2
+    assert value(samples, "gcore_exporter_scopes", state="unavailable") == 2  # region 30, twice
+    assert series(samples, "gcore_gpu_image_task_failed_info") != []
+
+
+async def test_version_prints_the_package_version() -> None:
+    code, out, _ = await run("--version")
+    assert (code, out.strip()) == (0, f"gcore-gpu-image-exporter {__version__}")
+
+
+async def test_once_and_check_config_exclude_each_other() -> None:
+    code, _, err = await run("--once", "--check-config", "--target", "1/2")
+    assert code == 2
+    assert "not allowed with argument" in err

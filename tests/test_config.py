@@ -641,6 +641,60 @@ def test_stale_after_defaults_to_five_intervals(keyed: None) -> None:
     assert valid(interval="30s", stale_after="1m").effective_stale_after == 60.0
 
 
+def test_timeout_defaults_to_ten_seconds_or_the_interval_if_shorter(keyed: None) -> None:
+    assert valid().effective_timeout == 10.0
+    assert valid(interval="5s").effective_timeout == 5.0
+    assert valid(interval="5s").describe()["timeout"] == 5.0
+    assert valid(interval="5s", timeout="5s").effective_timeout == 5.0
+    assert valid(interval="1m", timeout="30s").effective_timeout == 30.0
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            {"interval": "30s", "timeout": "1m"},
+            [
+                "timeout (60s) is longer than interval (30s): a request could outlast its poll"
+                " round; shorten it or leave it unset"
+            ],
+        ),
+        (
+            {"interval": "1m", "stale_after": "30s"},
+            [
+                "stale_after (30s) is shorter than interval (60s): values would be withdrawn at the"
+                " first failed fetch"
+            ],
+        ),
+        (
+            {"interval": "1m", "timeout": "90s", "stale_after": "59s", "demo": True},
+            [
+                "timeout (90s) is longer than interval (60s): a request could outlast its poll"
+                " round; shorten it or leave it unset",
+                "stale_after (59s) is shorter than interval (60s): values would be withdrawn at the"
+                " first failed fetch",
+            ],
+        ),
+    ],
+)
+def test_contradicting_durations_are_refused(
+    keyed: None, options: dict[str, Any], expected: list[str]
+) -> None:
+    assert problems(targets=["7/11"], **options) == expected
+
+
+def test_contradiction_across_sources_is_refused(
+    keyed: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The interval from a flag, the timeout from the environment, stale_after from YAML."""
+    config = write_yaml(tmp_path / "config.yaml", {"targets": ["7/11"], "stale_after": "2m"})
+    monkeypatch.setenv("GCORE_EXPORTER_TIMEOUT", "2m")
+    lines = problems(config=str(config), interval="5m")
+    assert [line.split(" (")[0] for line in lines] == ["stale_after"]
+    lines = problems(config=str(config), interval="90s")
+    assert [line.split(" (")[0] for line in lines] == ["timeout"]
+
+
 @pytest.mark.parametrize("value", [1, 256, "8"])
 def test_concurrency_within_bounds_is_accepted(keyed: None, value: int | str) -> None:
     assert valid(concurrency=value).concurrency == int(value)

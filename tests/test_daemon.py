@@ -8,6 +8,8 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from platform import python_version
+from typing import get_args
 
 import aiohttp
 import pytest
@@ -21,9 +23,10 @@ from conftest import (
 )
 from tooling import require_tool
 
+from exporter import __version__
 from exporter.client import GcoreClient, Page
 from exporter.fakeapi import FakeGcore, make_image, make_task
-from exporter.vocabulary import Scope
+from exporter.vocabulary import Endpoint, Reason, Scope
 
 P, R = 7, 11
 IMG = "a1b2c3d4-0000-4000-8000-000000000001"
@@ -98,6 +101,36 @@ async def test_discovery_pages_through_the_list_without_per_image_requests(
     assert fake.count(r"/images\?") == 4  # offsets 0, 3, 6, 9
     assert fake.count(r"/images/") == 0
     assert value(s, "gcore_exporter_discovery_up", project_id=str(P), region_id=str(R)) == 1
+    scope = {"project_id": str(P), "region_id": str(R)}
+    assert value(s, "gcore_exporter_discovery_last_success_timestamp_seconds", **scope) == NOW
+
+
+async def test_own_metrics_are_complete_from_the_first_scrape(
+    fake: FakeGcore, exporter: ExporterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Build info names the revision and Python; counters of every endpoint and reason start at
+    0 (so rate() and increase() see their first event); the process collector is registered."""
+    monkeypatch.setenv("GCORE_EXPORTER_REVISION", "0123abc")
+    fake.put_image(P, R, make_image(IMG, "x"))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        s = await running.samples()
+    build = {"version": __version__, "revision": "0123abc"}
+    assert value(s, "gcore_exporter_build_info", **build, python_version=python_version()) == 1
+    for endpoint in get_args(Endpoint):
+        assert value(s, "gcore_exporter_api_retries_total", endpoint=endpoint) == 0
+    for reason in get_args(Reason):
+        assert value(s, "gcore_exporter_task_fetch_errors_total", reason=reason) == 0
+    assert (value(s, "process_resident_memory_bytes") or 0) > 0
+    assert value(s, "process_start_time_seconds") is not None
+
+
+async def test_build_info_says_unknown_without_a_revision(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.put_image(P, R, make_image(IMG, "x"))
+    async with exporter(targets=[f"{P}/{R}/{IMG}"]) as running:
+        s = await running.samples()
+    assert value(s, "gcore_exporter_build_info", revision="unknown") == 1
 
 
 async def test_discovered_image_leaves_and_joins_at_the_next_poll(
@@ -238,6 +271,7 @@ async def test_bad_key_is_unauthorized(fake: FakeGcore, exporter: ExporterFactor
     assert value(s, "gcore_gpu_image_last_error_info", **labels(), reason="unauthorized") == 1
     assert value(s, "gcore_exporter_api_requests_total", endpoint="images", code="401") == 1
     assert value(s, "gcore_exporter_discovery_up", project_id=str(P), region_id=str(R + 1)) == 0
+    assert series(s, "gcore_exporter_discovery_last_success_timestamp_seconds") == []
 
 
 async def test_invalid_image_body_is_invalid_response(
@@ -566,9 +600,9 @@ async def test_a_deep_listing_takes_the_scope_down_and_its_values_go_stale(
     fake: FakeGcore, exporter: ExporterFactory
 ) -> None:
     seed(fake, 2)
-    async with exporter(targets=[f"{P}/{R}"], stale_after="1ms") as running:
+    async with exporter(targets=[f"{P}/{R}"], stale_after="1h") as running:
         fake.inject(r"/images\?", 200, body="[" * 100_000 + "]" * 100_000, times=None)
-        running.clock.now += 1
+        running.clock.now += 3601
         result = await running.round()
         s = await running.samples()
     assert (result.ok, result.failed) == (0, 1)

@@ -70,7 +70,7 @@ def test_every_overlay_renders_its_objects_without_namespace_or_secret(
         assert all("namespace" not in o["metadata"] for o in objects)
     for path in DEPLOY.rglob("kustomization.yaml"):
         kustomization = yaml.safe_load(path.read_text(encoding="utf-8"))
-        assert SECRET_EXAMPLE.name not in str(kustomization["resources"]), path
+        assert SECRET_EXAMPLE.name not in str(kustomization.get("resources", [])), path
 
 
 @pytest.mark.parametrize("k8s_version", ["1.27", latest_version()])
@@ -215,37 +215,55 @@ def test_config_and_secret_reach_the_exporter(rendered: dict[str, Objects], tmp_
     assert settings["listen"].endswith(f":{DEFAULT_PORT}")
 
 
-def test_documented_overlay_sets_namespace_and_replaces_the_config(
+def _documented_overlay(tmp_path: Path) -> Path:
+    """The files of docs/deploy.md's "Your own overlay", written as the text shows them, in a
+    folder beside deploy/ (their `../deploy/...` paths resolve as the text says)."""
+    docs = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n# my-exporter/(\S+)\n(.*?)```", docs, re.S)
+    assert {name for name, _ in blocks} == {"kustomization.yaml", "config.yaml"}
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "deploy").symlink_to(DEPLOY, target_is_directory=True)
+    overlay = root / "my-exporter"
+    overlay.mkdir()
+    for name, text in blocks:
+        (overlay / name).write_text(text, encoding="utf-8")
+    return overlay
+
+
+def test_documented_overlay_sets_namespace_release_config_and_image(
     kubectl: str, tmp_path: Path
 ) -> None:
-    """The own-overlay recipe of docs/deploy.md."""
-    (tmp_path / "config.yaml").write_text("targets:\n  - 1/2\n", encoding="utf-8")
-    (tmp_path / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "namespace": "monitoring",
-                "resources": [os.path.relpath(DEPLOY / "prometheus-operator", tmp_path)],
-                "labels": [{"pairs": {"release": "kube-prometheus-stack"}}],
-                "configMapGenerator": [
-                    {
-                        "name": "gcore-gpu-image-exporter-config",
-                        "behavior": "replace",
-                        "files": ["config.yaml"],
-                    }
-                ],
-            }
-        ),
-        encoding="utf-8",
-    )
-    objects = _kustomize(kubectl, tmp_path)
+    """The own-overlay recipe of docs/deploy.md as written: namespace, config, the release label
+    of a kube-prometheus-stack installed as `monitoring`, one's own registry, two replicas."""
+    overlay = _documented_overlay(tmp_path)
+    objects = _kustomize(kubectl, overlay)
     assert {o["metadata"]["namespace"] for o in objects} == {"monitoring"}
-    assert all(o["metadata"]["labels"]["release"] == "kube-prometheus-stack" for o in objects)
+    for kind in CUSTOM:
+        assert _one(objects, kind)["metadata"]["labels"]["release"] == "monitoring"
     config_map = _one(objects, "ConfigMap")
-    assert config_map["data"] == {"config.yaml": "targets:\n  - 1/2\n"}
+    config = (overlay / "config.yaml").read_text(encoding="utf-8")
+    assert config_map["data"] == {"config.yaml": config}
     volume, _ = _mounted(objects, "/etc/gcore-gpu-image-exporter/config/config.yaml")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    assert _container(objects)["image"] == (
+        f"registry.example.com/mirror/gcore-gpu-image-exporter:{VERSION}"
+    )
+    assert _one(objects, "Deployment")["spec"]["replicas"] == 2
+
+
+def test_documented_prometheus_rule_patch_replaces_the_groups(kubectl: str, tmp_path: Path) -> None:
+    """docs/deploy.md: a PrometheusRule rendered with other thresholds, added to the overlay's
+    `patches`, replaces the groups of the inherited one."""
+    overlay = _documented_overlay(tmp_path)
+    rendered = load_render_rules().render_prometheus_rule({"lock_age": "45m"})
+    (overlay / "prometheusrule.yaml").write_text(rendered, encoding="utf-8")
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text(encoding="utf-8"))
+    kustomization["patches"].append({"path": "prometheusrule.yaml"})
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    rule = _one(_kustomize(kubectl, overlay), "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(rendered)["spec"]["groups"]
+    assert rule["metadata"]["labels"]["release"] == "monitoring"
 
 
 def test_plain_prometheus_example_scrapes_the_exporter_with_the_rules() -> None:

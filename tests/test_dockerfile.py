@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from tooling import ROOT, free_port, require_tool
 
 from exporter.config import DEFAULT_PORT
+from exporter.telemetry import REVISION_ENV
 
 DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -80,7 +82,10 @@ def test_hadolint_passes() -> None:
 
 def test_final_image_settings_match_the_project() -> None:
     assert FINAL == 1
-    assert re.fullmatch(r"python:3\.1[12]-slim(-\w+)?", _arg_default("PYTHON_IMAGE"))
+    # a tag for people, a digest for reproducible builds
+    assert re.fullmatch(
+        r"python:3\.1[12]-slim(-\w+)?@sha256:[0-9a-f]{64}", _arg_default("PYTHON_IMAGE")
+    )
     assert _args("FROM", 0) == ["${PYTHON_IMAGE} AS build"]
     assert _args("FROM", FINAL) == ["${PYTHON_IMAGE}"]
     assert _arg_default("VERSION") == PYPROJECT["project"]["version"]
@@ -197,3 +202,15 @@ def test_healthcheck_probes_the_running_exporter(exporter: tuple[int, Path]) -> 
     while _healthcheck(venv, port) != 0:
         assert time.monotonic() < deadline, "healthcheck never passed"
     assert _healthcheck(venv, free_port()) != 0
+
+
+def test_the_image_tells_its_revision_to_build_info() -> None:
+    """REVISION (a build argument the release workflow sets to the commit) reaches the variable
+    that gcore_exporter_build_info{revision} reads, and the OCI label; "unknown" by default."""
+    assert _arg_default("REVISION") == "unknown"
+    assert _env(FINAL)[REVISION_ENV] == "${REVISION}"
+    labels = dict(item.split("=", 1) for item in shlex.split(_args("LABEL", FINAL)[0]))
+    assert labels["org.opencontainers.image.revision"] == "${REVISION}"
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+    (build,) = [s for s in workflow["jobs"]["image"]["steps"] if s.get("id") == "build"]
+    assert "REVISION=${{ github.sha }}" in build["with"]["build-args"].splitlines()

@@ -27,11 +27,19 @@ ALERTS = {
     "GcoreGpuImageLockedTooLong",
     "GcoreGpuImageMissing",
     "GcoreGpuImageFetchFailing",
+    "GcoreGpuImageDiscoveryFailing",
     "GcoreGpuImageExporterDown",
+    "GcoreGpuImageExporterReplicaDown",
     "GcoreGpuImageApiUnauthorized",
     "GcoreGpuImageApiRateLimited",
 }
+LOCKED = "GcoreGpuImageLockedTooLong"
+NOT_ACTIVE = "GcoreGpuImageNotActive"
+DISCOVERY = "GcoreGpuImageDiscoveryFailing"
+SELECTOR = 'job="gcore-gpu-image-exporter"'
 RANGE = re.compile(r"\[([0-9a-z]+)\]")
+# A metric selected in an expression: its name and the matchers in braces.
+SELECTION = re.compile(r"\b(gcore_\w+|up)\{([^}]*)\}")
 
 
 @pytest.fixture(scope="module")
@@ -76,18 +84,21 @@ def test_the_renderer_needs_only_pyyaml(tmp_path: Path) -> None:
     assert result.stdout == RULES.read_text(encoding="utf-8")
 
 
+def _rule(rules: list[dict[str, Any]], name: str, severity: str) -> dict[str, Any]:
+    (found,) = [r for r in rules if r["alert"] == name and r["labels"]["severity"] == severity]
+    return found
+
+
 def test_status_groups_split_the_known_statuses(render_rules: ModuleType) -> None:
     """Active, transitional and failed cover every known status once; the critical NotActive
     rule catches every status but active and the transitional ones (unknown ones too)."""
     groups = [("active",), TRANSITIONAL_STATUSES, FAILED_STATUSES]
     assert sorted(status for group in groups for status in group) == sorted(KNOWN_STATUSES)
-    critical, warning = _rules(render_rules.render())[:2]
-    assert critical["expr"] == (
-        f'gcore_gpu_image_status{{status!~"{"|".join(("active", *TRANSITIONAL_STATUSES))}"}} == 1'
-    )
-    assert warning["expr"] == (
-        f'gcore_gpu_image_status{{status=~"{"|".join(TRANSITIONAL_STATUSES)}"}} == 1'
-    )
+    rules = _rules(render_rules.render())
+    critical = _rule(rules, "GcoreGpuImageNotActive", "critical")
+    warning = _rule(rules, "GcoreGpuImageNotActive", "warning")
+    assert f'status!~"{"|".join(("active", *TRANSITIONAL_STATUSES))}"}}' in critical["expr"]
+    assert f'status=~"{"|".join(TRANSITIONAL_STATUSES)}"}}' in warning["expr"]
 
 
 def test_prometheus_rule_carries_the_same_groups(render_rules: ModuleType) -> None:
@@ -109,9 +120,13 @@ def test_every_alert_is_named_annotated_and_has_a_runbook_section() -> None:
         if line.startswith("## ")
     }
     for rule in rules:
-        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["labels"]["severity"] in ("info", "warning", "critical")
         annotations = rule["annotations"]
         assert set(annotations) == {"summary", "description", "runbook_url"}
+        assert "{{" not in annotations["summary"], (
+            "summaries are static text, kubernetes-mixin style"
+        )
+        assert rule.get("for"), f"{rule['alert']}: every rule waits before it fires"
         page, _, anchor = annotations["runbook_url"].partition("#")
         assert page.endswith("/docs/runbook.md")
         assert anchor == rule["alert"].lower()
@@ -125,26 +140,32 @@ def test_the_knob_shortens_every_threshold(render_rules: ModuleType) -> None:
     for rule in _rules(render_rules.render(fast)):
         durations = [*RANGE.findall(rule["expr"]), rule.get("for", "0s")]
         assert all(render_rules.parse_duration(d) <= 60 for d in durations), rule
-    lock = _rules(render_rules.render({"lock_age": "90s"}))[2]
-    assert lock["expr"] == "gcore_gpu_image_lock_age_seconds > 90"
+    lock = _rule(_rules(render_rules.render({"lock_age": "90s"})), LOCKED, "warning")
+    assert lock["expr"].endswith("(gcore_gpu_image_lock_age_seconds{" + SELECTOR + "}) > 90")
     assert "(threshold 1m30s)" in lock["annotations"]["description"]
 
 
 def test_the_cli_applies_scale_then_set() -> None:
     text = _run_renderer("--scale", "0.01", "--set", "failed_for=2s", "--job", "exp")
-    rules = _rules(text)
-    assert [rule.get("for") for rule in rules] == [
-        "2s",
-        "36s",
-        None,
-        "3s",
-        "600ms",
-        "9s",
-        "3s",
-        "9s",
-        "9s",
-    ]
-    assert 'up{job="exp"} == 0 or absent(up{job="exp"})' in text
+    fors = {(r["alert"], r["labels"]["severity"]): r["for"] for r in _rules(text)}
+    assert fors == {
+        ("GcoreGpuImageNotActive", "critical"): "2s",
+        ("GcoreGpuImageNotActive", "warning"): "36s",
+        (LOCKED, "warning"): "3s",
+        (LOCKED, "critical"): "3s",
+        ("GcoreGpuImageMissing", "critical"): "600ms",
+        ("GcoreGpuImageFetchFailing", "warning"): "9s",
+        ("GcoreGpuImageDiscoveryFailing", "warning"): "9s",
+        ("GcoreGpuImageDiscoveryFailing", "critical"): "9s",
+        ("GcoreGpuImageExporterDown", "warning"): "3s",
+        ("GcoreGpuImageExporterReplicaDown", "info"): "3s",
+        ("GcoreGpuImageApiUnauthorized", "critical"): "9s",
+        ("GcoreGpuImageApiRateLimited", "warning"): "9s",
+    }
+    down = _rule(_rules(text), "GcoreGpuImageExporterDown", "warning")
+    assert down["expr"] == (
+        'max without (instance, pod, node) (up{job="exp"}) == 0\nor\nabsent(up{job="exp"})'
+    )
 
 
 @pytest.mark.parametrize(
@@ -160,6 +181,159 @@ def test_bad_thresholds_are_rejected(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         render_rules.render(thresholds)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"selector": "job=gcore"}, "is not label matchers"),
+        ({"selector": ""}, "is not label matchers"),
+        ({"selector": 'job="a`b"'}, "may not contain"),
+        ({"cluster_label": "project_id"}, "not a free Prometheus label name"),
+        ({"cluster_label": "k8s-cluster"}, "not a free Prometheus label name"),
+        ({"replica_labels": ()}, "replica labels must be given"),
+        ({"replica_labels": ("pod",), "cluster_label": "pod"}, "differ from the cluster label"),
+    ],
+)
+def test_bad_selector_and_labels_are_rejected(
+    render_rules: ModuleType, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        render_rules.render(**options)
+    if "selector" in options:
+        result = subprocess.run(
+            [sys.executable, str(RENDERER), "--selector", options["selector"]],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert message in result.stderr
+
+
+def test_every_selection_carries_the_selector(render_rules: ModuleType) -> None:
+    """A selector of one's own reaches every metric the rules and their annotations query, and
+    every aggregation keeps the cluster label: `max without` keeps it, `on (...)` names it."""
+    selector = 'job="gpu-images",namespace=~"mon.*"'
+    text = render_rules.render(selector=selector, cluster_label="k8s_cluster")
+    for rule in _rules(text):
+        selections = SELECTION.findall(rule["expr"])
+        assert selections, rule["alert"]
+        assert all(matchers.startswith(selector) for _, matchers in selections), rule["expr"]
+        for scope in re.findall(r"\bon \(([^)]*)\)", rule["expr"]):
+            assert scope.startswith("k8s_cluster, "), rule["expr"]
+        assert " by (" not in rule["expr"].replace("group by (k8s_cluster, ", "")
+        description = rule["annotations"]["description"]
+        if "$sel" in description:
+            assert f"`{selector},k8s_cluster=%q,project_id=%q" in description
+            assert "$labels.k8s_cluster $labels.project_id" in description
+        if "$labels.project_id" in description:
+            assert "of cluster {{ $labels.k8s_cluster }}" in description
+    assert SELECTOR not in text
+
+
+def test_replica_labels_can_be_named() -> None:
+    text = _run_renderer("--replica-labels", "instance,kubernetes_pod_name")
+    assert "max without (instance, kubernetes_pod_name) (" in text
+    assert "without (instance, pod, node)" not in text
+
+
+def test_a_cluster_label_keeps_clusters_apart(
+    render_rules: ModuleType, promtool: str, tmp_path: Path
+) -> None:
+    """Two clusters with two replicas each: one alert per cluster, and each cluster's listing
+    is critical or not by that cluster's image series alone."""
+    (tmp_path / "rules.yaml").write_text(
+        render_rules.render(cluster_label="cluster"), encoding="utf-8"
+    )
+
+    def series(metric: str, labels: str, values: str) -> list[dict[str, str]]:
+        return [
+            {
+                "series": f'{metric}{{{labels},cluster="{cluster}",instance="{instance}",'
+                f'job="{render_rules.DEFAULT_JOB}"}}',
+                "values": values,
+            }
+            for cluster in ("eu", "us")
+            for instance in ("a:10150", "b:10150")
+        ]
+
+    scope = 'project_id="361",region_id="76"'
+    image = f'{scope},image_id="img-1"'
+    inputs = [
+        *series("gcore_gpu_image_status", f'{image},status="killed"', "1x10"),
+        *series("gcore_exporter_discovery_up", scope, "0x20"),
+        *[s for s in series("gcore_gpu_image_up", image, "1x20") if 'cluster="eu"' in s["series"]],
+    ]
+
+    listing = "Listing the GPU images in project 361, region 76 of cluster {c} has failed for more"
+    listing += " than 15m on every replica of the exporter"
+    descriptions = {
+        (NOT_ACTIVE, "critical"): "GPU image img-1 in project 361, region 76 of cluster {c} has"
+        ' been in the failed status "killed" for more than 5m; no instance can be created from it.',
+        (DISCOVERY, "warning"): f"{listing}: images added there are not seen, and those already"
+        " known are fetched from the listing, so they fail too.",
+        (DISCOVERY, "critical"): f"{listing}, which has no image of it: nothing there is watched,"
+        " so no other GPU image alert can fire for it.",
+    }
+    rules = _rules(render_rules.render())
+
+    def expected(name: str, cluster: str, severity: str, **labels: str) -> dict[str, Any]:
+        annotations = _rule(rules, name, severity)["annotations"]
+        description = descriptions[(name, severity)]
+        return {
+            "exp_labels": {
+                "severity": severity,
+                "cluster": cluster,
+                "job": render_rules.DEFAULT_JOB,
+                "project_id": "361",
+                "region_id": "76",
+                **labels,
+            },
+            "exp_annotations": {
+                "summary": annotations["summary"],
+                "description": description.format(c=cluster),
+                "runbook_url": annotations["runbook_url"],
+            },
+        }
+
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": inputs,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "6m",
+                        "alertname": "GcoreGpuImageNotActive",
+                        "exp_alerts": [
+                            expected(NOT_ACTIVE, c, "critical", image_id="img-1", status="killed")
+                            for c in ("eu", "us")
+                        ],
+                    },
+                    {
+                        "eval_time": "16m",
+                        "alertname": "GcoreGpuImageDiscoveryFailing",
+                        "exp_alerts": [
+                            expected(DISCOVERY, "eu", "warning"),
+                            expected(DISCOVERY, "us", "critical"),
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(tests), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "test", "rules", "test.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_accepts_the_rules(promtool: str) -> None:
@@ -182,6 +356,32 @@ def test_promtool_unit_tests_pass(promtool: str, path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_unit_tests_prove_replicas_page_once() -> None:
+    """Every rule but ReplicaDown (one alert per down replica) has a unit test with two values
+    of `instance` in its input and an expected alert without one: N replicas, one alert."""
+    rules = _rules(RULES.read_text(encoding="utf-8"))
+    proven: set[tuple[str, str]] = set()
+    for path in RULE_TESTS:
+        for case in yaml.safe_load(path.read_text(encoding="utf-8"))["tests"]:
+            instances = {
+                match
+                for item in case["input_series"]
+                for match in re.findall(r'instance="([^"]+)"', item["series"])
+            }
+            if len(instances) < 2:
+                continue
+            for check in case["alert_rule_test"]:
+                for alert in check.get("exp_alerts") or []:
+                    if "instance" not in alert["exp_labels"]:
+                        proven.add((check["alertname"], alert["exp_labels"]["severity"]))
+    wanted = {
+        (rule["alert"], rule["labels"]["severity"])
+        for rule in rules
+        if rule["alert"] != "GcoreGpuImageExporterReplicaDown"
+    }
+    assert wanted <= proven, f"no two-replica case for {sorted(wanted - proven)}"
 
 
 def test_unit_tests_prove_every_rule_fires_and_stays_silent() -> None:

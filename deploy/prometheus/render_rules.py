@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
 """Render the alert rules of the Gcore GPU image exporter (stdlib and PyYAML only).
 
-`rules.yaml` beside this file is the default output and `../prometheus-operator/prometheusrule.yaml`
-the default output of `--format prometheusrule`. Change thresholds with `--set NAME=DURATION` or
-scale all of them with `--scale FACTOR`; from Python: `render({"lock_age": "30s"})` or
-`render(scaled(1 / 60))`. The thresholds' defaults live in `exporter/alerting.py`, which the
-dashboard shares. See docs/deploy.md.
+It prints a Prometheus rule file to stdout, or with `--format prometheusrule` a Prometheus Operator
+PrometheusRule; `rules.yaml` beside this file and `../prometheus-operator/prometheusrule.yaml` are
+its output with the defaults. Mixin style, it takes the thresholds (`--set NAME=DURATION`,
+`--scale FACTOR`; defaults in `exporter/alerting.py`, which the dashboard shares), a selector of
+the exporter's series (`--selector`, or `--job`) and a cluster label (`--cluster-label`). From
+Python: `render({"lock_age": "30s"})` or `render(scaled(1 / 60), cluster_label="cluster")`. See
+docs/deploy.md.
 
-The alerts are data (`ALERTS`), mixin style: every field is a Prometheus text in which only
-`%(name)s` is filled in (a threshold, or a name of `_context`), so Go templates read as Prometheus
-sees them.
+The alerts are data (`ALERTS`): every field is a Prometheus text in which only `%(name)s` is filled
+in (a threshold, or a name of `_context`), so Go templates read as Prometheus sees them. Every
+expression aggregates away the labels that tell the exporter's replicas apart (`REPLICA_LABELS`),
+with `max without`, which keeps every other label: N replicas page once.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,15 +31,18 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from exporter.alerting import (  # noqa: E402
+    DEFAULT_JOB,
+    DEFAULT_SELECTOR,
     DEFAULTS,
     RUNBOOK_URL,
     TRANSITIONAL_STATUSES,
-    add_threshold_options,
+    Config,
+    add_options,
+    check_label_name,
+    config_from,
     format_duration,
     parse_duration,
-    resolve,
     scaled,
-    thresholds_from,
 )
 
 __all__ = [
@@ -44,6 +50,8 @@ __all__ = [
     "DEFAULTS",
     "DEFAULT_JOB",
     "DEFAULT_RUNBOOK",
+    "DEFAULT_SELECTOR",
+    "REPLICA_LABELS",
     "Alert",
     "format_duration",
     "groups",
@@ -54,42 +62,17 @@ __all__ = [
     "scaled",
 ]
 
-DEFAULT_JOB = "gcore-gpu-image-exporter"
 DEFAULT_RUNBOOK = RUNBOOK_URL
 GROUP = "gcore-gpu-image-exporter"
 NAME_LOOKBACK = "1d"
-
-# Template variables an annotation may use; each is defined only where the text refers to it.
-# $image is `"NAME" (IMAGE_ID)` from the current info series, else from the last one seen within
-# NAME_LOOKBACK (values are withdrawn after a 404 or once stale), else the bare IMAGE_ID.
-SELECTOR = (
-    "{{- $sel := printf `project_id=%q,region_id=%q,image_id=%q`"
-    " $labels.project_id $labels.region_id $labels.image_id -}}\n"
-)
-IMAGE = (
-    "{{- $image := $labels.image_id -}}\n"
-    "{{- with printf `topk(1, 2 * gcore_gpu_image_info{%s}"
-    " or last_over_time(gcore_gpu_image_info{%s}[" + NAME_LOOKBACK + "]))` $sel $sel | query -}}\n"
-    "  {{- $image = printf `%q (%s)` (. | first | label `name`) $labels.image_id -}}\n"
-    "{{- end -}}\n"
-)
-TASK = (
-    "{{- $task := `an unknown task` -}}\n"
-    "{{- with printf `gcore_gpu_image_task_info{%s}` $sel | query -}}{{- with first . -}}\n"
-    "  {{- $task = printf `task %s (%s, state %s)` (label `task_id` .) (label `task_type` .)"
-    " (label `task_state` .) -}}\n"
-    "{{- end -}}{{- end -}}\n"
-)
-REASON = (
-    "{{- $reason := `unknown` -}}\n"
-    "{{- with printf `gcore_gpu_image_last_error_info{%s}` $sel | query -}}\n"
-    "  {{- $reason = . | first | label `reason` -}}\n"
-    "{{- end -}}\n"
-)
+# What tells two replicas of the exporter apart: the scrape's instance, and the pod and node of
+# the Prometheus Operator's and the prometheus Helm chart's Kubernetes discovery.
+REPLICA_LABELS = ("instance", "pod", "node")
 
 
 class Alert(NamedTuple):
-    """One alerting rule. `for_` is a duration (usually `%(..._for)s`); empty or 0s means none."""
+    """One alerting rule. `for_` is a duration (usually `%(..._for)s`); empty or 0s means none.
+    `summary` is static text; `description` may use `$image`, `$task` and `$reason`."""
 
     name: str
     expr: str
@@ -102,92 +85,131 @@ class Alert(NamedTuple):
 ALERTS: tuple[Alert, ...] = (
     Alert(
         "GcoreGpuImageNotActive",
-        expr='gcore_gpu_image_status{status!~"%(active_or_transitional)s"} == 1',
+        expr="max without (%(replicas)s) (\n"
+        '  gcore_gpu_image_status{%(sel)s, status!~"%(active_or_transitional)s"}\n) == 1',
         for_="%(failed_for)s",
         severity="critical",
-        summary="GPU image {{ $image }} is {{ $labels.status }}",
+        summary="A GPU image is in a failed status.",
         description="GPU image {{ $image }} %(where)s has been in the failed status"
         ' "{{ $labels.status }}" for more than %(failed_for)s; no instance can be created from it.',
     ),
     Alert(
         "GcoreGpuImageNotActive",
-        expr='gcore_gpu_image_status{status=~"%(transitional)s"} == 1',
+        expr="max without (%(replicas)s) (\n"
+        '  gcore_gpu_image_status{%(sel)s, status=~"%(transitional)s"}\n) == 1',
         for_="%(transitional_for)s",
         severity="warning",
-        summary="GPU image {{ $image }} is stuck in {{ $labels.status }}",
+        summary="A GPU image is stuck in a transitional status.",
         description="GPU image {{ $image }} %(where)s has been in the transitional status"
         ' "{{ $labels.status }}" for more than %(transitional_for)s.',
     ),
     Alert(
         "GcoreGpuImageLockedTooLong",
-        expr="gcore_gpu_image_lock_age_seconds > %(lock_age_seconds)s",
-        for_="",  # at once: the expression compares the lock's age already
+        expr="max without (%(replicas)s) (gcore_gpu_image_lock_age_seconds{%(sel)s})"
+        " > %(lock_age_seconds)s",
+        for_="%(lock_age_for)s",
         severity="warning",
-        summary="GPU image {{ $image }} is locked for {{ $value | humanizeDuration }}",
+        summary="A task has locked a GPU image for too long.",
         description="GPU image {{ $image }} %(where)s has been locked by {{ $task }} for"
         " {{ $value | humanizeDuration }} (threshold %(lock_age)s).",
     ),
     Alert(
         "GcoreGpuImageLockedTooLong",
-        expr='gcore_gpu_image_task_info{task_state="ERROR"} == 1',
+        expr="max without (%(replicas)s) (\n"
+        '  gcore_gpu_image_task_info{%(sel)s, task_state="ERROR"}\n) == 1',
         for_="%(lock_error_for)s",
         severity="critical",
-        summary="The task locking GPU image {{ $image }} failed",
+        summary="The task that locks a GPU image failed.",
         description="Task {{ $labels.task_id }} ({{ $labels.task_type }}) that locks GPU image"
         " {{ $image }} %(where)s has been in state ERROR for more than %(lock_error_for)s;"
         " the image stays locked until the task is cleaned up.",
     ),
     Alert(
         "GcoreGpuImageMissing",
-        expr="gcore_gpu_image_up == 0 and ignoring (reason) %(not_found)s",
+        expr="%(image_down)s\nand ignoring (reason)\n%(not_found)s",
         for_="%(missing_for)s",
         severity="critical",
-        summary="GPU image {{ $image }} no longer exists",
+        summary="A watched GPU image no longer exists.",
         description="The Gcore API answers 404 Not Found for GPU image {{ $image }} %(where)s,"
         " which the exporter is configured to watch: the image was deleted or the target"
         " is wrong.",
     ),
     Alert(
         "GcoreGpuImageFetchFailing",
-        expr="gcore_gpu_image_up == 0 unless ignoring (reason) %(not_found)s",
+        expr="%(image_down)s\nunless ignoring (reason)\n%(not_found)s",
         for_="%(fetch_failing_for)s",
         severity="warning",
-        summary="The exporter cannot fetch GPU image {{ $image }} ({{ $reason }})",
+        summary="The exporter cannot fetch a GPU image.",
         description="Fetching GPU image {{ $image }} %(where)s from the Gcore API has failed for"
-        " more than %(fetch_failing_for)s (last error: {{ $reason }}); its metrics are stale or"
-        " withdrawn.",
+        " more than %(fetch_failing_for)s on every replica of the exporter (last error:"
+        " {{ $reason }}); its metrics are stale or withdrawn.",
+    ),
+    Alert(
+        "GcoreGpuImageDiscoveryFailing",
+        expr="%(discovery_down)s\nand on (%(scope)s)\n"
+        "group by (%(scope)s) (gcore_gpu_image_up{%(sel)s})",
+        for_="%(discovery_failing_for)s",
+        severity="warning",
+        summary="The exporter cannot list the GPU images of a project and region.",
+        description="Listing the GPU images %(where)s has failed for more than"
+        " %(discovery_failing_for)s on every replica of the exporter: images added there are not"
+        " seen, and those already known are fetched from the listing, so they fail too.",
+    ),
+    Alert(
+        "GcoreGpuImageDiscoveryFailing",
+        expr="%(discovery_down)s\nunless on (%(scope)s)\ngcore_gpu_image_up{%(sel)s}",
+        for_="%(discovery_failing_for)s",
+        severity="critical",
+        summary="The exporter cannot list the GPU images of a project and region, and watches"
+        " none there.",
+        description="Listing the GPU images %(where)s has failed for more than"
+        " %(discovery_failing_for)s on every replica of the exporter, which has no image of it:"
+        " nothing there is watched, so no other GPU image alert can fire for it.",
     ),
     Alert(
         "GcoreGpuImageExporterDown",
-        expr="%(up)s == 0 or absent(%(up)s)",
+        expr="max without (%(replicas)s) (%(up)s) == 0\nor\nabsent(%(up)s)",
         for_="%(exporter_down_for)s",
         severity="warning",
-        summary="The Gcore GPU image exporter is down",
-        description="{{ with $labels.instance }}Prometheus cannot scrape the exporter at {{ . }}"
-        '{{ else }}Prometheus has no scrape target with job="%(job)s"{{ end }} for more than'
-        " %(exporter_down_for)s; no GPU image alert can fire meanwhile.",
+        summary="No replica of the Gcore GPU image exporter can be scraped.",
+        description="{{ if eq $value 0.0 }}Prometheus cannot scrape any target of the exporter"
+        "{{ else }}Prometheus has no scrape target matching %(selector_text)s{{ end }}"
+        " for more than %(exporter_down_for)s; no GPU image alert can fire meanwhile.",
+    ),
+    Alert(
+        "GcoreGpuImageExporterReplicaDown",
+        expr="%(up)s == 0\nand ignoring (%(replicas)s)\nmax without (%(replicas)s) (%(up)s) == 1",
+        for_="%(exporter_down_for)s",
+        severity="info",
+        summary="A replica of the Gcore GPU image exporter cannot be scraped.",
+        description="Prometheus cannot scrape the exporter at {{ $labels.instance }} for more"
+        " than %(exporter_down_for)s; other replicas are up, so alerts still fire.",
     ),
     Alert(
         "GcoreGpuImageApiUnauthorized",
-        expr="count without (image_id) (\n"
-        '  increase(gcore_gpu_image_fetch_errors_total{reason=~"unauthorized|forbidden"}'
-        "[%(api_error_window)s]) > 0\n)",
+        expr="max without (%(replicas)s, endpoint) (\n"
+        '  increase(gcore_exporter_api_requests_total{%(sel)s, code=~"401|403"}'
+        "[%(api_error_window)s])\n) > 0",
         for_="%(unauthorized_for)s",
         severity="critical",
-        summary="The Gcore API rejects the exporter's API key %(where)s ({{ $labels.reason }})",
-        description="Fetches of {{ $value }} GPU image(s) %(where)s failed with"
-        ' {{ if eq $labels.reason "forbidden" }}403 Forbidden{{ else }}401 Unauthorized{{ end }}'
-        " in the last %(api_error_window)s, for more than %(unauthorized_for)s: the API key is"
-        " wrong, expired or lacks permissions.",
+        summary="The Gcore API rejects the exporter's requests.",
+        description='{{ if eq $labels.code "403" }}The Gcore API has kept answering the exporter'
+        " with 403 Forbidden for more than %(unauthorized_for)s (at least once in every"
+        " %(api_error_window)s): the API key is accepted but is forbidden to read some projects,"
+        " regions or images (GcoreGpuImageDiscoveryFailing and GcoreGpuImageFetchFailing name"
+        " them).{{ else }}The Gcore API has kept answering the exporter with 401 Unauthorized for"
+        " more than %(unauthorized_for)s (at least once in every %(api_error_window)s): the API"
+        " key is wrong, revoked or expired.{{ end }}",
     ),
     Alert(
         "GcoreGpuImageApiRateLimited",
         expr="count without (image_id) (\n"
-        '  increase(gcore_gpu_image_fetch_errors_total{reason="rate_limited"}'
-        "[%(api_error_window)s]) > 0\n)",
+        "  max without (%(replicas)s) (\n"
+        '    increase(gcore_gpu_image_fetch_errors_total{%(sel)s, reason="rate_limited"}'
+        "[%(api_error_window)s])\n  ) > 0\n)",
         for_="%(rate_limited_for)s",
         severity="warning",
-        summary="The Gcore API rate-limits the exporter %(where)s",
+        summary="The Gcore API rate-limits the exporter.",
         description="Fetches of {{ $value }} GPU image(s) %(where)s failed with"
         " 429 Too Many Requests in the last %(api_error_window)s, for more than"
         " %(rate_limited_for)s: raise the interval or lower the concurrency.",
@@ -195,52 +217,115 @@ ALERTS: tuple[Alert, ...] = (
 )
 
 
-def _context(thresholds: Mapping[str, str] | None, job: str) -> dict[str, str]:
+def _context(config: Config, replicas: Sequence[str]) -> dict[str, str]:
     """What `%(name)s` may name in ALERTS: every threshold, plus these."""
-    t = resolve(thresholds)
-    up = f'up{{job="{job}"}}'
+    t, sel, cluster = config.thresholds, config.selector, config.cluster_label
+    without = ", ".join(replicas)
+    where = "in project {{ $labels.project_id }}, region {{ $labels.region_id }}"
+    if cluster:
+        where += f" of cluster {{{{ $labels.{cluster} }}}}"
     return {
         **t,
         "lock_age_seconds": f"{parse_duration(t['lock_age']):g}",
         "active_or_transitional": "|".join(("active", *TRANSITIONAL_STATUSES)),
         "transitional": "|".join(TRANSITIONAL_STATUSES),
-        "not_found": 'gcore_gpu_image_last_error_info{reason="not_found"} == 1',
-        "up": up,
-        "job": job,
-        "where": "in project {{ $labels.project_id }}, region {{ $labels.region_id }}",
+        "sel": sel,
+        "replicas": without,
+        "scope": ", ".join([*([cluster] if cluster else []), "project_id", "region_id"]),
+        "image_down": f"max without ({without}) (gcore_gpu_image_up{{{sel}}}) == 0",
+        "not_found": f"max without ({without}) (\n"
+        f'  gcore_gpu_image_last_error_info{{{sel}, reason="not_found"}}\n) == 1',
+        "discovery_down": f"max without ({without}) (gcore_exporter_discovery_up{{{sel}}}) == 0",
+        "up": f"up{{{sel}}}",
+        "selector_text": "{" + sel + "}",
+        "where": where,
     }
 
 
-def _template(text: str) -> str:
-    """`text` preceded by the definitions of the variables it uses."""
-    variables = (("$image", IMAGE), ("$task", TASK), ("$reason", REASON))
-    used = [part for var, part in variables if var in text]
-    return (SELECTOR if used else "") + "".join(used) + text
+def _lookups(config: Config) -> tuple[tuple[str, str], ...]:
+    """(variable, template that defines it) for annotations that name an image, its lock's task
+    or its last error. Each query looks at the exporter's series of the alert's image."""
+    # A raw Go string inside printf: `%` doubled; the selector holds no backtick (checked).
+    sel = config.selector.replace("%", "%%")
+    args = "$labels.project_id $labels.region_id $labels.image_id"
+    if config.cluster_label:
+        sel += f",{config.cluster_label}=%q"
+        args = f"$labels.{config.cluster_label} {args}"
+    selector = f"{{{{- $sel := printf `{sel},project_id=%q,region_id=%q,image_id=%q` {args} -}}}}\n"
+    # $image is `"NAME" (IMAGE_ID)` from the current info series, else from the last one seen
+    # within NAME_LOOKBACK (values are withdrawn after a 404 or once stale), else the bare ID.
+    image = (
+        "{{- $image := $labels.image_id -}}\n"
+        "{{- with printf `topk(1, 2 * gcore_gpu_image_info{%s}"
+        " or last_over_time(gcore_gpu_image_info{%s}[" + NAME_LOOKBACK + "]))` $sel $sel"
+        " | query -}}\n"
+        "  {{- $image = printf `%q (%s)` (. | first | label `name`) $labels.image_id -}}\n"
+        "{{- end -}}\n"
+    )
+    task = (
+        "{{- $task := `an unknown task` -}}\n"
+        "{{- with printf `gcore_gpu_image_task_info{%s}` $sel | query -}}{{- with first . -}}\n"
+        "  {{- $task = printf `task %s (%s, state %s)` (label `task_id` .) (label `task_type` .)"
+        " (label `task_state` .) -}}\n"
+        "{{- end -}}{{- end -}}\n"
+    )
+    reason = (
+        "{{- $reason := `unknown` -}}\n"
+        "{{- with printf `gcore_gpu_image_last_error_info{%s}` $sel | query -}}\n"
+        "  {{- $reason = . | first | label `reason` -}}\n"
+        "{{- end -}}\n"
+    )
+    return (("$sel", selector), ("$image", image), ("$task", task), ("$reason", reason))
 
 
-def _rule(alert: Alert, context: Mapping[str, str], runbook: str) -> dict[str, Any]:
+def _template(text: str, lookups: tuple[tuple[str, str], ...]) -> str:
+    """`text` preceded by the definitions of the variables it uses (and of $sel, theirs)."""
+    used = [part for var, part in lookups[1:] if var in text]
+    return (lookups[0][1] if used else "") + "".join(used) + text
+
+
+def _rule(
+    alert: Alert, context: Mapping[str, str], lookups: tuple[tuple[str, str], ...], runbook: str
+) -> dict[str, Any]:
     rule: dict[str, Any] = {"alert": alert.name, "expr": alert.expr % context}
     duration = alert.for_ % context
     if duration and parse_duration(duration) > 0:
         rule["for"] = duration
     rule["labels"] = {"severity": alert.severity}
     rule["annotations"] = {
-        "summary": _template(alert.summary % context),
-        "description": _template(alert.description % context),
+        "summary": alert.summary,
+        "description": _template(alert.description % context, lookups),
         "runbook_url": f"{runbook}#{alert.name.lower()}",
     }
     return rule
+
+
+def _config(
+    thresholds: Mapping[str, str] | None, job: str, selector: str | None, cluster_label: str
+) -> Config:
+    return Config(
+        dict(thresholds or {}), f'job="{job}"' if selector is None else selector, cluster_label
+    )
 
 
 def groups(
     thresholds: Mapping[str, str] | None = None,
     *,
     job: str = DEFAULT_JOB,
+    selector: str | None = None,
+    cluster_label: str = "",
+    replica_labels: Sequence[str] = REPLICA_LABELS,
     runbook: str = DEFAULT_RUNBOOK,
 ) -> list[dict[str, Any]]:
-    """The rule groups, as Prometheus and the PrometheusRule `spec.groups` expect them."""
-    context = _context(thresholds, job)
-    return [{"name": GROUP, "rules": [_rule(alert, context, runbook) for alert in ALERTS]}]
+    """The rule groups, as Prometheus and the PrometheusRule `spec.groups` expect them.
+    `selector` (label matchers) replaces the default `job="JOB"`."""
+    config = _config(thresholds, job, selector, cluster_label)
+    replicas = [check_label_name(label, "replica label") for label in replica_labels]
+    if not replicas or config.cluster_label in replicas:
+        raise ValueError("replica labels must be given and differ from the cluster label")
+    context, lookups = _context(config, replicas), _lookups(config)
+    rules = [_rule(alert, context, lookups, runbook) for alert in ALERTS]
+    return [{"name": GROUP, "rules": rules}]
 
 
 class _Dumper(yaml.SafeDumper):
@@ -259,23 +344,14 @@ def _dump(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
 
 
-def render(
-    thresholds: Mapping[str, str] | None = None,
-    *,
-    job: str = DEFAULT_JOB,
-    runbook: str = DEFAULT_RUNBOOK,
-) -> str:
-    """A Prometheus rule file; `thresholds` overrides any of DEFAULTS."""
+def render(thresholds: Mapping[str, str] | None = None, **options: Any) -> str:
+    """A Prometheus rule file; `thresholds` overrides any of DEFAULTS, `options` are those of
+    `groups` (job, selector, cluster_label, replica_labels, runbook)."""
     header = "# Generated by deploy/prometheus/render_rules.py: do not edit, see docs/deploy.md.\n"
-    return header + _dump({"groups": groups(thresholds, job=job, runbook=runbook)})
+    return header + _dump({"groups": groups(thresholds, **options)})
 
 
-def render_prometheus_rule(
-    thresholds: Mapping[str, str] | None = None,
-    *,
-    job: str = DEFAULT_JOB,
-    runbook: str = DEFAULT_RUNBOOK,
-) -> str:
+def render_prometheus_rule(thresholds: Mapping[str, str] | None = None, **options: Any) -> str:
     """The same groups as `render`, wrapped in a Prometheus Operator PrometheusRule."""
     header = (
         "# Generated by deploy/prometheus/render_rules.py --format prometheusrule:"
@@ -289,21 +365,38 @@ def render_prometheus_rule(
                 "name": "gcore-gpu-image-exporter",
                 "labels": {"app.kubernetes.io/name": "gcore-gpu-image-exporter"},
             },
-            "spec": {"groups": groups(thresholds, job=job, runbook=runbook)},
+            "spec": {"groups": groups(thresholds, **options)},
         }
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_threshold_options(parser)
-    parser.add_argument("--job", default=DEFAULT_JOB, help="job label of the exporter's target")
+    add_options(parser)
+    parser.add_argument(
+        "--replica-labels",
+        default=",".join(REPLICA_LABELS),
+        metavar="LABELS",
+        help="comma-separated labels that tell replicas apart, aggregated away"
+        f" (default: {','.join(REPLICA_LABELS)})",
+    )
     parser.add_argument("--runbook", default=DEFAULT_RUNBOOK, help="URL of docs/runbook.md")
     parser.add_argument("--format", choices=("rules", "prometheusrule"), default="rules")
     args = parser.parse_args(argv)
-    thresholds = thresholds_from(parser, args)
+    config = config_from(parser, args)
     out = render if args.format == "rules" else render_prometheus_rule
-    sys.stdout.write(out(thresholds, job=args.job, runbook=args.runbook))
+    replicas = [label.strip() for label in args.replica_labels.split(",") if label.strip()]
+    try:
+        text = out(
+            config.thresholds,
+            selector=config.selector,
+            cluster_label=config.cluster_label,
+            replica_labels=replicas,
+            runbook=args.runbook,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    sys.stdout.write(text)
     return 0
 
 

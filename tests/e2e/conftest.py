@@ -40,6 +40,7 @@ def _stack(scenario: Scenario, root: Path, rules: str, binary: str) -> Stack:
         rules=rules,
         prometheus_binary=binary,
         dead_targets=int(scenario.dead_target),
+        replicas=scenario.replicas,
     )
 
 

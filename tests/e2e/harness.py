@@ -209,14 +209,20 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def exporter_process(
-    workdir: Path, port: int, api_url: str, targets: list[str], *, interval: str = "1s"
+    workdir: Path,
+    port: int,
+    api_url: str,
+    targets: list[str],
+    *,
+    interval: str = "1s",
+    name: str = "exporter",
 ) -> Process:
-    argv = [sys.executable, "-m", "exporter", "--interval", interval, "--timeout", "2s"]
+    argv = [sys.executable, "-m", "exporter", "--interval", interval, "--timeout", interval]
     for spec in targets:
         argv += ["--target", spec]
     argv += ["--listen", f"127.0.0.1:{port}", "--log-format", "json", "--log-level", "info"]
     env = clean_env(GCORE_BASE_URL=api_url, GCORE_API_KEY=API_KEY, PYTHONUNBUFFERED="1")
-    return Process("exporter", argv, workdir / "exporter.log", env)
+    return Process(name, argv, workdir / f"{name}.log", env)
 
 
 def prometheus_process(
@@ -313,11 +319,12 @@ class Stack:
     rules: str
     prometheus_binary: str
     dead_targets: int = 0  # scrape targets where no exporter answers
+    replicas: int = 1  # exporters watching the same targets, scraped by the same job
     extra_scrape_targets: list[str] = field(default_factory=list)
     api_server: FakeApiServer | None = None
-    exporter: Process | None = None
+    exporters: list[Process] = field(default_factory=list)
     prometheus: Process | None = None
-    exporter_port: int = 0
+    exporter_ports: list[int] = field(default_factory=list)
     prometheus_port: int = 0
     started_at: float = 0.0
     _exit: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -327,12 +334,17 @@ class Stack:
         return PrometheusApi(f"http://127.0.0.1:{self.prometheus_port}")
 
     @property
-    def exporter_url(self) -> str:
-        return f"http://127.0.0.1:{self.exporter_port}"
+    def exporter(self) -> Process | None:
+        """The first replica."""
+        return self.exporters[0] if self.exporters else None
+
+    @property
+    def exporter_instances(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.exporter_ports]
 
     @property
     def exporter_instance(self) -> str:
-        return f"127.0.0.1:{self.exporter_port}"
+        return self.exporter_instances[0]
 
     def start(self) -> Stack:
         """Start all three without waiting (so that several stacks start in parallel)."""
@@ -342,18 +354,22 @@ class Stack:
         self.extra_scrape_targets = [
             f"127.0.0.1:{refused_port(self._exit)}" for _ in range(self.dead_targets)
         ]
-        self.exporter_port = free_port()
-        self.exporter = exporter_process(
-            self.workdir, self.exporter_port, self.api_server.url, self.targets
-        )
-        self._exit.callback(self.exporter.stop)
-        self.exporter.start()
+        for number in range(self.replicas):
+            port = free_port()
+            name = "exporter" if number == 0 else f"exporter-{number + 1}"
+            process = exporter_process(
+                self.workdir, port, self.api_server.url, self.targets, name=name
+            )
+            self._exit.callback(process.stop)
+            process.start()
+            self.exporters.append(process)
+            self.exporter_ports.append(port)
         self.prometheus_port = free_port()
         self.prometheus = prometheus_process(
             self.prometheus_binary,
             self.workdir,
             self.prometheus_port,
-            [self.exporter_instance, *self.extra_scrape_targets],
+            [*self.exporter_instances, *self.extra_scrape_targets],
             self.rules,
         )
         self._exit.callback(self.prometheus.stop)
@@ -362,10 +378,12 @@ class Stack:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         def exporter_ready() -> bool:
-            assert self.exporter is not None
-            if not self.exporter.running():
-                raise WaitTimeout(f"the exporter exited\n{self.diagnostics()}")
-            return http_get(f"{self.exporter_url}/readyz", timeout=2)[0] == 200
+            for process, instance in zip(self.exporters, self.exporter_instances, strict=True):
+                if not process.running():
+                    raise WaitTimeout(f"{process.name} exited\n{self.diagnostics()}")
+                if http_get(f"http://{instance}/readyz", timeout=2)[0] != 200:
+                    return False
+            return True
 
         def prometheus_ready() -> bool:
             assert self.prometheus is not None
@@ -379,9 +397,12 @@ class Stack:
         wait_for(
             f"{self.name}: Prometheus /-/ready", prometheus_ready, timeout, details=self.diagnostics
         )
+        instances = "|".join(self.exporter_instances)
         wait_for(
-            f"{self.name}: Prometheus has scraped the exporter",
-            lambda: self.prom.query(f'up{{instance="{self.exporter_instance}"}} == 1'),
+            f"{self.name}: Prometheus has scraped every exporter",
+            lambda: self.prom.query(
+                f'count(up{{instance=~"{instances}"}} == 1) == {self.replicas}'
+            ),
             timeout,
             details=self.diagnostics,
         )
@@ -396,7 +417,7 @@ class Stack:
         )
 
     def diagnostics(self) -> str:
-        parts = [p.tail() for p in (self.exporter, self.prometheus) if p is not None]
+        parts = [p.tail() for p in (*self.exporters, self.prometheus) if p is not None]
         with contextlib.suppress(Exception):
             parts.append(f"--- alerts: {json.dumps(self.prom.alerts(), indent=1)[:3000]}")
         return "\n".join(parts)

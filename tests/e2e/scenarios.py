@@ -1,7 +1,9 @@
-"""The two end-to-end scenarios: one where every alert of our rules must fire, one where none may.
+"""The two end-to-end scenarios: one where every alert of our rules must fire (but
+ExporterDown, whose exporters are up), one where none may.
 
 Each scenario is the fake Gcore's initial state, the exporter's targets, and steps that change the
 state once Prometheus has seen the previous one (so nothing depends on how fast a machine is).
+The failing one runs two replicas of the exporter, as deploy/ha does: no alert may fire twice.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ THRESHOLDS = {
     "failed_for": "2s",
     "transitional_for": "12s",
     "lock_age": "5m",
+    "lock_age_for": "2s",
     "lock_error_for": "2s",
     "missing_for": "2s",
     "fetch_failing_for": "4s",
+    "discovery_failing_for": "2s",
     "exporter_down_for": "10s",
     "api_error_window": "1m",
     "unauthorized_for": "2s",
@@ -52,10 +56,11 @@ class Scenario:
     fake: FakeGcore
     targets: list[str]
     steps: list[Step] = field(default_factory=list)
-    # (alertname, labels that the firing alert must carry); "$exporter"/"$dead" are filled in.
+    # (alertname, labels that the one firing alert must carry); "$dead" is filled in.
     expected_alerts: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     dead_target: bool = False
+    replicas: int = 1
 
 
 def _image(image_id: str, name: str, status: str = "active", **fields: Any) -> dict[str, Any]:
@@ -85,7 +90,8 @@ def _status_is(image_id: str, status: str) -> str:
 
 
 def failing() -> Scenario:
-    """Project 1: uploads finishing, a killed image, an ERROR lock, a 404, 401s, 429s and 500s."""
+    """Project 1: uploads finishing, a killed image, an ERROR lock, a 404, 401s, 429s and 500s, a
+    region whose listing is forbidden (403), two exporters and a scrape target that is down."""
     now = datetime.now(UTC)
     fake = FakeGcore(api_key="test-key")
     listed = [  # region 10 is discovered through the list endpoint
@@ -111,6 +117,8 @@ def failing() -> Scenario:
             error="Image update failed",
         )
     )
+    # Region 12 is discovered too, but the key may not list it: no image series, ever.
+    fake.inject(r"/1/12/images\?", 403, times=None)
     for image_id, name in (
         ("img-denied", "windows-2022-cuda-12.2"),
         ("img-throttled", "ubuntu-20.04-cuda-11.8"),
@@ -130,6 +138,7 @@ def failing() -> Scenario:
         fake=fake,
         targets=[
             "1/10",
+            "1/12",
             "1/11/img-deleted",
             "1/11/img-denied",
             "1/11/img-throttled",
@@ -139,9 +148,9 @@ def failing() -> Scenario:
             Step("uploads queued", _status_is("img-upload-a", "queued"), lambda _: None),
             Step("second upload queued", _status_is("img-upload-b", "queued"), lambda _: None),
             Step(
-                "img-broken active and region 11 fetched",
+                "img-broken active and region 11 fetched by every replica",
                 f"{_status_is('img-broken', 'active')} and on () "
-                'count(gcore_gpu_image_up{region_id="11"} == 1) == 3',
+                'count(min by (image_id) (gcore_gpu_image_up{region_id="11"}) == 1) == 3',
                 _all(
                     _set(1, 10, "img-upload-a", status="active", size=4_294_967_296),
                     _set(1, 10, "img-upload-b", status="active", size=5_368_709_120),
@@ -159,7 +168,6 @@ def failing() -> Scenario:
                     "status": "killed",
                     "project_id": "1",
                     "region_id": "10",
-                    "instance": "$exporter",
                 },
             ),
             (
@@ -188,14 +196,11 @@ def failing() -> Scenario:
             ),
             ("GcoreGpuImageFetchFailing", {"severity": "warning", "image_id": "img-denied"}),
             (
-                "GcoreGpuImageApiUnauthorized",
-                {
-                    "severity": "critical",
-                    "reason": "unauthorized",
-                    "project_id": "1",
-                    "region_id": "11",
-                },
+                "GcoreGpuImageDiscoveryFailing",
+                {"severity": "critical", "project_id": "1", "region_id": "12"},
             ),
+            ("GcoreGpuImageApiUnauthorized", {"severity": "critical", "code": "401"}),
+            ("GcoreGpuImageApiUnauthorized", {"severity": "critical", "code": "403"}),
             (
                 "GcoreGpuImageApiRateLimited",
                 {
@@ -205,7 +210,7 @@ def failing() -> Scenario:
                     "region_id": "11",
                 },
             ),
-            ("GcoreGpuImageExporterDown", {"severity": "warning", "instance": "$dead"}),
+            ("GcoreGpuImageExporterReplicaDown", {"severity": "info", "instance": "$dead"}),
         ],
         images=[
             "img-upload-a",
@@ -219,6 +224,7 @@ def failing() -> Scenario:
             "img-flaky",
         ],
         dead_target=True,
+        replicas=2,
     )
 
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from exporter.alerting import (
+    DEFAULT_SELECTOR,
     DEFAULTS,
     FAILED_STATUSES,
     KNOWN_STATUSES,
@@ -44,9 +45,15 @@ NOT_SHOWN = {
     "gcore_exporter_rate_limit_pauses": "429 answers show in 'API requests by code'",
     "gcore_exporter_rate_limit_paused": "a pause shows in 'Time since last poll'",
     "gcore_exporter_task_fetch_errors": "'Locked images' shows an empty task state",
-    "gcore_exporter_discovery_up": "a failed listing shows in 'Monitored images per exporter'",
     "gcore_exporter_polls": "'Time since last poll' shows whether rounds complete",
+    "process_virtual_memory_bytes": "'Exporter memory' shows the resident memory that counts",
+    "process_start_time_seconds": "a restart shows as a gap in 'Exporter scrape'",
+    "process_open_fds": "the exporter holds one HTTP session: its sockets stay few",
+    "process_max_fds": "see process_open_fds",
 }
+# A metric a query selects: by name before `{` or `,`, or inside `__name__=~"a|b"`.
+METRIC = re.compile(r"\b((?:gcore_|process_)\w+|ALERTS|up)\s*[{,]")
+NAME_MATCHER = re.compile(r'__name__=~"([\w|]+)"')
 OVERRIDES = {"lock_age": "45m", "exporter_down_for": "2m", "fetch_failing_for": "20m"}
 
 
@@ -121,20 +128,21 @@ def test_colours_follow_the_alert_thresholds(overrides: dict[str, str]) -> None:
     )
     rules = [rule for group in yaml.safe_load(rendered.stdout)["groups"] for rule in group["rules"]]
     fors = {rule["alert"]: rule.get("for") for rule in rules}
-    (lock,) = [
-        rule for rule in rules if rule["expr"].startswith("gcore_gpu_image_lock_age_seconds")
-    ]
+    (lock,) = [r for r in rules if "gcore_gpu_image_lock_age_seconds" in r["expr"]]
     thresholds = {**DEFAULTS, **overrides}
     lock_age = parse_duration(thresholds["lock_age"])
     down_for = parse_duration(thresholds["exporter_down_for"])
     failing_for = parse_duration(thresholds["fetch_failing_for"])
-    assert lock["expr"] == f"gcore_gpu_image_lock_age_seconds > {lock_age:g}"
+    assert lock["expr"].endswith(
+        f"(gcore_gpu_image_lock_age_seconds{{{DEFAULT_SELECTOR}}}) > {lock_age:g}"
+    )
     assert parse_duration(fors["GcoreGpuImageExporterDown"]) == down_for
     assert parse_duration(fors["GcoreGpuImageFetchFailing"]) == failing_for
     assert _steps(board, "Locked images") == [(None, "green"), (lock_age, "orange")]
     stale = [(None, "green"), (down_for, "orange"), (failing_for, "red")]
     assert _steps(board, "Time since last poll") == stale
     assert _steps(board, "Oldest successful fetch") == stale
+    assert _steps(board, "Oldest listing") == stale
 
 
 def test_bad_threshold_options_are_rejected() -> None:
@@ -221,7 +229,8 @@ def test_queries_use_known_metrics_and_variables(dashboard: dict[str, Any]) -> N
     for title, expr in queries:
         for var in re.findall(r"\$\{?(\w+)", expr):
             assert var in names or var.isdigit(), f"{title}: unknown variable ${var}"
-        metrics = set(re.findall(r"\b((?:gcore_\w+)|ALERTS|up)\s*[{,]", expr))
+        metrics = set(METRIC.findall(expr))
+        metrics |= {name for names in NAME_MATCHER.findall(expr) for name in names.split("|")}
         assert metrics, f"{title}: no selector with labels in {expr}"
         assert metrics <= known, f"{title}: unknown metrics {metrics - known}"
         used |= metrics
@@ -263,3 +272,37 @@ def test_provisioning_points_grafana_at_the_dashboard() -> None:
     [provider] = providers["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == "${GCORE_DASHBOARDS_DIR}"
+
+
+def test_selector_and_cluster_label_reach_every_query() -> None:
+    """`--selector` and `--cluster-label` (the rules' options): a Cluster variable first, every
+    selection of the exporter's series carries both, every grouping by image or scope keeps the
+    cluster apart, and the alerts of a selected cluster (or of none) are shown."""
+    selector = 'job="gpu-images",namespace="mon"'
+    built = _build("--selector", selector, "--cluster-label", "k8s_cluster", "--output", "-")
+    assert built.returncode == 0, built.stderr
+    board = json.loads(built.stdout)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert tuple(variables) == ("datasource", "cluster", *VARIABLES[1:])
+    assert variables["cluster"]["definition"] == (
+        f"label_values(gcore_exporter_build_info{{{selector}}}, k8s_cluster)"
+    )
+    queries = [target["expr"] for _, target in panel_targets(board)]
+    queries += [v["definition"] for v in board["templating"]["list"][2:]]
+    for expr in queries:
+        for name, matchers in re.findall(r"(\b\w*)\{([^}]*)\}", expr):
+            if name == "ALERTS":
+                assert 'k8s_cluster=~"$cluster|"' in matchers, expr
+            else:
+                assert selector in matchers, expr
+                assert 'k8s_cluster=~"$cluster"' in matchers, expr
+        for grouping in re.findall(r"\b(?:by|on) \(([^)]*)\)", expr):
+            if "project_id" in grouping:
+                assert "k8s_cluster" in grouping.split(", "), expr
+    assert DEFAULT_SELECTOR not in built.stdout
+
+
+def test_bad_selector_is_rejected() -> None:
+    result = _build("--selector", "job=gpu", "--output", "-")
+    assert result.returncode == 2
+    assert "is not label matchers" in result.stderr

@@ -1,8 +1,9 @@
-"""End to end: exporter -> real Prometheus -> our alert rules and dashboard queries.
+"""End to end: exporters -> real Prometheus -> our alert rules and dashboard queries.
 
-Two scenarios run side by side (see scenarios.py): in `failing` every alert of
-deploy/prometheus/rules.yaml must fire with the right labels and every dashboard query must return
-data; in `healthy` no alert may fire. Thresholds are shortened, so the module takes ~30 s.
+Two scenarios run side by side (see scenarios.py): in `failing`, two exporter replicas watch the
+same targets; every alert of deploy/prometheus/rules.yaml but ExporterDown must fire once, with
+the right labels, and every dashboard query must return data, with counts that replicas do not
+double; in `healthy` no alert may fire. Thresholds are shortened, so the module takes ~30 s.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def dashboard() -> dict[str, Any]:
 
 
 def _expected(scenario: Scenario, stack: Stack) -> list[tuple[str, dict[str, str]]]:
-    """The scenario's expected alerts with the placeholders filled in."""
-    fill = {"$exporter": stack.exporter_instance, "$dead": stack.extra_scrape_targets[0]}
+    """The scenario's expected alerts with the placeholder filled in."""
+    fill = {"$dead": stack.extra_scrape_targets[0]}
     return [
         (name, {k: fill.get(v, v) for k, v in labels.items()})
         for name, labels in scenario.expected_alerts
@@ -87,6 +88,16 @@ def _resolve_all(stack: Stack, dashboard: dict[str, Any], *, concrete: bool) -> 
 def test_alerts_of_the_scenario_fire(scenarios: dict[str, tuple[Scenario, Stack]]) -> None:
     scenario, stack = scenarios["failing"]
     firing = _wait_for_alerts(scenario, stack)
+    # Each fires once although two replicas watch it: only ReplicaDown names an instance.
+    for name, labels in _expected(scenario, stack):
+        assert len([a for a in firing if _matches(a, name, labels)]) == 1, (name, labels)
+    for alert in firing:
+        if alert["alertname"] != "GcoreGpuImageExporterReplicaDown":
+            assert "instance" not in alert, alert
+    # Both replicas are up, so the exporter is not down, at any time of the run.
+    assert not stack.prom.query(
+        'max_over_time(ALERTS{alertname="GcoreGpuImageExporterDown", alertstate="firing"}[5m])'
+    )
     # Uploads that finished are not alerts, and each failing image gets the one right alert.
     for alert in firing:
         assert alert.get("image_id") not in ("img-upload-a", "img-upload-b"), alert
@@ -94,22 +105,26 @@ def test_alerts_of_the_scenario_fire(scenarios: dict[str, tuple[Scenario, Stack]
         assert not (alert.get("image_id") == "img-denied" and "Missing" in alert["alertname"])
         if alert["alertname"] != "GcoreGpuImageExporterDown":
             assert alert.get("job") == JOB, alert
-    # Annotations render: no template errors, and an image's summary names it.
+    # Annotations render: no template errors, and an image's description names it.
     names = {i["id"]: i["name"] for scope in scenario.fake.images.values() for i in scope.values()}
     for seen in stack.prom.alerts():
         text = json.dumps(seen["annotations"])
         assert "error expanding template" not in text, seen
+        assert "{{" not in seen["annotations"]["summary"], seen
         image_id = seen["labels"].get("image_id")
         if image_id and seen["state"] == "firing":
-            assert names.get(image_id, image_id) in seen["annotations"]["summary"], seen
+            assert names.get(image_id, image_id) in seen["annotations"]["description"], seen
+        if seen["labels"]["alertname"] == "GcoreGpuImageDiscoveryFailing":
+            assert "in project 1, region 12" in seen["annotations"]["description"], seen
     # The 429 and 500 bursts were seen and the images recovered.
     prom = stack.prom
-    for code in ("429", "500", "401", "404"):
+    for code in ("429", "500", "401", "403", "404"):
         assert prom.query(f'gcore_exporter_api_requests_total{{code="{code}"}} > 0'), code
     wait_for(
         "img-throttled and img-flaky up again",
         lambda: prom.query(
-            'count(gcore_gpu_image_up{image_id=~"img-throttled|img-flaky"} == 1) == 2'
+            "count(min by (image_id)"
+            ' (gcore_gpu_image_up{image_id=~"img-throttled|img-flaky"}) == 1) == 2'
         ),
         ALERT_TIMEOUT,
         details=stack.diagnostics,
@@ -126,9 +141,10 @@ def test_template_variables_return_values(
     for concrete in (False, True):
         options = _resolve_all(stack, dashboard, concrete=concrete)["options"]
         assert options["job"] == [JOB]
-        assert {stack.exporter_instance, *stack.extra_scrape_targets} <= set(options["instance"])
+        assert {*stack.exporter_instances, *stack.extra_scrape_targets} <= set(options["instance"])
         assert options["project_id"] == ["1"]
-        assert sorted(options["region_id"]) == ["10", "11"]
+        # region 12 has no image series, only its failing listing
+        assert sorted(options["region_id"]) == ["10", "11", "12"]
         # by name in the picker, image ids as values; images without info (404) are included
         assert sorted(options["image"]) == sorted(scenario.images)
 
@@ -159,6 +175,37 @@ def test_every_panel_query_returns_data(
                 selection = "explicit selection" if concrete else "All"
                 problems.append(f"{title} [{target['refId']}] ({selection}) no data: {expr}")
     assert not problems, "\n".join(problems)
+
+
+def _panel_query(dashboard: dict[str, Any], title: str, values: dict[str, str]) -> str:
+    (expr,) = [t["expr"] for name, t in panel_targets(dashboard) if name == title][:1]
+    return interpolate(expr, values)
+
+
+def test_no_alert_fires_twice_and_counts_stay_right_with_two_replicas(
+    scenarios: dict[str, tuple[Scenario, Stack]], dashboard: dict[str, Any]
+) -> None:
+    scenario, stack = scenarios["failing"]
+    _wait_for_alerts(scenario, stack)
+    prom = stack.prom
+    per_image = f"gcore_gpu_image_up{{job={JOB!r}}}".replace("'", '"')
+    assert prom.scalar(f"count({per_image})") == 2 * len(scenario.images)  # both replicas
+    # At no time of the run did two alerts differ only in the replica they came from.
+    alerts = 'ALERTS{alertname!="GcoreGpuImageExporterReplicaDown"}'
+    twice = prom.query(f"max_over_time((count without (instance, pod) ({alerts}) > 1)[5m:1s])")
+    assert not twice, twice
+    values = _resolve_all(stack, dashboard, concrete=False)["values"]
+    values.update(builtin_variables(time.time() - stack.started_at))
+    assert prom.scalar(_panel_query(dashboard, "Images monitored", values)) == len(scenario.images)
+    assert prom.scalar(_panel_query(dashboard, "Scopes listed", values)) == 1
+    assert prom.scalar(_panel_query(dashboard, "Scopes failing", values)) == 1
+    # img-deleted never succeeded: its failures are counted all the same, once per image.
+    rows = prom.query(_panel_query(dashboard, "Images failing to fetch", values))
+    by_image = [row["metric"]["image_id"] for row in rows]
+    assert len(by_image) == len(set(by_image)), rows
+    (deleted,) = [row for row in rows if row["metric"]["image_id"] == "img-deleted"]
+    assert deleted["metric"]["reason"] == "not_found"
+    assert float(deleted["value"][1]) > 0, deleted
 
 
 def test_healthy_run_fires_no_alert(
