@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 import aiohttp
 from pydantic import SecretStr, ValidationError
 
+from exporter.keys import KeySource
 from exporter.models import Image, ImagePage, Task
 from exporter.telemetry import Telemetry
 from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Reason, Scope
@@ -85,7 +86,7 @@ class GcoreClient:
         self,
         session: aiohttp.ClientSession,
         base_url: str,
-        api_key: SecretStr,
+        api_key: SecretStr | KeySource,  # a source: each request carries the key of the moment
         *,
         timeout: float,
         concurrency: int,
@@ -97,7 +98,7 @@ class GcoreClient:
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
-        self._api_key = api_key
+        self._keys = api_key if isinstance(api_key, KeySource) else KeySource(api_key)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._slots = asyncio.Semaphore(concurrency)
         self._telemetry = telemetry
@@ -186,7 +187,7 @@ class GcoreClient:
     async def _send(
         self, endpoint: Endpoint, path: str, params: Mapping[str, int] | None
     ) -> _Answer:
-        headers = {"Authorization": f"APIKey {self._api_key.get_secret_value()}"}
+        headers = {"Authorization": f"APIKey {self._keys.current.get_secret_value()}"}
         async with self._slots:
             await self.gate.wait()  # inside the slot: requests queued before a 429 wait too
             started = time.monotonic()

@@ -7,6 +7,7 @@ scheduler decides when; this module decides what a fetch means for the images it
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 import structlog
 
@@ -19,6 +20,7 @@ from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Scope, Target
 log = structlog.get_logger("exporter.fetcher")
 
 Target = ImageKey | Scope
+NO_TARGETS: Final = Targets((), ())
 
 
 class Fetcher:
@@ -35,11 +37,18 @@ class Fetcher:
         self._tasks = tasks
         self._telemetry = telemetry
 
-    def register(self, targets: Targets) -> None:
-        """Explicit images exist (down) and scopes are undiscovered until their first fetch."""
-        for key in targets.images:
-            self._store.add(key, explicit=True)
-        for scope in targets.scopes:
+    def register(self, targets: Targets, previous: Targets = NO_TARGETS) -> None:
+        """Follow `targets` instead of `previous`: the store keeps only the images they cover.
+
+        Explicit images exist (down) and new scopes are undiscovered until their first fetch;
+        scopes that stay keep their discovery state, and dropped ones leave the metrics.
+        """
+        self._store.follow(targets)
+        kept = set(targets.scopes)
+        for scope in previous.scopes:
+            if scope not in kept:
+                self._telemetry.discovery_up.remove(str(scope.project_id), str(scope.region_id))
+        for scope in kept - set(previous.scopes):
             self._telemetry.discovery_up.labels(str(scope.project_id), str(scope.region_id)).set(0)
 
     async def fetch(self, target: Target) -> bool:

@@ -9,6 +9,7 @@ Transitions, with `now` from the injected clock:
 | fetch failed, older than stale_after, or never fetched | withdrawn      | up 0, error counted    |
 | 404                           | withdrawn at once                       | up 0, error counted    |
 | absent from a complete listing (discovered image) | the image is removed | gone                 |
+| no longer covered by a target (a reload)           | the image is removed | gone                 |
 
 It keeps rendered bytes, not the API's models: at 50,000 images, models cost memory and
 garbage-collector time that no scrape needs.
@@ -23,7 +24,7 @@ from types import MappingProxyType
 
 from exporter.families import NO_VALUES, render_health, render_values
 from exporter.models import Image, Task
-from exporter.vocabulary import FetchError, ImageKey, Reason, Scope
+from exporter.vocabulary import FetchError, ImageKey, Reason, Scope, Targets
 
 
 @dataclass(slots=True)
@@ -48,7 +49,7 @@ class ImageStore:
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
-        self._stale_after = stale_after
+        self.stale_after = stale_after  # a reload may change it
         self._now = clock
         self._on_change = on_change
         self._states: dict[ImageKey, ImageState] = {}
@@ -92,7 +93,7 @@ class ImageStore:
         now = self._now()
         state.up, state.last_error = False, error.reason
         state.errors[error.reason] = state.errors.get(error.reason, 0) + 1
-        stale = state.last_success is None or now - state.last_success > self._stale_after
+        stale = state.last_success is None or now - state.last_success > self.stale_after
         if error.reason == "not_found" or stale:
             state.values = NO_VALUES
             state.lock_task_id = state.lock_seen = None
@@ -104,6 +105,25 @@ class ImageStore:
         gone = [k for k in self.in_scope(scope) if k not in keep and not self._states[k].explicit]
         for key in gone:
             del self._states[key]
+        if gone:
+            self._on_change()
+        return len(gone)
+
+    def follow(self, targets: Targets) -> int:
+        """Keep the images `targets` cover, with their state; add configured images; drop others.
+
+        An image keeps its series across a change of targets; whether it is configured (always
+        exported) or discovered (exported while listed) follows the new targets. Returns how many
+        images were dropped.
+        """
+        explicit, scopes = set(targets.images), set(targets.scopes)
+        gone = [k for k in self._states if k not in explicit and k.scope not in scopes]
+        for key in gone:
+            del self._states[key]
+        for state in self._states.values():
+            state.explicit = state.key in explicit
+        for key in targets.images:
+            self.add(key, explicit=True)
         if gone:
             self._on_change()
         return len(gone)

@@ -47,7 +47,7 @@ class Scheduler:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._fetcher = fetcher
-        self._targets = targets
+        self.targets = targets
         self._store = store  # read for the round's log line
         self._publisher = publisher
         self._telemetry = telemetry
@@ -57,7 +57,6 @@ class Scheduler:
         self._rounds: set[asyncio.Task[RoundResult]] = set()
         self._round_done = asyncio.Condition()
         self.rounds_completed = 0
-        fetcher.register(targets)
         publisher.publish()
 
     async def run(self) -> None:
@@ -81,7 +80,7 @@ class Scheduler:
         number = self.rounds_completed + len(self._rounds) + 1
         jobs: list[asyncio.Task[bool]] = []
         skipped = 0
-        targets: tuple[Target, ...] = (*self._targets.images, *self._targets.scopes)
+        targets: tuple[Target, ...] = (*self.targets.images, *self.targets.scopes)
         for target in targets:
             if target in self._inflight:
                 skipped += 1
@@ -135,6 +134,8 @@ class Scheduler:
             images_failing=self._store.failing(),
             duration=round(result.duration, 3),
         )
+        # What a soak watches for leaks: tasks must not pile up round after round.
+        log.debug("event loop", tasks=len(asyncio.all_tasks()))
         async with self._round_done:
             self._round_done.notify_all()
         return result

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import load_settings
 from exporter.fakeapi import FakeGcore
-from exporter.runtime import SCHEDULER, create_daemon
+from exporter.runtime import POLLING, create_daemon
 from exporter.scheduler import RoundResult, Scheduler
 
 API_KEY = "test-key-5f3a9c1e-SECRET"
@@ -95,7 +95,7 @@ class RunningExporter:
 
     @property
     def scheduler(self) -> Scheduler:
-        return self.app[SCHEDULER]
+        return self.app[POLLING].scheduler
 
     async def scrape(self, **headers: str) -> str:
         async with self.http.get(self.url + "/metrics", headers=headers) as response:

@@ -355,7 +355,7 @@ def test_demo_needs_no_api_key_nor_targets() -> None:
 
 
 def test_api_key_from_environment(keyed: None) -> None:
-    assert valid().read_api_key().get_secret_value() == API_KEY
+    assert valid().read_api_key().current.get_secret_value() == API_KEY
 
 
 def test_api_key_and_key_file_together_are_refused(
@@ -374,7 +374,7 @@ def test_key_file_is_read_and_stripped(monkeypatch: pytest.MonkeyPatch, tmp_path
     key_file.write_text(f"  {API_KEY}\n\n", encoding="utf-8")
     monkeypatch.setenv("GCORE_API_KEY_FILE", str(key_file))
     settings = valid()
-    assert settings.read_api_key().get_secret_value() == API_KEY
+    assert settings.read_api_key().current.get_secret_value() == API_KEY
     assert settings.describe()["api_key"] == "**********"
 
 
@@ -410,12 +410,12 @@ def test_api_key_from_environment_is_stripped_like_the_key_file(
     # a Kubernetes secret made with `--from-file` usually ends in a newline, which aiohttp
     # refuses in a header with a ValueError that is no FetchError
     monkeypatch.setenv("GCORE_API_KEY", f"{API_KEY}\n")
-    assert valid().read_api_key().get_secret_value() == API_KEY
+    assert valid().read_api_key().current.get_secret_value() == API_KEY
 
 
 def test_api_key_never_appears_in_repr_str_or_describe(keyed: None) -> None:
     settings = valid()
-    assert settings.read_api_key().get_secret_value() == API_KEY  # it is really set
+    assert settings.read_api_key().current.get_secret_value() == API_KEY  # it is really set
     for text in (repr(settings), str(settings), repr(settings.describe())):
         assert API_KEY not in text
     assert settings.describe()["api_key"] == "**********"
