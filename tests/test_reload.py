@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,22 @@ def test_a_config_read_through_a_pipe_is_not_read_again(
     monkeypatch.setenv("GCORE_API_KEY", "k")
     fifo = tmp_path / "config.fifo"
     os.mkfifo(fifo)
-    with pytest.raises(ConfigError) as info:  # would wait for a writer for ever
-        load_settings(again=True, config=str(fifo))
-    (line,) = info.value.problems
-    assert "not a regular file" in line
+    outcome: list[BaseException | Settings] = []
+
+    def load() -> None:
+        try:
+            outcome.append(load_settings(again=True, config=str(fifo)))
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append(exc)
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # it waits for a writer: give it one, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=10)
+        pytest.fail("reloading waited on a FIFO")
+    (error,) = outcome
+    assert isinstance(error, ConfigError)
+    (line,) = error.problems
+    assert line == f"config: {str(fifo)!r} is not a regular file: it cannot be re-read"
