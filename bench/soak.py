@@ -51,6 +51,7 @@ FAULTS: list[str] = [
     *("401", "403", "404", "408", "429", "429-retry-after", "500", "502", "503"),
     *("html", "not-json", "bad-page", "slow", "held", "latency"),
 ]
+REFUSED = "configuration refused, the running one stays"
 WINDOW = 5
 """Samples that make a warm-up or an end figure: their minimum, as in-flight work varies."""
 
@@ -69,6 +70,7 @@ class Report:
     reloads_refused: int = 0
     key_rotations: int = 0
     unexpected_errors: int = 0
+    error_lines: list[str] = field(default_factory=list)
     stray_lines: list[str] = field(default_factory=list)
     exit_code: int | None = None
     rss_mib_warm: float = 0.0
@@ -97,7 +99,8 @@ class Daemon:
         self.process = process
         self.events: Counter[str] = Counter()
         self.tasks: int | None = None  # from the last "event loop" line
-        self.stray: list[str] = []
+        self.stray: list[str] = []  # lines that are not JSON: a traceback
+        self.errors: list[str] = []  # error lines but the refusals the soak asks for
         assert process.stderr is not None
         self._reader = asyncio.create_task(self._read(process.stderr))
 
@@ -110,6 +113,8 @@ class Daemon:
                 self.stray.append(line[:300])
                 continue
             self.events[event["event"]] += 1
+            if event.get("level") == "error" and event["event"] != REFUSED:
+                self.errors.append(str(event["event"])[:300])
             if event["event"] == "event loop":
                 self.tasks = int(event["tasks"])
 
@@ -356,10 +361,9 @@ class Soak:
         events = daemon.events
         report.rounds = events["poll done"]
         report.reloads_applied = events["configuration reloaded"]
-        report.reloads_refused = events["configuration refused, the running one stays"]
-        report.unexpected_errors = (
-            events["unexpected error while polling"] + events["reload failed"]
-        )
+        report.reloads_refused = events[REFUSED]
+        report.unexpected_errors = len(daemon.errors) + events["unexpected error while polling"]
+        report.error_lines = daemon.errors[:20]
         summarise(report, self.warm[-WINDOW:], self.samples[-WINDOW:], self.warm + self.samples)
 
     async def _churn(self, seconds: float) -> None:
@@ -372,7 +376,7 @@ class Soak:
             now = time.monotonic()
             self.account.step(self.report)
             if now >= next_reload:
-                next_reload = now + rng.uniform(1.0, 2.5)
+                next_reload = now + rng.uniform(0.3, 1.0)
                 self._reload()
             if self.rotated_key is None and now >= next_rotation:
                 self.rotated_key = f"soak-key-{rng.randrange(10**9)}"
@@ -419,7 +423,7 @@ class Soak:
         return (
             len(self.samples) >= WINDOW
             and events["configuration reloaded"] > 0
-            and events["configuration refused, the running one stays"] > 0
+            and events[REFUSED] > 0
             and self.report.key_rotations > 0
         )
 
