@@ -124,7 +124,10 @@ class KeyFile(KeySource):
         """Check the file every `every` seconds, until cancelled."""
         while True:
             await asyncio.sleep(self.every)
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # a bug costs one check, never the rotations to come
+                log.exception("API key check failed", file=str(self.path))
 
     async def check(self) -> bool:
         """Take the file's key if the file changed and holds a usable one; True if the key changed.

@@ -161,8 +161,10 @@ RESTART_ONLY: Final = ("listen", "log_format")
 
 def _reloadable(settings: Settings) -> dict[str, Any]:
     """What a reload applies, as it takes effect (the demo's targets are its own)."""
+    targets = settings.resolved_targets()
     return {
-        "targets": None if settings.demo else settings.resolved_targets(),
+        # order is no change: targets listed anew in another order need no new scheduler
+        "targets": None if settings.demo else (set(targets.images), set(targets.scopes)),
         "interval": settings.interval,
         "timeout": settings.timeout,
         "concurrency": settings.concurrency,

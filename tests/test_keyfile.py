@@ -254,3 +254,29 @@ async def test_the_once_mode_reads_a_key_from_process_substitution(
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
     assert value(parse_samples(out.decode()), "gcore_gpu_image_up", image_id=IMG) == 1
+
+
+async def test_a_failing_check_does_not_end_the_watch(
+    secret_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = key_file(mount_secret(secret_dir, API_KEY))
+    calls = 0
+    real_check = keys.check
+
+    async def flaky_check() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return await real_check()
+
+    monkeypatch.setattr(keys, "check", flaky_check)
+    watching = asyncio.create_task(keys.watch())
+    try:
+        with capture_logs() as logs:
+            mount_secret(secret_dir, NEW_KEY)
+            await wait_until(lambda: keys.current.get_secret_value() == NEW_KEY, what="rotation")
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+    assert logs[0]["event"] == "API key check failed"

@@ -253,3 +253,13 @@ def test_a_config_read_through_a_pipe_is_not_read_again(
     assert isinstance(error, ConfigError)
     (line,) = error.problems
     assert line == f"config: {str(fifo)!r} is not a regular file: it cannot be re-read"
+
+
+async def test_targets_in_another_order_change_nothing(
+    account: FakeGcore, exporter: ExporterFactory
+) -> None:
+    async with exporter(targets=[f"{P}/{R}", f"{P}/{R + 1}"]) as running:
+        polling = polling_of(running)
+        scheduler = polling.scheduler
+        assert not await polling.reload(settings(targets=[f"{P}/{R + 1}", f"{P}/{R}"]))
+        assert polling.scheduler is scheduler
