@@ -480,6 +480,8 @@ def print_report(report: Report) -> None:
         f"exit:        {report.exit_code}; unexpected errors {report.unexpected_errors}; "
         f"stray log lines {len(report.stray_lines)}"
     )
+    for line in report.error_lines + report.stray_lines:
+        print(f"             {line}")
 
 
 def main() -> None:
