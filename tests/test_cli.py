@@ -149,13 +149,16 @@ async def test_check_config_prints_resolved_settings_with_the_key_masked(tmp_pat
     assert '"1/2/abc"' not in out  # covered by the 1/2 listing
 
 
-async def test_sigterm_stops_the_daemon_with_exit_0(fake: FakeGcore, fake_url: str) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_sigterm_or_sigint_stops_the_daemon_with_exit_0(
+    fake: FakeGcore, fake_url: str, signum: signal.Signals
+) -> None:
     fake.put_image(P, R, make_image(IMG, "gpu"))
     env = env_for(fake_url)
     async with serving("--target", f"{P}/{R}/{IMG}", "--interval", "1s", env=env) as (proc, url):
         async with aiohttp.ClientSession() as http:
             await wait_until(lambda: is_ready(http, url), timeout=15, what="readiness")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         code = await asyncio.wait_for(proc.wait(), 5)
         assert proc.stderr is not None
         err = (await proc.stderr.read()).decode()
