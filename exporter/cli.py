@@ -1,23 +1,32 @@
-"""Command line: parse flags, validate settings (exit 2 on any problem), then serve or poll once."""
+"""Command line: parse flags, validate settings (exit 2 on any problem), then serve or poll once.
+
+Serving follows operators' habits: SIGTERM and SIGINT stop, SIGHUP reloads the configuration, and
+an address that cannot be listened on is one log line and exit status 3.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
+import os
+import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import structlog
 from aiohttp import web
-from pydantic import SecretStr
 
 from exporter import __version__
 from exporter.config import DEFAULT_PORT, ConfigError, Settings, listen_address, load_settings
 from exporter.exposition import render_parts
+from exporter.keys import KeySource
 from exporter.logs import configure_logging
+from exporter.polling import POLLING, Polling, create_daemon
 from exporter.runtime import (
-    create_daemon,
     demo_settings,
     new_monitor,
     open_poller,
@@ -26,7 +35,9 @@ from exporter.runtime import (
 from exporter.web import server_options
 from exporter.webguard import WebGuard
 
-EXIT_OK, EXIT_FETCH_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FETCH_FAILED, EXIT_CONFIG, EXIT_LISTEN = 0, 1, 2, 3
+
+log = structlog.get_logger("exporter.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"gcore-gpu-image-exporter: config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    secrets = [api_key.get_secret_value()] if api_key else []
+    secrets = [api_key.current.get_secret_value()] if api_key else []
     configure_logging(settings.log_level, settings.log_format, secrets)
     if check:
         shown = demo_settings(settings) if settings.demo else settings
@@ -144,26 +155,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if once:
         return asyncio.run(_once(settings, api_key))
-    host, port = listen_address(settings.listen)
     # Modules and classes live as long as the process: keep the collector from rescanning them,
     # which shortens the pauses of full collections while big listings come and go.
     gc.freeze()
-    app = create_daemon(settings, api_key, guard)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        ssl_context=guard.ssl_context,
-        print=None,
-        access_log=None,
-        shutdown_timeout=3.0,
-        handle_signals=True,
-        **server_options(app),
+    return asyncio.run(
+        _serve(settings, api_key, guard, functools.partial(load_settings, again=True, **flags))
     )
+
+
+async def _serve(
+    settings: Settings,
+    api_key: KeySource | None,
+    guard: WebGuard,
+    reload: Callable[[], Settings],
+) -> int:
+    """Serve until SIGTERM or SIGINT, reloading on SIGHUP; EXIT_LISTEN if the address is no good."""
+    loop = asyncio.get_running_loop()
+    stop, hangup = asyncio.Event(), asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    host, port = listen_address(settings.listen)
+    try:  # before polling starts: a host that does not resolve is a mistake, not a poll
+        await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        log.error("cannot listen", listen=settings.listen, problem=f"{host}: {exc.strerror}")
+        return EXIT_LISTEN
+    app = create_daemon(settings, api_key, guard)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0, **server_options(app))
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, host, port, ssl_context=guard.ssl_context).start()
+        except OSError as exc:
+            problem = os.strerror(exc.errno) if exc.errno else str(exc)
+            log.error("cannot listen", listen=settings.listen, problem=problem)
+            return EXIT_LISTEN
+        reloading = asyncio.create_task(_reload_on(hangup, app[POLLING], reload))
+        await stop.wait()
+        reloading.cancel()
+        await asyncio.gather(reloading, return_exceptions=True)
+    finally:
+        await runner.cleanup()
     return EXIT_OK
 
 
-async def _once(settings: Settings, api_key: SecretStr | None) -> int:
+async def _reload_on(hangup: asyncio.Event, polling: Polling, load: Callable[[], Settings]) -> None:
+    """Reload once per SIGHUP; signals that come during a reload make one more."""
+    while True:
+        await hangup.wait()
+        hangup.clear()
+        log.info("SIGHUP: reloading the configuration")
+        try:
+            await polling.reload_from(load)
+        except Exception:  # a bug in a reload must not end the reloads, nor the process
+            log.exception("reload failed, the running configuration stays")
+
+
+async def _once(settings: Settings, api_key: KeySource | None) -> int:
     monitor = new_monitor(settings)
     async with (
         upstream_for(settings, api_key) as upstream,

@@ -17,6 +17,7 @@ from typing import Final, Literal, TypeVar
 import aiohttp
 from pydantic import SecretStr, ValidationError
 
+from exporter.keys import KeySource
 from exporter.models import Image, ImagePage, Listing, Project, Region, Task, clean_text
 from exporter.telemetry import Telemetry
 from exporter.transport import RateGate, RetryPolicy, Transport, shown
@@ -49,7 +50,7 @@ class GcoreClient:
         self,
         session: aiohttp.ClientSession,
         base_url: str,
-        api_key: SecretStr,
+        api_key: SecretStr | KeySource,  # a source: each request carries the key of the moment
         *,
         timeout: float,
         concurrency: int,

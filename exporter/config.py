@@ -9,9 +9,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import reprlib
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import (
@@ -32,12 +34,17 @@ from pydantic_settings import (
 )
 from yarl import URL
 
+from exporter.keys import KeyFile, KeySource, clean_key
 from exporter.vocabulary import ImageKey, Kind, Scope, Targets, Wildcard
 
 DEFAULT_PORT = 10150
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_BASE_URL = "https://api.gcore.com"
 CONFIG_ENV = "GCORE_EXPORTER_CONFIG"
+MAX_CONFIG_BYTES: Final = 1 << 20
+"""A config file larger than this is refused (`--config /dev/zero` must not eat the memory)."""
+MAX_CONFIG_VALUES: Final = 100_000
+"""Most values a config file may hold once YAML aliases are expanded (a "billion laughs")."""
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 _PROM_DURATION = re.compile(
@@ -217,7 +224,7 @@ class Settings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
-        return None if value is None else SecretStr(_clean_key(value.get_secret_value()))
+        return None if value is None else SecretStr(clean_key(value.get_secret_value()))
 
     @model_validator(mode="after")
     def _check_whole(self) -> Settings:
@@ -266,20 +273,16 @@ class Settings(BaseSettings):
         kept = tuple(key for key in images if key.scope not in scopes)
         return Targets(images=kept, scopes=tuple(scopes), wildcards=tuple(wildcards))
 
-    def read_api_key(self) -> SecretStr:
+    def read_api_key(self) -> KeySource:
+        """The API key, read once: a key file is then followed for rotations (see `KeyFile`)."""
         if self.api_key is not None:
-            return self.api_key
+            return KeySource(self.api_key)
         if self.api_key_file is None:
             raise ConfigError(["an API key is required: set GCORE_API_KEY or GCORE_API_KEY_FILE"])
-        where = f"GCORE_API_KEY_FILE: {str(self.api_key_file)!r}"
         try:
-            text = self.api_key_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError([f"{where}: cannot read: {detail or exc}"]) from None
-        try:
-            return SecretStr(_clean_key(text))
+            return KeyFile.open(self.api_key_file)
         except ValueError as exc:
+            where = f"GCORE_API_KEY_FILE: {str(self.api_key_file)!r}"
             raise ConfigError([f"{where}: {exc}"]) from None
 
     def describe(self) -> dict[str, Any]:
@@ -365,30 +368,35 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _clean_key(key: str) -> str:
-    """Strip what secret files and `--from-file` secrets add; refuse what no header can carry."""
-    key = key.strip()
-    if not key:
-        raise ValueError("the API key is empty")
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
-        raise ValueError("the API key contains control characters")
-    return key
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     where = f"config: {str(path)!r}"
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{where}: larger than {MAX_CONFIG_BYTES} bytes"])
+    try:
+        data = _parse_yaml(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError([f"{where}: not UTF-8 text"]) from None
+    except RecursionError:
+        raise ConfigError([f"{where}: nested too deeply"]) from None
+    except _TooBig:
+        raise ConfigError(
+            [f"{where}: more than {MAX_CONFIG_VALUES} values once YAML aliases are expanded"]
+        ) from None
     except yaml.YAMLError as exc:
         # Only PyYAML's problem and position: its snippet of the line could quote a secret.
         problem = getattr(exc, "problem", None) or "cannot be parsed"
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([f"{where} is not valid YAML: {problem}{at}"]) from None
+    except ValueError as exc:  # a scalar PyYAML cannot build: a 5,000-digit integer, 2024-13-01
+        raise ConfigError(
+            [f"{where} holds a value that cannot be read: {_cut(str(exc))}"]
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -403,6 +411,56 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+class _TooBig(Exception):
+    """The document stands for more than `MAX_CONFIG_VALUES` values."""
+
+
+def _parse_yaml(text: str) -> Any:
+    """`yaml.safe_load`, refusing documents whose aliases expand to too many values.
+
+    Aliases share one object, so loading is cheap; but whatever walks the result (validation,
+    an error message) pays for every expanded value: 358 bytes can stand for a billion of them.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+            raise _TooBig
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root: yaml.Node, budget: int) -> int:
+    """Nodes under `root` with every alias expanded, counted up to `budget` + 1 (then it stops).
+
+    Each distinct node is counted once and remembered, so the work is the size of the document.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = budget + 1  # a node that contains itself expands without end
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > budget:
+                break
+        sizes[id(node)] = min(total, budget + 1)
+        return sizes[id(node)]
+
+    return size(root)
+
+
 _SECRET_FIELDS = {"api_key", "GCORE_API_KEY"}
 # Settings a config file may not hold: secrets, endpoint and mode stay in the environment and flags.
 _ENV_ONLY = frozenset(
@@ -412,9 +470,15 @@ _ENV_ONLY = frozenset(
 )
 
 
-def load_settings(**cli: Any) -> Settings:
-    """Build settings from flags (`cli`, None meaning unset), the environment and the YAML file."""
+def load_settings(*, again: bool = False, **cli: Any) -> Settings:
+    """Build settings from flags (`cli`, None meaning unset), the environment and the YAML file.
+
+    `again` (a reload) refuses a config file that is no regular file: `<(...)` or a FIFO was
+    read at startup and cannot be read a second time (nor waited on).
+    """
     given = {name: value for name, value in cli.items() if value is not None}
+    if again:
+        _check_rereadable(given.get("config") or os.environ.get(CONFIG_ENV))
     try:
         return Settings(**given)
     except ValidationError as exc:
@@ -422,12 +486,40 @@ def load_settings(**cli: Any) -> Settings:
         raise ConfigError(problems) from None
 
 
+def _check_rereadable(path: str | Path | None) -> None:
+    if not path:
+        return
+    try:
+        regular = stat.S_ISREG(Path(path).stat().st_mode)
+    except OSError:
+        return  # reading it says what is wrong
+    if not regular:
+        raise ConfigError([f"config: {str(path)!r} is not a regular file: it cannot be re-read"])
+
+
+# An error line shows a bounded rendering of the bad value: a few items, levels and characters.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel = 2
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = _SHOWN.maxfrozenset = 4
+_SHOWN.maxstring = _SHOWN.maxother = 60
+_MAX_SHOWN: Final = 100
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)`, bounded in size and in the work it costs whatever the value."""
+    return _cut(_SHOWN.repr(value))
+
+
 def _describe_error(err: Any) -> str:
-    location = ".".join(str(part) for part in err["loc"])
+    location = _cut(".".join(str(part) for part in err["loc"]))
     message = str(err["msg"]).removeprefix("Value error, ")
     if not location:
         return message
     if err["type"] == "extra_forbidden":
         return f"{location}: unknown setting"
-    shown = "<hidden>" if location in _SECRET_FIELDS else repr(err.get("input"))
-    return f"{location}: {message} (got {shown})"
+    value = "<hidden>" if location in _SECRET_FIELDS else _shown(err.get("input"))
+    return f"{location}: {message} (got {value})"

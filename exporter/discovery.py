@@ -130,7 +130,18 @@ class Discovery:
         self._info = AccountInfo()
         self._lock = asyncio.Lock()
         self.targets = expand(config, None, None)
+        self._registry = registry
         registry.register(self._info)
+
+    def adopt(self, previous: Discovery) -> None:
+        """Take over the listings a discovery this one replaces (a reload) made, and expand the
+        wildcards with them at once: the scopes they found keep being polled, without a gap."""
+        self._projects, self._regions = previous._projects, previous._regions
+        self._info.projects, self._info.regions = previous._info.projects, previous._info.regions
+        self.targets = expand(self._config, self._projects, self._regions)
+
+    def close(self) -> None:
+        self._registry.unregister(self._info)
 
     async def refresh(self) -> bool:
         """List projects and regions and expand the wildcards again; True if both listings

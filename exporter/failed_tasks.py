@@ -85,7 +85,17 @@ class FailedTasks(Collector):
         self._failed: dict[str, FailedTask] = {}
         self._first_seen: dict[str, float] = {}
         self._types: set[str] = set()
+        self._registry = registry
         registry.register(self)
+
+    def adopt(self, previous: FailedTasks) -> None:
+        """Take over what a poll this one replaces (a reload) knew: no failed task is lost."""
+        self._failed = dict(previous._failed)
+        self._first_seen = dict(previous._first_seen)
+        self._types = set(previous._types)
+
+    def close(self) -> None:
+        self._registry.unregister(self)
 
     async def poll(self, scopes: Iterable[Scope]) -> bool:
         """List the failed tasks of `scopes`' projects and regions; True if the listing worked."""

@@ -7,9 +7,7 @@ scheduler decides when; this module decides what a fetch means for the images it
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
-from typing import Literal
+from typing import Final, Literal
 
 import structlog
 
@@ -17,7 +15,6 @@ from exporter.client import GcoreClient
 from exporter.image_store import ImageStore
 from exporter.scope_health import ScopeHealth
 from exporter.task_cache import TaskCache
-from exporter.telemetry import Telemetry
 from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Scope, Targets
 
 log = structlog.get_logger("exporter.fetcher")
@@ -26,6 +23,7 @@ Target = ImageKey | Scope
 Listing = Literal["complete", "moved", "stuck", "bounded"]
 """How one read of a listing went: whole, `count` moved between its pages (the list changed
 under them), or cut short by a server that ignores `offset` or by the page limit."""
+NO_TARGETS: Final = Targets((), ())
 
 
 class Fetcher:
@@ -35,20 +33,25 @@ class Fetcher:
         *,
         store: ImageStore,
         tasks: TaskCache,
-        telemetry: Telemetry,
-        clock: Callable[[], float] = time.time,
+        scopes: ScopeHealth,
     ) -> None:
         self._client = client
         self._store = store
         self._tasks = tasks
-        self._scopes = ScopeHealth(telemetry, clock)
+        self._scopes = scopes
         self._discovered: frozenset[Scope] = frozenset()
 
-    def register(self, targets: Targets) -> None:
-        """Explicit images exist (down) and scopes are undiscovered until their first fetch."""
-        for key in targets.images:
-            self._store.add(key, explicit=True)
-        for scope in (*targets.scopes, *targets.discovered):
+    def register(self, targets: Targets, previous: Targets = NO_TARGETS) -> None:
+        """Follow `targets` instead of `previous`: the store keeps only the images they cover.
+
+        Explicit images exist (down) and new scopes are undiscovered until their first fetch;
+        scopes that stay keep their listing state, and those of `previous` that left lose theirs.
+        """
+        self._store.follow(targets)
+        watched = {*targets.scopes, *targets.discovered}
+        for scope in {*previous.scopes, *previous.discovered} - watched:
+            self._scopes.forget(scope)
+        for scope in watched:
             self._scopes.watch(scope)
         self._discovered = frozenset(targets.discovered)
 

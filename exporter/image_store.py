@@ -10,6 +10,7 @@ Transitions, with `now` from the injected clock:
 | 404                           | withdrawn at once                       | up 0, error counted    |
 | absent from a complete listing (discovered image) | the image is removed | gone                 |
 | its scope is no longer watched (discovered image) | the image is removed | gone                 |
+| no longer covered by a target (a reload)           | the image is removed | gone                 |
 
 `status_since` is `updated_at` when an image is first seen (a status change updates it, and it
 survives restarts of the exporter), then the time a new status was first seen; never after now.
@@ -29,7 +30,7 @@ import structlog
 
 from exporter.families import NO_VALUES, render_health, render_values, status_of
 from exporter.models import Image, Task
-from exporter.vocabulary import FetchError, ImageKey, Kind, Reason, Scope
+from exporter.vocabulary import FetchError, ImageKey, Kind, Reason, Scope, Targets
 
 
 @dataclass(slots=True)
@@ -59,7 +60,7 @@ class ImageStore:
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
-        self._stale_after = stale_after
+        self.stale_after = stale_after  # a reload may change it
         self._now = clock
         self._on_change = on_change
         self._states: dict[ImageKey, ImageState] = {}
@@ -142,7 +143,7 @@ class ImageStore:
         now = self._now()
         state.up, state.last_error = False, error.reason
         state.errors[error.reason] = state.errors.get(error.reason, 0) + 1
-        stale = state.last_success is None or now - state.last_success > self._stale_after
+        stale = state.last_success is None or now - state.last_success > self.stale_after
         if error.reason == "not_found" or stale:
             state.values = NO_VALUES
             state.lock_task_id = state.lock_seen = None
@@ -173,6 +174,25 @@ class ImageStore:
                 ignored_kind=key.scope.kind,
             )
         return True
+
+    def follow(self, targets: Targets) -> int:
+        """Keep the images `targets` cover, with their state; add configured images; drop others.
+
+        An image keeps its series across a change of targets; whether it is configured (always
+        exported) or discovered (exported while listed) follows the new targets. Returns how many
+        images were dropped.
+        """
+        explicit, scopes = set(targets.images), {*targets.scopes, *targets.discovered}
+        gone = [k for k in self._states if k not in explicit and k.scope not in scopes]
+        for key in gone:
+            del self._states[key]
+        for state in self._states.values():
+            state.explicit = state.key in explicit
+        for key in targets.images:
+            self.add(key, explicit=True)
+        if gone:
+            self._on_change()
+        return len(gone)
 
     def failing(self) -> int:
         return sum(1 for state in self._states.values() if not state.up)

@@ -15,8 +15,13 @@ REDACTED = "**********"
 class Redactor:
     """Replaces every occurrence of a secret in the event's strings: the last line of defence."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = tuple(s for s in secrets if s)
+    def __init__(self) -> None:
+        self._secrets: tuple[str, ...] = ()
+
+    def learn(self, secret: str) -> None:
+        """Redact `secret` too from now on (a rotated key; the old one stays redacted)."""
+        if secret and secret not in self._secrets:
+            self._secrets += (secret,)
 
     def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
         if self._secrets:
@@ -29,6 +34,20 @@ class Redactor:
                         text = text.replace(secret, REDACTED)
                     event[key] = text
         return event
+
+
+# The process has one log configuration, so one redactor: a key rotated later is taught to it.
+_REDACTOR = Redactor()
+
+
+def redact(secret: str) -> None:
+    """Keep `secret` out of every log line from now on."""
+    _REDACTOR.learn(secret)
+
+
+def set_level(level: str) -> None:
+    """Change the log level of the running process (a reloaded configuration)."""
+    logging.getLogger().setLevel(level.upper())
 
 
 def configure_logging(level: str, fmt: str | None, secrets: Iterable[str] = ()) -> None:
@@ -47,21 +66,22 @@ def configure_logging(level: str, fmt: str | None, secrets: Iterable[str] = ()) 
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    redact = Redactor(secrets)
+    for secret in secrets:
+        redact(secret)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                redact,
+                _REDACTOR,
                 renderer,
             ],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    set_level(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -1,4 +1,6 @@
-"""Wires settings into running parts: the upstream (Gcore or the demo), the monitor, a scheduler."""
+"""Wires settings into running parts: the upstream (Gcore or the demo), the monitor that outlives
+every poller, and the poller (discovery, image rounds, failed tasks) with its own HTTP session.
+"""
 
 from __future__ import annotations
 
@@ -13,22 +15,22 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from exporter import __version__
-from exporter.client import GcoreClient, RetryPolicy
+from exporter.client import GcoreClient, RateGate, RetryPolicy
 from exporter.config import Settings
 from exporter.demo import DEMO_API_KEY, TARGETS, DemoWorld, animate
 from exporter.discovery import Discovery
 from exporter.failed_tasks import FailedTasks
 from exporter.fakeapi import FakeGcore
-from exporter.fetcher import Fetcher
+from exporter.fetcher import NO_TARGETS, Fetcher
 from exporter.image_store import ImageStore
+from exporter.keys import KeySource
 from exporter.poller import Poller
 from exporter.scheduler import Scheduler
+from exporter.scope_health import ScopeHealth
 from exporter.snapshot import Publisher
 from exporter.task_cache import TaskCache
 from exporter.telemetry import Telemetry
 from exporter.vocabulary import Targets
-from exporter.web import create_app
-from exporter.webguard import WebGuard
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +38,7 @@ class Upstream:
     """Where the poller fetches from, with what key, and what."""
 
     base_url: str
-    api_key: SecretStr
+    api_key: SecretStr | KeySource
     targets: Targets
 
     def __repr__(self) -> str:
@@ -71,7 +73,9 @@ async def demo_upstream(settings: Settings) -> AsyncIterator[Upstream]:
 
 
 @asynccontextmanager
-async def upstream_for(settings: Settings, api_key: SecretStr | None) -> AsyncIterator[Upstream]:
+async def upstream_for(
+    settings: Settings, api_key: SecretStr | KeySource | None
+) -> AsyncIterator[Upstream]:
     """The demo's upstream, or Gcore with `api_key` (read once, by the caller, at startup)."""
     if settings.demo:
         async with demo_upstream(settings) as upstream:
@@ -84,11 +88,12 @@ async def upstream_for(settings: Settings, api_key: SecretStr | None) -> AsyncIt
 
 @dataclass(frozen=True, slots=True)
 class Monitor:
-    """The parts that exist before any I/O: what scrapes read until polling has begun."""
+    """What outlives every poller (a reload replaces the poller): what scrapes read."""
 
     telemetry: Telemetry
     store: ImageStore
     publisher: Publisher
+    scopes: ScopeHealth
 
 
 def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time) -> Monitor:
@@ -98,7 +103,7 @@ def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time)
         stale_after=settings.effective_stale_after, clock=wall_clock, on_change=publisher.mark_dirty
     )
     telemetry.images.set_function(lambda: len(store))
-    return Monitor(telemetry, store, publisher)
+    return Monitor(telemetry, store, publisher, ScopeHealth(telemetry, wall_clock))
 
 
 @asynccontextmanager
@@ -107,9 +112,17 @@ async def open_poller(
     upstream: Upstream,
     monitor: Monitor,
     wall_clock: Callable[[], float] = time.time,
+    *,
+    gate: RateGate | None = None,
+    previous: Poller | None = None,
 ) -> AsyncIterator[Poller]:
     """Discovery, scheduler and failed-task poll with their own HTTP session, feeding `monitor`;
-    not yet running."""
+    not yet running.
+
+    `previous` is the poller this one replaces (a reload): its discovered scopes and failed tasks
+    are taken over, so images that stay keep their series without a gap. `gate` is its rate-limit
+    gate: a pause after a 429 outlives the replacement.
+    """
     telemetry = monitor.telemetry
     async with aiohttp.ClientSession(
         headers={"User-Agent": f"gcore-gpu-image-exporter/{__version__}"},
@@ -124,6 +137,7 @@ async def open_poller(
             max_response_size=settings.max_response_size,
             telemetry=telemetry,
             retry=RetryPolicy(budget=settings.interval),
+            gate=gate,
         )
         telemetry.rate_limit_paused.set_function(lambda: int(client.gate.remaining > 0))
         tasks = TaskCache(
@@ -131,24 +145,13 @@ async def open_poller(
             ttl=settings.interval,
             on_failure=lambda error: telemetry.task_fetch_errors.labels(error.reason).inc(),
         )
-        fetcher = Fetcher(
-            client, store=monitor.store, tasks=tasks, telemetry=telemetry, clock=wall_clock
-        )
-        scheduler = Scheduler(
-            fetcher,
-            upstream.targets,
-            store=monitor.store,
-            publisher=monitor.publisher,
-            telemetry=telemetry,
-            interval=settings.interval,
-            wall_clock=wall_clock,
-        )
+        fetcher = Fetcher(client, store=monitor.store, tasks=tasks, scopes=monitor.scopes)
         discovery = Discovery(
             client,
             upstream.targets,
             telemetry=telemetry,
             registry=telemetry.registry,
-            on_change=scheduler.set_targets,
+            on_change=lambda targets: scheduler.set_targets(targets),
         )
         failed_tasks = FailedTasks(
             client,
@@ -158,14 +161,32 @@ async def open_poller(
             window=settings.failed_task_window,
             clock=wall_clock,
         )
-        yield Poller(
-            scheduler,
-            discovery,
-            failed_tasks,
-            publisher=monitor.publisher,
-            discovery_interval=settings.discovery_interval,
-            task_interval=settings.effective_task_interval,
-        )
+        try:
+            if previous is not None:
+                discovery.adopt(previous.discovery)
+                failed_tasks.adopt(previous.failed_tasks)
+            before = previous.scheduler.targets if previous is not None else NO_TARGETS
+            fetcher.register(discovery.targets, before)
+            scheduler = Scheduler(
+                fetcher,
+                discovery.targets,
+                store=monitor.store,
+                publisher=monitor.publisher,
+                telemetry=telemetry,
+                interval=settings.interval,
+                wall_clock=wall_clock,
+            )
+            yield Poller(
+                scheduler,
+                discovery,
+                failed_tasks,
+                publisher=monitor.publisher,
+                discovery_interval=settings.discovery_interval,
+                task_interval=settings.effective_task_interval,
+            )
+        finally:
+            discovery.close()
+            failed_tasks.close()
 
 
 @asynccontextmanager
@@ -179,38 +200,3 @@ async def open_scheduler(
     running (wildcards need the poller's discovery)."""
     async with open_poller(settings, upstream, monitor, wall_clock) as poller:
         yield poller.scheduler
-
-
-SCHEDULER = web.AppKey("scheduler", Scheduler)
-POLLER = web.AppKey("poller", Poller)
-
-
-def create_daemon(
-    settings: Settings,
-    api_key: SecretStr | None,
-    guard: WebGuard | None = None,
-    wall_clock: Callable[[], float] = time.time,
-) -> web.Application:
-    """The HTTP app with polling started and stopped through its `cleanup_ctx`.
-
-    `guard` is the web config already loaded (by the CLI, to validate it first); without it the
-    settings' `web_config_file` is loaded here, so no caller serves unprotected by omission.
-    """
-    monitor = new_monitor(settings, wall_clock)
-    guard = guard or WebGuard.load(settings.web_config_file)
-    app = create_app(monitor.publisher, guard, protect_probes=settings.protect_probes)
-
-    async def polling(app: web.Application) -> AsyncIterator[None]:
-        async with (
-            upstream_for(settings, api_key) as upstream,
-            open_poller(settings, upstream, monitor, wall_clock) as poller,
-        ):
-            app[SCHEDULER] = poller.scheduler
-            app[POLLER] = poller
-            running = asyncio.create_task(poller.run())
-            yield
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-
-    app.cleanup_ctx.append(polling)
-    return app

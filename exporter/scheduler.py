@@ -63,8 +63,11 @@ class Scheduler:
         self._rounds: set[asyncio.Task[RoundResult]] = set()
         self._round_done = asyncio.Condition()
         self.rounds_completed = 0
-        fetcher.register(targets)
         publisher.publish()
+
+    @property
+    def targets(self) -> Targets:
+        return self._targets
 
     async def run(self) -> None:
         """Start a round every interval, and publish progress between rounds, until cancelled."""
@@ -153,6 +156,8 @@ class Scheduler:
             images_failing=self._store.failing(),
             duration=round(result.duration, 3),
         )
+        # What a soak watches for leaks: tasks must not pile up round after round.
+        log.debug("event loop", tasks=len(asyncio.all_tasks()))
         async with self._round_done:
             self._round_done.notify_all()
         return result

@@ -32,6 +32,9 @@ class TaskCache:
         self._on_failure = on_failure
         self._now = clock
         self._entries: dict[str, tuple[float, asyncio.Future[Task | None]]] = {}
+        # Lookups still running, those dropped from `_entries` by expiry included: all are
+        # cancelled on close, before their HTTP session is.
+        self._running: set[asyncio.Future[Task | None]] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -45,6 +48,8 @@ class TaskCache:
         if entry is None or self._now() - entry[0] > self._ttl:
             entry = (self._now(), asyncio.ensure_future(self._fetch(task_id)))
             self._entries[task_id] = entry
+            self._running.add(entry[1])
+            entry[1].add_done_callback(self._running.discard)
         task = await asyncio.shield(entry[1])
         if task is not None and task.id != task_id:
             return None  # an answer about another task says nothing about this lock
@@ -57,7 +62,7 @@ class TaskCache:
             del self._entries[task_id]
 
     async def close(self) -> None:
-        pending = [future for _, future in self._entries.values()]
+        pending = list(self._running)
         for future in pending:
             future.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

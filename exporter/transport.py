@@ -25,6 +25,7 @@ import aiohttp
 from pydantic import SecretStr
 from yarl import URL
 
+from exporter.keys import KeySource
 from exporter.models import clean_text
 from exporter.telemetry import Telemetry
 from exporter.vocabulary import Endpoint, FetchError, Reason
@@ -80,7 +81,7 @@ class Transport:
         self,
         session: aiohttp.ClientSession,
         base_url: str,
-        api_key: SecretStr,
+        api_key: SecretStr | KeySource,
         *,
         timeout: float,
         concurrency: int,
@@ -94,7 +95,7 @@ class Transport:
         self._session = session
         self._base_url = str(URL(base_url.rstrip("/")))  # encoded: segments are appended as is
         self._max_body = max_response_size
-        self._api_key = api_key
+        self._keys = api_key if isinstance(api_key, KeySource) else KeySource(api_key)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._slots = asyncio.Semaphore(concurrency)
         self._telemetry = telemetry
@@ -135,7 +136,7 @@ class Transport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(self, endpoint: Endpoint, url: URL, params: Params | None) -> _Answer:
-        headers = {"Authorization": f"APIKey {self._api_key.get_secret_value()}"}
+        headers = {"Authorization": f"APIKey {self._keys.current.get_secret_value()}"}
         async with self._slots:
             await self.gate.wait()  # inside the slot: requests queued before a 429 wait too
             started = time.monotonic()

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.config import load_settings
 from exporter.fakeapi import FakeGcore
 from exporter.poller import Poller
-from exporter.runtime import POLLER, SCHEDULER, create_daemon
+from exporter.polling import POLLING, create_daemon
 from exporter.scheduler import RoundResult, Scheduler
 
 API_KEY = "test-key-5f3a9c1e-SECRET"
@@ -108,11 +108,11 @@ class RunningExporter:
 
     @property
     def scheduler(self) -> Scheduler:
-        return self.app[SCHEDULER]
+        return self.app[POLLING].scheduler
 
     @property
     def poller(self) -> Poller:
-        return self.app[POLLER]
+        return self.app[POLLING].poller
 
     async def scrape(self, **headers: str) -> str:
         async with self.http.get(self.url + "/metrics", headers=headers) as response:

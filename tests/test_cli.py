@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -121,7 +122,7 @@ async def test_once_with_star_discovers_polls_and_exits_0(fake: FakeGcore, fake_
     samples = parse_samples(out)
     assert value(samples, "gcore_gpu_image_info", image_id=IMG, kind="virtual") == 1
     assert value(samples, "gcore_gpu_image_info", image_id=IMG2, kind="baremetal") == 1
-    assert value(samples, "gcore_exporter_scopes", state="unavailable") == 2  # region 30, twice
+    assert value(samples, "gcore_exporter_scopes", state="unavailable") == 1
     assert value(samples, "gcore_gpu_image_task_failed_info", task_id="t-1") == 1
     assert value(samples, "gcore_gpu_project_info", project_id=str(P)) == 1
 
@@ -193,13 +194,16 @@ async def test_check_config_prints_resolved_settings_with_the_key_masked(tmp_pat
     assert '"1/2/abc"' not in out  # covered by the 1/2 listing
 
 
-async def test_sigterm_stops_the_daemon_with_exit_0(fake: FakeGcore, fake_url: str) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_sigterm_or_sigint_stops_the_daemon_with_exit_0(
+    fake: FakeGcore, fake_url: str, signum: signal.Signals
+) -> None:
     fake.put_image(P, R, make_image(IMG, "gpu"))
     env = env_for(fake_url)
     async with serving("--target", f"{P}/{R}/{IMG}", "--interval", "1s", env=env) as (proc, url):
         async with aiohttp.ClientSession() as http:
             await wait_until(lambda: is_ready(http, url), timeout=15, what="readiness")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         code = await asyncio.wait_for(proc.wait(), 5)
         assert proc.stderr is not None
         err = (await proc.stderr.read()).decode()
@@ -281,3 +285,140 @@ async def test_once_and_check_config_exclude_each_other() -> None:
     code, _, err = await run("--once", "--check-config", "--target", "1/2")
     assert code == 2
     assert "not allowed with argument" in err
+
+
+# --- failing cleanly -----------------------------------------------------------------------------
+
+
+def error_events(err: str) -> list[dict[str, object]]:
+    """The JSON log lines of a run; any line that is not one fails the test."""
+    return [json.loads(line) for line in err.strip().splitlines()]
+
+
+async def test_a_port_in_use_is_one_line_and_exit_3(fake: FakeGcore, fake_url: str) -> None:
+    fake.put_image(P, R, make_image(IMG, "gpu"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await run(
+            "--target", f"{P}/{R}/{IMG}", "--listen", f"127.0.0.1:{port}", env=env_for(fake_url)
+        )
+    assert code == 3
+    (event,) = error_events(err)
+    assert event["event"] == "cannot listen"
+    assert event["listen"] == f"127.0.0.1:{port}"
+    assert event["problem"] == "Address already in use"
+    assert out == ""
+
+
+async def test_a_host_that_does_not_resolve_is_one_line_and_exit_3(fake_url: str) -> None:
+    code, _, err = await run(
+        "--target", f"{P}/{R}", "--listen", "no-such-host.invalid:10150", env=env_for(fake_url)
+    )
+    assert code == 3
+    (event,) = error_events(err)  # nothing was polled: the address was checked first
+    assert event["event"] == "cannot listen"
+    assert str(event["problem"]).startswith("no-such-host.invalid: ")
+
+
+async def test_an_endless_key_file_is_one_line_and_exit_2() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GCORE_")}
+    code, _, err = await run(
+        "--once", "--target", "1/2", env={**env, "GCORE_API_KEY_FILE": "/dev/zero"}
+    )
+    assert code == 2
+    assert err == (
+        "gcore-gpu-image-exporter: config error: GCORE_API_KEY_FILE: '/dev/zero': "
+        "larger than 8192 bytes, which no API key is\n"
+    )
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+interval: [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""  # 346 bytes that stand for 387 million strings
+
+
+async def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(BILLION_LAUGHS, encoding="utf-8")
+    code, _, err = await run("--check-config", "--target", "1/2", "--config", str(config))
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.endswith("more than 100000 values once YAML aliases are expanded")
+
+
+# --- SIGHUP --------------------------------------------------------------------------------------
+
+
+class Lines:
+    """Collects a process's stderr lines as they come."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.lines: list[str] = []
+        self._task = asyncio.create_task(self._read(stream))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            self.lines.append(line.decode())
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        found = [json.loads(line) for line in self.lines if line.startswith("{")]
+        return [event for event in found if event["event"] == name]
+
+    async def close(self) -> None:
+        await asyncio.wait_for(self._task, 10)
+
+
+async def test_sighup_reloads_targets_and_refuses_a_bad_file(
+    fake: FakeGcore, fake_url: str, tmp_path: Path
+) -> None:
+    other = "c0ffee00-0000-4000-8000-000000000002"
+    fake.put_image(P, R, make_image(IMG, "first"))
+    fake.put_image(P, R, make_image(other, "second"))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"targets: [{P}/{R}/{IMG}]\ninterval: 1h\n", encoding="utf-8")
+    async with (
+        serving("--config", str(config), env=env_for(fake_url)) as (proc, url),
+        aiohttp.ClientSession() as http,
+    ):
+        assert proc.stderr is not None
+        log = Lines(proc.stderr)
+        await wait_until(lambda: is_ready(http, url), timeout=15, what="readiness")
+
+        async def images() -> set[str]:
+            async with http.get(url + "/metrics") as response:
+                samples = parse_samples(await response.text())
+            return {dict(k[1])["image_id"] for k in samples if k[0] == "gcore_gpu_image_up"}
+
+        assert await images() == {IMG}
+        config.write_text(f"targets: [{P}/{R}/{other}]\ninterval: 1h\n", encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        await wait_until(lambda: bool(log.events("configuration reloaded")), what="the reload")
+        assert await images() == {other}
+        await wait_until(lambda: len(log.events("poll done")) == 2, what="the new first round")
+        config.write_text("targets: [1/x]\n", encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        await wait_until(
+            lambda: bool(log.events("configuration refused, the running one stays")),
+            what="the refusal",
+        )
+        (refused,) = log.events("configuration refused, the running one stays")
+        assert refused["problems"] == [
+            "targets.0: not a target: write PROJECT/REGION/IMAGE_ID, PROJECT/REGION or IMAGE_ID, "
+            "or *, PROJECT/* or */REGION, each optionally after baremetal: (got '1/x')"
+        ]
+        assert await images() == {other}
+        assert proc.returncode is None
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        await log.close()
+    assert not [line for line in log.lines if "Traceback" in line]

@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from exporter.config import (
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_VALUES,
     BareImage,
     ConfigError,
     Settings,
@@ -501,7 +503,7 @@ def test_demo_needs_no_api_key_nor_targets() -> None:
 
 
 def test_api_key_from_environment(keyed: None) -> None:
-    assert valid().read_api_key().get_secret_value() == API_KEY
+    assert valid().read_api_key().current.get_secret_value() == API_KEY
 
 
 def test_api_key_and_key_file_together_are_refused(
@@ -520,7 +522,7 @@ def test_key_file_is_read_and_stripped(monkeypatch: pytest.MonkeyPatch, tmp_path
     key_file.write_text(f"  {API_KEY}\n\n", encoding="utf-8")
     monkeypatch.setenv("GCORE_API_KEY_FILE", str(key_file))
     settings = valid()
-    assert settings.read_api_key().get_secret_value() == API_KEY
+    assert settings.read_api_key().current.get_secret_value() == API_KEY
     assert settings.describe()["api_key"] == "**********"
 
 
@@ -556,12 +558,12 @@ def test_api_key_from_environment_is_stripped_like_the_key_file(
     # a Kubernetes secret made with `--from-file` usually ends in a newline, which aiohttp
     # refuses in a header with a ValueError that is no FetchError
     monkeypatch.setenv("GCORE_API_KEY", f"{API_KEY}\n")
-    assert valid().read_api_key().get_secret_value() == API_KEY
+    assert valid().read_api_key().current.get_secret_value() == API_KEY
 
 
 def test_api_key_never_appears_in_repr_str_or_describe(keyed: None) -> None:
     settings = valid()
-    assert settings.read_api_key().get_secret_value() == API_KEY  # it is really set
+    assert settings.read_api_key().current.get_secret_value() == API_KEY  # it is really set
     for text in (repr(settings), str(settings), repr(settings.describe())):
         assert API_KEY not in text
     assert settings.describe()["api_key"] == "**********"
@@ -723,3 +725,89 @@ def test_unknown_log_level_is_refused(keyed: None) -> None:
     (line,) = problems(targets=["7/11"], log_level="verbose")
     assert line.startswith("log_level: ")
     assert "(got 'verbose')" in line
+
+
+# --- hostile files -------------------------------------------------------------------------------
+
+
+def test_a_config_file_over_the_size_cap_is_one_line(keyed: None, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("# padding\n" * (MAX_CONFIG_BYTES // 10 + 1), encoding="utf-8")
+    assert problems(config=str(config)) == [
+        f"config: {str(config)!r}: larger than {MAX_CONFIG_BYTES} bytes"
+    ]
+    (line,) = problems(config="/dev/zero")
+    assert line.endswith(f"larger than {MAX_CONFIG_BYTES} bytes")
+
+
+def test_aliases_within_the_bound_are_expanded(keyed: None, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("targets: [&s 7/11, *s, 7/12]\n", encoding="utf-8")
+    assert load_settings(config=str(config)).targets == ("7/11", "7/11", "7/12")
+
+
+def test_aliases_expanding_past_the_bound_are_refused(keyed: None, tmp_path: Path) -> None:
+    levels = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]']
+    levels += [
+        f"{n}: &{n} [{','.join([f'*{p}'] * 10)}]" for p, n in zip("abcd", "bcde", strict=True)
+    ]
+    config = tmp_path / "config.yaml"
+    config.write_text("\n".join(levels) + "\n", encoding="utf-8")  # 10^5 strings and the lists
+    assert problems(config=str(config)) == [
+        f"config: {str(config)!r}: more than {MAX_CONFIG_VALUES} values once YAML aliases are "
+        "expanded"
+    ]
+
+
+def test_a_recursive_alias_is_refused(keyed: None, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("targets: &t [7/11, *t]\n", encoding="utf-8")
+    (line,) = problems(config=str(config))
+    assert line.endswith("values once YAML aliases are expanded")
+
+
+def test_deep_nesting_is_one_line(keyed: None, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("targets: " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+    assert problems(config=str(config)) == [f"config: {str(config)!r}: nested too deeply"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("interval: " + "9" * 5000, "Exceeds the limit (4300 digits)"),
+        ("interval: 2026-13-01", "month must be in 1..12"),
+    ],
+)
+def test_a_scalar_yaml_cannot_build_is_one_line(
+    keyed: None, tmp_path: Path, text: str, problem: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(text + "\n", encoding="utf-8")
+    (line,) = problems(config=str(config))
+    assert line.startswith(f"config: {str(config)!r} holds a value that cannot be read: ")
+    assert problem in line
+    assert len(line) < 250
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["x" * 1000] * 50,
+        {f"k{n}": list(range(100)) for n in range(100)},
+        [[["x" * 50] * 5] * 5] * 5,
+        "y" * 100_000,
+    ],
+)
+def test_a_shown_value_is_truncated(keyed: None, tmp_path: Path, bad: Any) -> None:
+    config = write_yaml(tmp_path / "config.yaml", {"targets": ["7/11"], "interval": bad})
+    (line,) = problems(config=str(config))
+    assert line.startswith("interval: ")
+    assert len(line) < 250
+
+
+def test_a_huge_unknown_key_is_truncated(keyed: None, tmp_path: Path) -> None:
+    config = write_yaml(tmp_path / "config.yaml", {"targets": ["7/11"], "k" * 10_000: 1})
+    (line,) = problems(config=str(config))
+    assert line.endswith("...: unknown setting")
+    assert len(line) < 150

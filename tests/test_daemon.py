@@ -505,7 +505,7 @@ async def test_readyz_waits_for_the_first_poll(
     from aiohttp import web
 
     from exporter.config import load_settings
-    from exporter.runtime import create_daemon
+    from exporter.polling import create_daemon
 
     monkeypatch.setenv("GCORE_API_KEY", "test-key-5f3a9c1e-SECRET")
     monkeypatch.setenv("GCORE_BASE_URL", fake_url)

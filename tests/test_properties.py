@@ -31,6 +31,7 @@ from exporter.families import format_value, render_health, render_values
 from exporter.fetcher import Fetcher
 from exporter.image_store import ImageStore
 from exporter.models import Image
+from exporter.scope_health import ScopeHealth
 from exporter.snapshot import Snapshot
 from exporter.task_cache import TaskCache
 from exporter.telemetry import Telemetry
@@ -144,7 +145,8 @@ async def poll(number: int, items: list[Json], count: int | None, task: Json) ->
             )
             store = ImageStore(stale_after=60.0)
             tasks_cache = TaskCache(client.get_task, ttl=60.0)
-            fetcher = Fetcher(client, store=store, tasks=tasks_cache, telemetry=telemetry)
+            scopes = ScopeHealth(telemetry)
+            fetcher = Fetcher(client, store=store, tasks=tasks_cache, scopes=scopes)
             scope, explicit = Scope(number, 1), ImageKey(Scope(number, 2), EXPLICIT_ID)
             fetcher.register(Targets(images=(explicit,), scopes=(scope,)))
             await fetcher.fetch(scope)

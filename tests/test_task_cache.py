@@ -89,3 +89,17 @@ async def test_a_failed_lookup_is_no_answer_and_is_reported() -> None:
     )
     assert await cache.lock_of(locked("t-1")) is None
     assert failures == [problem]
+
+
+async def test_close_cancels_lookups_that_expired_while_running() -> None:
+    lookups, clock = Lookups(), Clock()
+    lookups.release.clear()  # the lookup hangs, as a held answer does
+    cache = TaskCache(lookups, ttl=60, clock=clock)
+    caller = asyncio.ensure_future(cache.lock_of(locked("t-1")))
+    await asyncio.sleep(0)  # the lookup starts
+    clock.now += 121
+    cache.expire()  # forgotten, still running
+    assert len(cache) == 0
+    caller.cancel()
+    await cache.close()
+    assert asyncio.all_tasks() == {asyncio.current_task()}  # nothing outlives the cache

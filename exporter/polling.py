@@ -1,0 +1,199 @@
+"""Polling for the life of the process, across reloads of the configuration (SIGHUP).
+
+The monitor (image store, publisher, telemetry) lives as long as the process. A reload that
+changes targets, interval, timeout or concurrency replaces the poller and its HTTP session (a
+round at once); images that stay keep their series without a gap, images no target covers any
+more leave /metrics. The rate-limit gate is never replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Final
+
+import structlog
+from aiohttp import web
+from pydantic import SecretStr
+
+from exporter.client import RateGate
+from exporter.config import ConfigError, Settings
+from exporter.keys import KeyFile, KeySource
+from exporter.logs import set_level
+from exporter.poller import Poller
+from exporter.runtime import Monitor, Upstream, new_monitor, open_poller, upstream_for
+from exporter.scheduler import Scheduler
+from exporter.web import create_app
+from exporter.webguard import WebGuard
+
+log = structlog.get_logger("exporter.polling")
+
+RESTART_ONLY: Final = ("listen", "log_format", "web_config_file", "protect_probes")
+"""Settings a reload does not change: the socket is bound, the log handler installed and the
+web config followed on its own."""
+
+_IN_PLACE: Final = frozenset({"stale_after", "log_level"})
+"""Reloadable settings that need no new poller."""
+
+
+def _reloadable(settings: Settings) -> dict[str, Any]:
+    """What a reload applies, as it takes effect (the demo's targets are its own)."""
+    targets = settings.resolved_targets()
+    return {
+        # order is no change: targets listed anew in another order need no new poller
+        "targets": None
+        if settings.demo
+        else (set(targets.images), set(targets.scopes), set(targets.wildcards)),
+        "interval": settings.interval,
+        "timeout": settings.effective_timeout,
+        "concurrency": settings.concurrency,
+        "discovery_interval": settings.discovery_interval,
+        "task_interval": settings.effective_task_interval,
+        "failed_task_window": settings.failed_task_window,
+        "image_task_pattern": settings.image_task_pattern,
+        "max_response_size": settings.max_response_size,
+        "stale_after": settings.effective_stale_after,
+        "log_level": settings.log_level,
+    }
+
+
+class Polling:
+    def __init__(
+        self,
+        settings: Settings,
+        api_key: SecretStr | KeySource | None,
+        monitor: Monitor,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.monitor = monitor
+        self._api_key = api_key
+        self._now = wall_clock
+        self._gate = RateGate()
+        self._lasting = AsyncExitStack()  # the upstream and the key file's watcher
+        self._running = AsyncExitStack()  # the poller, its session and its task
+        self._upstream: Upstream | None = None
+        self._poller: Poller | None = None
+        self._switching = asyncio.Lock()
+
+    @property
+    def poller(self) -> Poller:
+        """The poller running now: a reload replaces it."""
+        if self._poller is None:
+            raise RuntimeError("polling has not started")
+        return self._poller
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.poller.scheduler
+
+    async def __aenter__(self) -> Polling:
+        try:
+            stack = self._lasting
+            self._upstream = await stack.enter_async_context(
+                upstream_for(self.settings, self._api_key)
+            )
+            if isinstance(self._api_key, KeyFile):
+                stack.push_async_callback(_cancel, asyncio.create_task(self._api_key.watch()))
+            await self._start(self.settings)
+        except BaseException:
+            await self._lasting.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        async with self._switching:
+            await self._running.aclose()
+            await self._lasting.aclose()
+
+    async def reload_from(self, load: Callable[[], Settings]) -> bool:
+        """Load settings (off the event loop) and apply them; a refused file changes nothing."""
+        try:
+            settings = await asyncio.to_thread(load)
+        except ConfigError as exc:
+            log.error(
+                "configuration refused, the running one stays",
+                config=str(self.settings.config) if self.settings.config else None,
+                problems=exc.problems,
+            )
+            return False
+        return await self.reload(settings)
+
+    async def reload(self, settings: Settings) -> bool:
+        """Apply what `settings` change of the reloadable settings; True if anything changed."""
+        async with self._switching:
+            old = self.settings
+            ignored = [n for n in RESTART_ONLY if getattr(settings, n) != getattr(old, n)]
+            if ignored:
+                log.warning("configuration needs a restart to apply", settings=ignored)
+            before, after = _reloadable(old), _reloadable(settings)
+            changed = [name for name in after if after[name] != before[name]]
+            self.settings = settings.model_copy(update={n: getattr(old, n) for n in RESTART_ONLY})
+            set_level(settings.log_level)
+            self.monitor.store.stale_after = settings.effective_stale_after
+            if not _IN_PLACE.issuperset(changed):
+                previous = self.poller
+                await self._running.aclose()
+                await self._start(self.settings, previous)
+            log.info("configuration reloaded", changed=changed, images=len(self.monitor.store))
+            return bool(changed)
+
+    async def _start(self, settings: Settings, previous: Poller | None = None) -> None:
+        assert self._upstream is not None
+        upstream = self._upstream
+        if not settings.demo:
+            upstream = dataclasses.replace(upstream, targets=settings.resolved_targets())
+        stack = AsyncExitStack()
+        try:
+            poller = await stack.enter_async_context(
+                open_poller(
+                    settings, upstream, self.monitor, self._now, gate=self._gate, previous=previous
+                )
+            )
+            stack.push_async_callback(_cancel, asyncio.create_task(poller.run()))
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._running, self._poller = stack, poller
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+POLLING = web.AppKey("polling", Polling)
+
+
+def create_daemon(
+    settings: Settings,
+    api_key: SecretStr | KeySource | None,
+    guard: WebGuard | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The HTTP app with polling started and stopped through its `cleanup_ctx`.
+
+    `guard` is the web config already loaded (by the CLI, to validate it first); without it the
+    settings' `web_config_file` is loaded here, so no caller serves unprotected by omission.
+    """
+    monitor = new_monitor(settings, wall_clock)
+    guard = guard or WebGuard.load(settings.web_config_file)
+    app = create_app(monitor.publisher, guard, protect_probes=settings.protect_probes)
+    polling = Polling(settings, api_key, monitor, wall_clock)
+    app[POLLING] = polling
+
+    async def run_polling(app: web.Application) -> AsyncIterator[None]:
+        async with polling:
+            yield
+
+    app.cleanup_ctx.append(run_polling)
+    return app
