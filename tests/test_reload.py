@@ -15,7 +15,7 @@ from conftest import ExporterFactory, RunningExporter, Samples, series, value
 from structlog.testing import capture_logs
 
 from exporter.config import ConfigError, Settings, load_settings
-from exporter.fakeapi import FakeGcore, make_image
+from exporter.fakeapi import FakeGcore, make_image, make_project, make_region
 from exporter.polling import POLLING, Polling
 
 P, R = 3, 5
@@ -264,3 +264,24 @@ async def test_targets_in_another_order_change_nothing(
         scheduler = polling.scheduler
         assert not await polling.reload(settings(targets=[f"{P}/{R + 1}", f"{P}/{R}"]))
         assert polling.scheduler is scheduler
+
+
+async def test_images_found_through_a_wildcard_keep_their_series_across_a_reload(
+    account: FakeGcore, exporter: ExporterFactory
+) -> None:
+    account.projects = [make_project(P, "p")]
+    account.regions = [make_region(R, "r"), make_region(R + 1, "r1")]
+    async with exporter(targets=[f"{P}/*"]) as running:
+        assert ids(await running.samples(), "gcore_gpu_image_up") == {A, B, X}
+        release = asyncio.Event()
+        account.inject(r"/images\?", 200, hold=release, body={"count": 0, "results": []})
+        account.inject("/cloud/v1/", 200, hold=release, times=None)  # no new listing either
+        try:
+            assert await polling_of(running).reload(
+                settings(targets=[f"{P}/*", f"{P}/{R + 3}/{Z}"])
+            )
+            samples = await running.samples()  # before any listing of the new poller ended
+            assert ids(samples, "gcore_gpu_image_up") == {A, B, X, Z}
+            assert value(samples, "gcore_gpu_image_up", image_id=A) == 1
+        finally:
+            release.set()
