@@ -21,6 +21,7 @@ RENDERER = ROOT / "deploy" / "prometheus" / "render_rules.py"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
 PROMETHEUS_RULE = ROOT / "deploy" / "prometheus-operator" / "prometheusrule.yaml"
 RUNBOOK = ROOT / "docs" / "runbook.md"
+DEPLOY = ROOT / "docs" / "deploy.md"
 RULE_TESTS = sorted((ROOT / "tests" / "rules").glob("*.yaml"))
 ALERTS = {
     "GcoreGpuImageNotActive",
@@ -133,6 +134,18 @@ def test_every_alert_is_named_annotated_and_has_a_runbook_section() -> None:
         assert page.endswith("/docs/runbook.md")
         assert anchor == rule["alert"].lower()
         assert anchor in anchors
+
+
+def test_every_alert_and_threshold_is_documented(render_rules: ModuleType) -> None:
+    """docs/deploy.md's tables list every alert and every threshold with its default; the README
+    names every alert."""
+    deploy = DEPLOY.read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ALERTS:
+        assert f"| `{name}` |" in deploy, name
+        assert f"`{name}`" in readme, name
+    for name, default in render_rules.DEFAULTS.items():
+        assert f"| `{name}` | `{default}` |" in deploy, name
 
 
 def test_the_knob_shortens_every_threshold(render_rules: ModuleType) -> None:
