@@ -1157,7 +1157,8 @@ def dashboard(config: Config | None = None) -> dict[str, Any]:
                 }
             ]
         },
-        "description": "Status, locks, sizes and fetch health of Gcore Cloud virtual GPU images,"
+        "description": "Status, time in status, locks, failed tasks, sizes and fetch health of Gcore"
+        " Cloud GPU images (virtual and bare metal),"
         " from gcore-gpu-image-exporter.",
         "editable": True,
         "fiscalYearStartMonth": 0,
