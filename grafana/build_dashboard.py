@@ -201,16 +201,14 @@ def id_or_name(what: str, selector: str, ids: str, by: tuple[str, ...]) -> str:
     )
 
 
-def with_scope_names(q: Queries, expr: str, key: str) -> str:
-    """`expr` (one series per `key`, which holds project_id and region_id) labelled with
-    project_name and region_name: from the info series, else the ids."""
+def with_scope_names(q: Queries, expr: str, ids: str) -> str:
+    """`expr` labelled with project_name and region_name (from the info series, else the ids);
+    `ids` selects series with every project_id and region_id of `expr`."""
     for what in ("project", "region"):
         on = ", ".join([*q.cluster, f"{what}_id"])
-        info = f"topk by ({on}) (1, gcore_gpu_{what}_info{{{q.exp}}})"
         expr = (
-            f"(\n{expr}\n) * on ({on}) group_left ({what}_name) {info}\n"
-            f"or on ({key})\n"
-            f'label_replace(\n{expr},\n"{what}_name", "$1", "{what}_id", "(.+)"\n)'
+            f"{expr}\n* on ({on}) group_left ({what}_name)\n"
+            f"{id_or_name(what, q.exp, ids, q.cluster)}"
         )
     return expr
 
@@ -518,9 +516,9 @@ def attention(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]
 def failed_tasks(q: Queries) -> dict[str, Any]:
     """Image tasks that ended in ERROR: not images, so they follow the project and region only."""
     task_key = ", ".join([*q.cluster, "project_id", "region_id", "task_id"])
+    when = f"gcore_gpu_image_task_failed_timestamp_seconds{{{q.scope}}}"
     failed = (
-        f"max by ({task_key}, task_type, image_id)"
-        f" (gcore_gpu_image_task_failed_timestamp_seconds{{{q.scope}}}) * 1000\n"
+        f"max by ({task_key}, task_type, image_id) ({when}) * 1000\n"
         f"  * on ({task_key}) group_left (error)\n"
         f"  topk by ({task_key}) (1, gcore_gpu_image_task_failed_info{{{q.scope}}})"
     )
@@ -531,7 +529,7 @@ def failed_tasks(q: Queries) -> dict[str, Any]:
         " and region by name where the exporter lists them), the task type, Gcore's error text"
         " and the image the task names, if any. A failed upload leaves no image behind, so it"
         " shows only here. Alert: GcoreGpuImageTaskFailed (runbook: what the errors mean).",
-        [target(with_scope_names(q, failed, task_key), instant=True, table=True)],
+        [target(with_scope_names(q, failed, when), instant=True, table=True)],
         (24, 8),
         sort_by="Failed",
         overrides=[
@@ -1157,9 +1155,8 @@ def dashboard(config: Config | None = None) -> dict[str, Any]:
                 }
             ]
         },
-        "description": "Status, time in status, locks, failed tasks, sizes and fetch health of Gcore"
-        " Cloud GPU images (virtual and bare metal),"
-        " from gcore-gpu-image-exporter.",
+        "description": "Status, time in status, locks, failed tasks, sizes and fetch health of"
+        " Gcore Cloud GPU images (virtual and bare metal), from gcore-gpu-image-exporter.",
         "editable": True,
         "fiscalYearStartMonth": 0,
         "graphTooltip": 1,
