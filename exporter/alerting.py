@@ -26,8 +26,8 @@ KNOWN_STATUSES: Final = (
     "deactivated",
 )
 # Every known status but active is in one group: transitional ones clear by themselves (an alert
-# only after `transitional_for`), failed ones need a person (an alert after `failed_for`, which an
-# unknown status gets too).
+# once an image has been in one for `transitional_for`), failed ones need a person (an alert after
+# `failed_for`, which an unknown status gets too).
 TRANSITIONAL_STATUSES: Final = ("queued", "saving", "uploading", "importing")
 FAILED_STATUSES: Final = ("killed", "deleted", "pending_delete", "deactivated")
 
@@ -35,13 +35,18 @@ RUNBOOK_URL: Final = (
     "https://github.com/gcore-gpu-image-exporter/gcore-gpu-image-exporter/blob/main/docs/runbook.md"
 )
 
-# The alert thresholds (Prometheus durations); the dashboard colours values by the same ones.
+# The alert thresholds (Prometheus durations); the dashboard colours values by the same ones. A
+# name ending in `_for` is a rule's `for`; `transitional_for`, `lock_age` and `stuck_lock_age` are
+# compared with times the exporter exports, so they survive restarts of exporter and Prometheus.
 DEFAULTS: Final[Mapping[str, str]] = {
     "failed_for": "5m",
     "transitional_for": "1h",
+    "transitional_pending_for": "5m",
     "lock_age": "30m",
     "lock_age_for": "5m",
     "lock_error_for": "5m",
+    "stuck_lock_age": "10m",
+    "task_failed_for": "1m",
     "missing_for": "1m",
     "fetch_failing_for": "15m",
     "discovery_failing_for": "15m",
@@ -54,7 +59,13 @@ DEFAULTS: Final[Mapping[str, str]] = {
 DEFAULT_JOB: Final = "gcore-gpu-image-exporter"
 DEFAULT_SELECTOR: Final = f'job="{DEFAULT_JOB}"'
 # Labels of the exporter's series that are ours: a cluster label may not take one of these names.
-OWN_LABELS: Final = frozenset({"project_id", "region_id", "image_id", "status", "reason", "name"})
+OWN_LABELS: Final = frozenset(
+    {
+        *("project_id", "region_id", "image_id", "status", "reason", "name", "kind", "endpoint"),
+        *("task_id", "task_type", "task_state", "task_error", "error", "code", "state"),
+        *("project_name", "region_name"),
+    }
+)
 _LABEL: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MATCHER: Final = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*'
 _SELECTOR: Final = re.compile(rf"{_MATCHER}(?:,{_MATCHER})*")

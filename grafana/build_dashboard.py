@@ -65,22 +65,28 @@ UID = "gcore-gpu-images"
 class Queries(NamedTuple):
     """Label selectors and grouping keys, for one `Config`. Per-image series carry job/instance
     (from the scrape), the cluster label if one is configured, and the image key; the dashboard
-    groups by the key (`max by`), so replicas that scrape the same images count once."""
+    groups by the key (`max by`), so replicas that scrape the same images count once. Only
+    `gcore_gpu_image_info` carries an image's kind: image queries drop the images whose info
+    says another kind than the Kind variable's (`of_kind`, `names`)."""
 
+    cluster: tuple[str, ...]  # the cluster label, if any
     key: str  # an image across replicas: [cluster,] project_id, region_id, image_id
     scope_key: str  # a project/region across replicas
+    listing_key: str  # a listed project/region and kind across replicas
     scrape_key: str  # one replica's image: job, instance and the key
     replica_key: str  # one replica: [cluster,] job, instance
     key_columns: tuple[str, ...]
     exp: str  # the exporter's series of the selected jobs and instances
     scope: str  # ... of the selected projects and regions
+    listing: str  # ... of the image listings of the selected projects, regions and kinds
     img: str  # ... of the selected images
+    other_kinds: str  # the info of the selected images of a kind not selected
     alerts: str  # our ALERTS of the selection
     names: str  # every selected image's name (see names())
 
 
 def queries(config: Config) -> Queries:
-    cluster = [config.cluster_label] if config.cluster_label else []
+    cluster = (config.cluster_label,) if config.cluster_label else ()
     key_columns = (*cluster, "project_id", "region_id", "image_id")
     key = ", ".join(key_columns)
     exp = ", ".join(
@@ -101,18 +107,34 @@ def queries(config: Config) -> Queries:
             'region_id=~"$region_id|", image_id=~"$image|"',
         ]
     )
+    scope_key = ", ".join([*cluster, "project_id", "region_id"])
     return Queries(
+        cluster=cluster,
         key=key,
-        scope_key=", ".join([*cluster, "project_id", "region_id"]),
+        scope_key=scope_key,
+        listing_key=f"{scope_key}, kind",
         scrape_key=f"job, instance, {key}",
         replica_key=", ".join([*cluster, "job", "instance"]),
         key_columns=key_columns,
         exp=exp,
         scope=scope,
+        listing=f'{scope}, endpoint="images", kind=~"$kind"',
         img=img,
+        other_kinds=f'gcore_gpu_image_info{{{img}, kind!~"$kind"}}',
         alerts=alerts,
         names=names(key, img),
     )
+
+
+def of_kind(q: Queries, expr: str) -> str:
+    """`expr` (per-image series) without the images of a kind the Kind variable leaves out; an
+    image without info (404, never fetched) has no kind and stays."""
+    return f"({expr} unless on ({q.key}) {q.other_kinds})"
+
+
+def image(q: Queries, metric: str, matchers: str = "") -> str:
+    """`metric` of the selected images of the selected kinds; `matchers` narrow it further."""
+    return of_kind(q, f"{metric}{{{q.img}{', ' + matchers if matchers else ''}}}")
 
 
 # Green usable, blue on its way, red or orange failed, purple a status the exporter does not know.
@@ -126,6 +148,7 @@ STATUS_TEXT_MAP = value_map({s: (s, c) for s, c in STATUS_COLORS.items()})
 STATUS_CODES = {status: i + 1 for i, status in enumerate(KNOWN_STATUSES)}
 STATUS_CODES["unknown"] = len(KNOWN_STATUSES) + 1
 STATUS_CODE_MAP = value_map({str(STATUS_CODES[s]): (s, c) for s, c in STATUS_COLORS.items()})
+NOT_ACTIVE = 'status!="active"'
 TASK_STATE_MAP = value_map(
     {
         "ERROR": ("ERROR", "red"),
@@ -137,6 +160,7 @@ TASK_STATE_MAP = value_map(
 )
 INFO_COLUMNS = (
     "name",
+    "kind",
     "os_distro",
     "os_version",
     "architecture",
@@ -147,16 +171,46 @@ INFO_COLUMNS = (
 
 
 def names(key: str, selector: str) -> str:
-    """One series of value 1 per image, labelled with its name; an image without info (404, never
-    fetched) gets its image_id as name, so joins never drop it nor zero its value. One name per
-    image even when replicas disagree (a rename between their polls)."""
+    """One series of value 1 per image of the selected kinds, labelled with its name; an image
+    without info (404, never fetched) gets its image_id as name, so joins never drop it nor zero
+    its value. One name per image even when replicas disagree (a rename between their polls)."""
+    others = f'gcore_gpu_image_info{{{selector}, kind!~"$kind"}}'
     return (
         f"topk by ({key}) (1, group by ({key}, name) (\n"
-        f"  gcore_gpu_image_info{{{selector}}}\n"
+        f'  gcore_gpu_image_info{{{selector}, kind=~"$kind"}}\n'
         f"  or on ({key})\n"
-        f'  label_replace(gcore_gpu_image_up{{{selector}}}, "name", "$1", "image_id", "(.+)")\n'
+        f"  label_replace(\n"
+        f"    gcore_gpu_image_up{{{selector}}} unless on ({key}) {others},\n"
+        '    "name", "$1", "image_id", "(.+)"\n'
+        "  )\n"
         "))"
     )
+
+
+def id_or_name(what: str, selector: str, ids: str, by: tuple[str, ...]) -> str:
+    """One series per `what` (project or region) id of `ids`, labelled `{what}_name` with its
+    name from `gcore_gpu_{what}_info` (listed when a wildcard is configured), else with its id;
+    one name per id even when replicas disagree."""
+    on = ", ".join([*by, f"{what}_id"])
+    return (
+        f"topk by ({on}) (1, group by ({on}, {what}_name) (\n"
+        f"  gcore_gpu_{what}_info{{{selector}}} and on ({on}) {ids}\n"
+        f"  or on ({on})\n"
+        f'  label_replace(group by ({on}) ({ids}), "{what}_name", "$1", "{what}_id", "(.+)")\n'
+        "))"
+    )
+
+
+def with_scope_names(q: Queries, expr: str, ids: str) -> str:
+    """`expr` labelled with project_name and region_name (from the info series, else the ids);
+    `ids` selects series with every project_id and region_id of `expr`."""
+    for what in ("project", "region"):
+        on = ", ".join([*q.cluster, f"{what}_id"])
+        expr = (
+            f"{expr}\n* on ({on}) group_left ({what}_name)\n"
+            f"{id_or_name(what, q.exp, ids, q.cluster)}"
+        )
+    return expr
 
 
 def named(q: Queries, expr: str, extra: str = "") -> str:
@@ -182,7 +236,7 @@ def overview(q: Queries) -> list[dict[str, Any]]:
             " wrong or the exporter is not scraped: check the exporter panels below.",
             [
                 target(
-                    f"count(max by ({q.key}) (gcore_gpu_image_up{{{q.img}}})) or vector(0)",
+                    f"count(max by ({q.key}) {image(q, 'gcore_gpu_image_up')}) or vector(0)",
                     instant=True,
                 )
             ],
@@ -198,7 +252,7 @@ def overview(q: Queries) -> list[dict[str, Any]]:
             [
                 target(
                     f"count by (status) (max by ({q.key}, status) "
-                    f"(gcore_gpu_image_status{{{q.img}}} == 1))",
+                    f"({image(q, 'gcore_gpu_image_status')} == 1))",
                     legend="{{status}}",
                     instant=True,
                 )
@@ -215,7 +269,8 @@ def overview(q: Queries) -> list[dict[str, Any]]:
             [
                 target(
                     f"count(max by ({q.key}) "
-                    f'(gcore_gpu_image_status{{{q.img}, status!="active"}} == 1)) or vector(0)',
+                    f"({image(q, 'gcore_gpu_image_status', NOT_ACTIVE)}"
+                    " == 1)) or vector(0)",
                     instant=True,
                 )
             ],
@@ -229,8 +284,8 @@ def overview(q: Queries) -> list[dict[str, Any]]:
             " See 'Locked images'.",
             [
                 target(
-                    f"count(max by ({q.key}) (gcore_gpu_image_locked{{{q.img}}}) == 1)"
-                    " or vector(0)",
+                    f"count(max by ({q.key}) {image(q, 'gcore_gpu_image_locked')}"
+                    " == 1) or vector(0)",
                     instant=True,
                 )
             ],
@@ -244,7 +299,7 @@ def overview(q: Queries) -> list[dict[str, Any]]:
             " for the reason; alerts GcoreGpuImageMissing / GcoreGpuImageFetchFailing.",
             [
                 target(
-                    f"count(max by ({q.key}) (gcore_gpu_image_up{{{q.img}}}) == 0) or vector(0)",
+                    f"count(max by ({q.key}) {image(q, 'gcore_gpu_image_up')} == 0) or vector(0)",
                     instant=True,
                 )
             ],
@@ -257,7 +312,8 @@ def overview(q: Queries) -> list[dict[str, Any]]:
             " e.g. still uploading, count as 0). Useful for storage cost.",
             [
                 target(
-                    f"sum(max by ({q.key}) (gcore_gpu_image_size_bytes{{{q.img}}}))", instant=True
+                    f"sum(max by ({q.key}) {image(q, 'gcore_gpu_image_size_bytes')})",
+                    instant=True,
                 )
             ],
             3,
@@ -282,16 +338,23 @@ def overview(q: Queries) -> list[dict[str, Any]]:
 
 def attention(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
     lock_age = thresholds["lock_age"]  # the warning of GcoreGpuImageLockedTooLong
+    transitional = thresholds["transitional_for"]  # the warning of GcoreGpuImageNotActive
     not_active = (
-        f"gcore_gpu_image_updated_timestamp_seconds{{{q.img}}} * 1000\n"
+        f"time() - (\n"
+        f"  gcore_gpu_image_status_since_timestamp_seconds{{{q.img}}}\n"
         f"  * on ({q.scrape_key}) group_left (status)\n"
-        f'  (gcore_gpu_image_status{{{q.img}, status!="active"}} == 1)'
+        f"  (gcore_gpu_image_status{{{q.img}, {NOT_ACTIVE}}} == 1)\n"
+        ")"
     )
-    locked = (
-        f"gcore_gpu_image_lock_age_seconds{{{q.img}}}\n"
-        f"  * on ({q.scrape_key}) group_left (task_id, task_type, task_state)\n"
-        f"  gcore_gpu_image_task_info{{{q.img}}}"
-    )
+    task_labels = "task_id, task_type, task_state, task_error"
+
+    def with_task(metric: str, scale: str = "") -> str:
+        return (
+            f"gcore_gpu_image_{metric}{{{q.img}}}{scale}\n"
+            f"  * on ({q.scrape_key}) group_left ({task_labels})\n"
+            f"  gcore_gpu_image_task_info{{{q.img}}}"
+        )
+
     # Per image failing on every replica: the most frequent error reason of the last 15 minutes
     # and how often (on the replica that saw it most), even if a fetch never succeeded.
     errors = f"increase(gcore_gpu_image_fetch_errors_total{{{q.img}}}[15m])"
@@ -307,43 +370,71 @@ def attention(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]
         row("Needs attention"),
         table(
             "Images not active",
-            "Every image whose status is not active, with the time Gcore last changed it"
-            " (updated_at, the best 'since when' the API offers). Transient statuses clear by"
+            "Every image whose status is not active, and how long it has been in it (since the"
+            " exporter saw the status change, or Gcore's updated_at when it first saw the image;"
+            " restarts do not reset it). A transient status turns orange after"
+            f" {transitional}, when GcoreGpuImageNotActive warns. Transient statuses clear by"
             " themselves; for killed/deactivated images re-upload or delete the image, for"
             " deleted/pending_delete ones remove the target (runbook: GcoreGpuImageNotActive).",
             [target(named(q, not_active, "status"), instant=True, table=True)],
             (12, 8),
-            sort_by="Since",
-            desc=False,
+            sort_by="Time in status",
             overrides=[
                 column("status", "Status", None, **colored_text(STATUS_TEXT_MAP)),
-                column("Value", "Since", "dateTimeFromNow"),
+                column(
+                    "Value", "Time in status", "s", **{"custom.cellOptions": {"type": "color-text"}}
+                ),
                 column("name", "Image"),
             ],
+            thresholds=steps((None, "green"), (parse_duration(transitional), "orange")),
             transformations=[organize(("Time",), ("name", "status", "Value", *q.key_columns))],
         ),
         table(
             "Locked images",
-            "Images held by a Gcore task, how long (since the task was created) and the task."
-            " A task in ERROR keeps the image locked until it is cleaned up: open a ticket with"
-            f" Gcore quoting the task id. Lock age turns orange after {lock_age} (the alert"
+            "Images held by a Gcore task, how long (since the task was created), the task and"
+            " when it finished, if it did. A task in ERROR keeps the image locked until it is"
+            " cleaned up, and a lock still held after its task finished is stuck: open a ticket"
+            f" with Gcore quoting the task id. Lock age turns orange after {lock_age} (the alert"
             " threshold). An empty task state means the Tasks API gave no answer.",
-            [target(named(q, locked, "task_id, task_type, task_state"), instant=True, table=True)],
+            [
+                target(
+                    named(q, with_task("lock_age_seconds"), task_labels),
+                    "A",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    named(
+                        q, with_task("lock_task_finished_timestamp_seconds", " * 1000"), task_labels
+                    ),
+                    "B",
+                    instant=True,
+                    table=True,
+                ),
+            ],
             (12, 8),
             sort_by="Lock age",
             overrides=[
                 column("name", "Image"),
-                column("Value", "Lock age", "s", **{"custom.cellOptions": {"type": "color-text"}}),
+                column(
+                    "Value #A", "Lock age", "s", **{"custom.cellOptions": {"type": "color-text"}}
+                ),
                 column("task_state", "Task state", None, **colored_text(TASK_STATE_MAP)),
+                column("Value #B", "Task finished", "dateTimeFromNow", noValue="-"),
                 column("task_type", "Task type"),
+                column("task_error", "Task error"),
                 column("task_id", "Task id"),
             ],
             thresholds=steps((None, "green"), (parse_duration(lock_age), "orange")),
             transformations=[
+                {"id": "merge", "options": {}},
                 organize(
                     ("Time",),
-                    ("name", "Value", "task_type", "task_state", "task_id", *q.key_columns),
-                )
+                    (
+                        *("name", "Value #A", "task_type", "task_state", "Value #B"),
+                        *("task_error", "task_id", *q.key_columns),
+                    ),
+                ),
             ],
         ),
         table(
@@ -412,15 +503,54 @@ def attention(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]
                         "severity",
                         "alertstate",
                         *q.key_columns,
-                        "status",
-                        "reason",
-                        "code",
-                        "instance",
+                        *("status", "reason", "task_id", "task_type", "kind", "endpoint"),
+                        *("code", "instance"),
                     ),
                 )
             ],
         ),
+        failed_tasks(q),
     ]
+
+
+def failed_tasks(q: Queries) -> dict[str, Any]:
+    """Image tasks that ended in ERROR: not images, so they follow the project and region only."""
+    task_key = ", ".join([*q.cluster, "project_id", "region_id", "task_id"])
+    when = f"gcore_gpu_image_task_failed_timestamp_seconds{{{q.scope}}}"
+    failed = (
+        f"max by ({task_key}, task_type, image_id) ({when}) * 1000\n"
+        f"  * on ({task_key}) group_left (error)\n"
+        f"  topk by ({task_key}) (1, gcore_gpu_image_task_failed_info{{{q.scope}}})"
+    )
+    return table(
+        "Failed image tasks",
+        "Image tasks (uploads, imports, copies...) that ended in ERROR within the exporter's"
+        " failed-task window (a day by default), latest first: when they failed, where (project"
+        " and region by name where the exporter lists them), the task type, Gcore's error text"
+        " and the image the task names, if any. A failed upload leaves no image behind, so it"
+        " shows only here. Alert: GcoreGpuImageTaskFailed (runbook: what the errors mean).",
+        [target(with_scope_names(q, failed, when), instant=True, table=True)],
+        (24, 8),
+        sort_by="Failed",
+        overrides=[
+            column("Value", "Failed", "dateTimeFromNow"),
+            column("project_name", "Project"),
+            column("region_name", "Region"),
+            column("task_type", "Task type"),
+            column("error", "Error"),
+            column("image_id", "Image id"),
+            column("task_id", "Task id"),
+        ],
+        transformations=[
+            organize(
+                ("Time",),
+                (
+                    *("Value", "project_name", "region_name", "task_type", "error", "image_id"),
+                    *("task_id", *q.cluster, "project_id", "region_id"),
+                ),
+            )
+        ],
+    )
 
 
 def age_steps(thresholds: Mapping[str, str]) -> dict[str, Any]:
@@ -433,35 +563,55 @@ def age_steps(thresholds: Mapping[str, str]) -> dict[str, Any]:
     )
 
 
+LISTING_MAP = value_map(
+    {"1": ("ok", "green"), "0": ("failing", "red"), "2": ("no GPU service", "blue")}
+)
+
+
 def discovery(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
-    up = f"max by ({q.scope_key}) (gcore_exporter_discovery_up{{{q.scope}}})"
-    last = (
-        f"max by ({q.scope_key})"
-        f" (gcore_exporter_discovery_last_success_timestamp_seconds{{{q.scope}}})"
+    lk = q.listing_key
+    up = f"max by ({lk}) (gcore_exporter_discovery_up{{{q.listing}}})"
+    last = f"max by ({lk}) (gcore_exporter_discovery_last_success_timestamp_seconds{{{q.listing}}})"
+    # 1 listed, 0 failing, 2 no GPU service: a discovered region that answers 404 is up (no
+    # error) but was never listed, the only scopes that are up without a last success.
+    state = f"(({up} == 1 unless on ({lk}) {last}) + 1\nor\n{up})"
+    images = (
+        f"count by ({lk}) (max by ({q.key}, kind)"
+        f' (gcore_gpu_image_info{{{q.scope}, kind=~"$kind"}}))'
     )
-    images = f"count by ({q.scope_key}) (max by ({q.key}) (gcore_gpu_image_up{{{q.scope}}}))"
+    account = ", ".join([*q.cluster, "endpoint"])
+    account_selector = f'{q.exp}, endpoint!="images"'
     failing_for = thresholds["discovery_failing_for"]
-    columns = tuple(c for c in q.key_columns if c != "image_id")
+    columns = (*q.cluster, "project_id", "region_id", "kind")
     return [
         row("Discovery"),
         stat(
             "Scopes listed",
-            "PROJECT/REGION targets whose last listing succeeded on at least one exporter. Each"
-            " such target is watched through the list endpoint: new images there appear at the"
-            " next poll.",
-            [target(f"count({up} == 1) or vector(0)", instant=True)],
-            8,
+            "Projects/regions (per kind of GPU image) whose last image listing succeeded on at"
+            " least one exporter: PROJECT/REGION targets and those wildcards found. New images"
+            " there appear at the next poll.",
+            [target(f"count({state} == 1) or vector(0)", instant=True)],
+            6,
             thresholds=steps((None, "blue")),
         ),
         stat(
             "Scopes failing",
-            "PROJECT/REGION targets whose last listing failed on every exporter: their images are"
+            "Projects/regions whose last image listing failed on every exporter: their images are"
             f" not refreshed and new ones not seen. After {failing_for} the alert"
             " GcoreGpuImageDiscoveryFailing fires (critical when the exporter has no image of the"
             " scope at all). See 'Listing per scope'.",
-            [target(f"count({up} == 0) or vector(0)", instant=True)],
-            8,
+            [target(f"count({state} == 0) or vector(0)", instant=True)],
+            6,
             thresholds=ANY_IS_BAD,
+        ),
+        stat(
+            "Scopes without GPU service",
+            "Projects/regions a wildcard found whose image listing answers 404: the region does"
+            " not offer that kind of GPU image. No error, no alert; they are listed again every"
+            " poll, so a region that starts offering it is watched from then on.",
+            [target(f"count({state} == 2) or vector(0)", instant=True)],
+            6,
+            thresholds=steps((None, "blue")),
         ),
         stat(
             "Oldest listing",
@@ -469,38 +619,70 @@ def discovery(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]
             " listed are in 'Scopes failing'). Orange and red at the same ages as 'Oldest"
             " successful fetch'.",
             [target(f"time() - min({last})", instant=True)],
-            8,
+            6,
             unit="s",
             thresholds=age_steps(thresholds),
         ),
         table(
             "Listing per scope",
-            "Every PROJECT/REGION target: whether its last listing succeeded (on any exporter),"
+            "Every project/region and kind the exporter lists: whether its last listing succeeded"
+            " (on any exporter; 'no GPU service' for a region a wildcard found that answers 404),"
             " when one last did ('never' if none did since the exporter started) and how many"
             " images the exporter has of it. A failing scope: check the exporter's log line"
             " 'listing failed' (reason, status, request_id); 403 means the API key may not read"
             " the project, 404 a wrong project or region.",
             [
-                target(up, "A", instant=True, table=True),
+                target(state, "A", instant=True, table=True),
                 target(f"{last} * 1000", "B", instant=True, table=True),
                 target(images, "C", instant=True, table=True),
             ],
-            (24, 6),
+            (16, 7),
             sort_by="Listing",
             desc=False,
             overrides=[
-                column(
-                    "Value #A",
-                    "Listing",
-                    None,
-                    **colored_text(value_map({"1": ("ok", "green"), "0": ("failing", "red")})),
-                ),
+                column("kind", "Kind"),
+                column("Value #A", "Listing", None, **colored_text(LISTING_MAP)),
                 column("Value #B", "Last success", "dateTimeFromNow", noValue="never"),
                 column("Value #C", "Images", "short", noValue="0"),
             ],
             transformations=[
                 {"id": "merge", "options": {}},
                 organize(("Time",), (*columns, "Value #A", "Value #B", "Value #C")),
+            ],
+        ),
+        table(
+            "Account listings",
+            "The account-wide listings: projects and regions (only with wildcard targets, to"
+            " expand them; a failure keeps the last set) and the failed tasks of the watched"
+            " projects and regions (for 'Failed image tasks'). Whether the last one succeeded on"
+            f" any exporter and when one last did; failing for {failing_for} fires"
+            " GcoreGpuImageDiscoveryFailing.",
+            [
+                target(
+                    f"max by ({account}) (gcore_exporter_discovery_up{{{account_selector}}})",
+                    "A",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    f"max by ({account}) (gcore_exporter_discovery_last_success_timestamp_seconds"
+                    f"{{{account_selector}}}) * 1000",
+                    "B",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            (8, 7),
+            sort_by="Listing",
+            desc=False,
+            overrides=[
+                column("endpoint", "Listing of"),
+                column("Value #A", "Listing", None, **colored_text(LISTING_MAP)),
+                column("Value #B", "Last success", "dateTimeFromNow", noValue="never"),
+            ],
+            transformations=[
+                {"id": "merge", "options": {}},
+                organize(("Time",), (*q.cluster, "endpoint", "Value #A", "Value #B")),
             ],
         ),
     ]
@@ -523,7 +705,7 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
             f"max by ({q.key}, {info_labels}) (\n"
             f"  {metric}{{{q.img}}}{scale}\n"
             f"  * on ({q.scrape_key}) group_left ({info_labels})\n"
-            f"  gcore_gpu_image_info{{{q.img}}}\n"
+            f'  gcore_gpu_image_info{{{q.img}, kind=~"$kind"}}\n'
             ")"
         )
 
@@ -574,7 +756,7 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
             [
                 target(
                     f"count by (status) (max by ({q.key}, status) "
-                    f"(gcore_gpu_image_status{{{q.img}}} == 1))",
+                    f"({image(q, 'gcore_gpu_image_status')} == 1))",
                     legend="{{status}}",
                 )
             ],
@@ -640,6 +822,7 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
                 column("Value #C", "Min RAM", "bytes"),
                 column("Value #D", "Created", "dateTimeFromNow"),
                 column("Value #E", "Updated", "dateTimeFromNow"),
+                column("kind", "Kind"),
                 column("gpu_driver_version", "Driver"),
                 column("cuda_toolkit_version", "CUDA"),
             ],
@@ -656,6 +839,7 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
 
 def exporter(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
     suspect, stale = thresholds["exporter_down_for"], thresholds["fetch_failing_for"]
+    errors = f"gcore_gpu_image_fetch_errors_total{{{q.img}}}"
     api = f"gcore_exporter_api_requests_total{{{q.exp}}}"
     buckets = f"gcore_exporter_api_request_duration_seconds_bucket{{{q.exp}}}"
     quantiles = [
@@ -704,7 +888,7 @@ def exporter(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
             [
                 target(
                     f"time() - min(max by ({q.key}) "
-                    f"(gcore_gpu_image_last_success_timestamp_seconds{{{q.img}}}))",
+                    f"{image(q, 'gcore_gpu_image_last_success_timestamp_seconds')})",
                     instant=True,
                 )
             ],
@@ -720,8 +904,9 @@ def exporter(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
             " requests; server_error/timeout/connection trouble at Gcore or on the network.",
             [
                 target(
-                    f"sum by (reason) (max by ({q.key}, reason)"
-                    f" (rate(gcore_gpu_image_fetch_errors_total{{{q.img}}}[$__rate_interval])))",
+                    f"sum by (reason) (max by ({q.key}, reason) "
+                    + of_kind(q, f"rate({errors}[$__rate_interval])")
+                    + ")",
                     legend="{{reason}}",
                 )
             ],
@@ -858,8 +1043,16 @@ def variables(q: Queries, config: Config) -> list[dict[str, Any]]:
             )
         )
         exporter += f', {config.cluster_label}=~"$cluster"'
-    # Scopes whose listing never succeeded have no image series, only their discovery health.
-    scoped = '{__name__=~"gcore_gpu_image_up|gcore_exporter_discovery_up", ' + q.exp
+    # Scopes whose listing never succeeded have no image series, only their discovery health
+    # (account-wide listings have no project or region).
+    watched = '{__name__=~"gcore_gpu_image_up|gcore_exporter_discovery_up", ' + q.exp
+    projects = id_or_name("project", q.exp, f'{watched}, project_id!=""}}', q.cluster)
+    regions = id_or_name(
+        "region", q.exp, f'{watched}, project_id=~"$project_id", region_id!=""}}', q.cluster
+    )
+    kinds = (
+        '{__name__=~"gcore_gpu_image_info|gcore_exporter_discovery_up", ' + q.scope + ', kind!=""}'
+    )
     return [
         {
             "type": "datasource",
@@ -879,12 +1072,29 @@ def variables(q: Queries, config: Config) -> list[dict[str, Any]]:
         query_variable(
             "instance", "Instance", f'label_values(up{{{exporter}, job=~"$job"}}, instance)'
         ),
-        query_variable("project_id", "Project", f"label_values({scoped}}}, project_id)", sort=3),
+        query_variable(
+            "project_id",
+            "Project",
+            f"query_result({projects})".replace("\n", " "),
+            regex='/project_id="(?<value>[^"]+)".*?\\bproject_name="(?<text>[^"]*)"/',
+            sort=5,
+            description="Projects by name (the value is the project id); a project the exporter"
+            " does not list (no wildcard target) shows its id.",
+        ),
         query_variable(
             "region_id",
             "Region",
-            f'label_values({scoped}, project_id=~"$project_id"}}, region_id)',
-            sort=3,
+            f"query_result({regions})".replace("\n", " "),
+            regex='/region_id="(?<value>[^"]+)".*?\\bregion_name="(?<text>[^"]*)"/',
+            sort=5,
+            description="Regions of the selected projects by name (the value is the region id).",
+        ),
+        query_variable(
+            "kind",
+            "Kind",
+            f"label_values({kinds}, kind)",
+            description="virtual or baremetal GPU images; an image without info (404, never"
+            " fetched) has no kind and shows under any.",
         ),
         query_variable(
             "image",
@@ -945,8 +1155,8 @@ def dashboard(config: Config | None = None) -> dict[str, Any]:
                 }
             ]
         },
-        "description": "Status, locks, sizes and fetch health of Gcore Cloud virtual GPU images,"
-        " from gcore-gpu-image-exporter.",
+        "description": "Status, time in status, locks, failed tasks, sizes and fetch health of"
+        " Gcore Cloud GPU images (virtual and bare metal), from gcore-gpu-image-exporter.",
         "editable": True,
         "fiscalYearStartMonth": 0,
         "graphTooltip": 1,

@@ -21,10 +21,13 @@ RENDERER = ROOT / "deploy" / "prometheus" / "render_rules.py"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
 PROMETHEUS_RULE = ROOT / "deploy" / "prometheus-operator" / "prometheusrule.yaml"
 RUNBOOK = ROOT / "docs" / "runbook.md"
+DEPLOY = ROOT / "docs" / "deploy.md"
 RULE_TESTS = sorted((ROOT / "tests" / "rules").glob("*.yaml"))
 ALERTS = {
     "GcoreGpuImageNotActive",
     "GcoreGpuImageLockedTooLong",
+    "GcoreGpuImageLockStuck",
+    "GcoreGpuImageTaskFailed",
     "GcoreGpuImageMissing",
     "GcoreGpuImageFetchFailing",
     "GcoreGpuImageDiscoveryFailing",
@@ -133,6 +136,18 @@ def test_every_alert_is_named_annotated_and_has_a_runbook_section() -> None:
         assert anchor in anchors
 
 
+def test_every_alert_and_threshold_is_documented(render_rules: ModuleType) -> None:
+    """docs/deploy.md's tables list every alert and every threshold with its default; the README
+    names every alert."""
+    deploy = DEPLOY.read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ALERTS:
+        assert f"| `{name}` |" in deploy, name
+        assert f"`{name}`" in readme, name
+    for name, default in render_rules.DEFAULTS.items():
+        assert f"| `{name}` | `{default}` |" in deploy, name
+
+
 def test_the_knob_shortens_every_threshold(render_rules: ModuleType) -> None:
     fast = render_rules.scaled(1 / 60)
     assert fast["transitional_for"] == "1m"
@@ -150,9 +165,11 @@ def test_the_cli_applies_scale_then_set() -> None:
     fors = {(r["alert"], r["labels"]["severity"]): r["for"] for r in _rules(text)}
     assert fors == {
         ("GcoreGpuImageNotActive", "critical"): "2s",
-        ("GcoreGpuImageNotActive", "warning"): "36s",
+        ("GcoreGpuImageNotActive", "warning"): "3s",
         (LOCKED, "warning"): "3s",
         (LOCKED, "critical"): "3s",
+        ("GcoreGpuImageLockStuck", "warning"): "3s",
+        ("GcoreGpuImageTaskFailed", "warning"): "600ms",
         ("GcoreGpuImageMissing", "critical"): "600ms",
         ("GcoreGpuImageFetchFailing", "warning"): "9s",
         ("GcoreGpuImageDiscoveryFailing", "warning"): "9s",
@@ -260,20 +277,29 @@ def test_a_cluster_label_keeps_clusters_apart(
 
     scope = 'project_id="361",region_id="76"'
     image = f'{scope},image_id="img-1"'
+    listing = f'{scope},kind="virtual",endpoint="images"'
     inputs = [
         *series("gcore_gpu_image_status", f'{image},status="killed"', "1x10"),
-        *series("gcore_exporter_discovery_up", scope, "0x20"),
+        *series("gcore_exporter_discovery_up", listing, "0x20"),
+        # the project has a name in one cluster only: each description looks in its own
+        *[
+            s
+            for s in series("gcore_gpu_project_info", 'project_id="361",project_name="ml"', "1x20")
+            if 'cluster="eu"' in s["series"]
+        ],
         *[s for s in series("gcore_gpu_image_up", image, "1x20") if 'cluster="eu"' in s["series"]],
     ]
 
-    listing = "Listing the GPU images in project 361, region 76 of cluster {c} has failed for more"
-    listing += " than 15m on every replica of the exporter"
+    where = {"eu": 'project "ml" (361), region 76 of cluster eu', "us": "project 361, region 76"}
+    where["us"] += " of cluster us"
+    failed = "Listing the virtual GPU images in {w} has failed for more than 15m on every replica"
+    failed += " of the exporter"
     descriptions = {
-        (NOT_ACTIVE, "critical"): "GPU image img-1 in project 361, region 76 of cluster {c} has"
-        ' been in the failed status "killed" for more than 5m; no instance can be created from it.',
-        (DISCOVERY, "warning"): f"{listing}: images added there are not seen, and those already"
+        (NOT_ACTIVE, "critical"): "GPU image img-1 in {w} has been in the failed status"
+        ' "killed" for more than 5m; no instance can be created from it.',
+        (DISCOVERY, "warning"): f"{failed}: images added there are not seen, and those already"
         " known are fetched from the listing, so they fail too.",
-        (DISCOVERY, "critical"): f"{listing}, which has no image of it: nothing there is watched,"
+        (DISCOVERY, "critical"): f"{failed}, which has no image of it: nothing there is watched,"
         " so no other GPU image alert can fire for it.",
     }
     rules = _rules(render_rules.render())
@@ -292,7 +318,7 @@ def test_a_cluster_label_keeps_clusters_apart(
             },
             "exp_annotations": {
                 "summary": annotations["summary"],
-                "description": description.format(c=cluster),
+                "description": description.format(w=where[cluster]),
                 "runbook_url": annotations["runbook_url"],
             },
         }
@@ -317,8 +343,8 @@ def test_a_cluster_label_keeps_clusters_apart(
                         "eval_time": "16m",
                         "alertname": "GcoreGpuImageDiscoveryFailing",
                         "exp_alerts": [
-                            expected(DISCOVERY, "eu", "warning"),
-                            expected(DISCOVERY, "us", "critical"),
+                            expected(DISCOVERY, c, s, kind="virtual", endpoint="images")
+                            for c, s in (("eu", "warning"), ("us", "critical"))
                         ],
                     },
                 ],

@@ -18,6 +18,7 @@ with `max without`, which keeps every other label: N replicas page once.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -72,7 +73,8 @@ REPLICA_LABELS = ("instance", "pod", "node")
 
 class Alert(NamedTuple):
     """One alerting rule. `for_` is a duration (usually `%(..._for)s`); empty or 0s means none.
-    `summary` is static text; `description` may use `$image`, `$task` and `$reason`."""
+    `summary` is static text; `description` may use the variables of `_lookups` (`$image`,
+    `$task`, `$reason`, `$error`, `$project`, `$region`)."""
 
     name: str
     expr: str
@@ -94,14 +96,21 @@ ALERTS: tuple[Alert, ...] = (
         ' "{{ $labels.status }}" for more than %(failed_for)s; no instance can be created from it.',
     ),
     Alert(
+        # The time in status comes from the exporter (`status_since`, from Gcore's updated_at), so
+        # neither a restart of the exporter nor one of Prometheus starts the hour again; the
+        # short `for` only rides out flapping.
         "GcoreGpuImageNotActive",
         expr="max without (%(replicas)s) (\n"
-        '  gcore_gpu_image_status{%(sel)s, status=~"%(transitional)s"}\n) == 1',
-        for_="%(transitional_for)s",
+        "  (time() - gcore_gpu_image_status_since_timestamp_seconds{%(sel)s})\n"
+        "  * ignoring (status) group_left (status)\n"
+        '  (gcore_gpu_image_status{%(sel)s, status=~"%(transitional)s"} == 1)\n'
+        ") > %(transitional_seconds)s",
+        for_="%(transitional_pending_for)s",
         severity="warning",
         summary="A GPU image is stuck in a transitional status.",
         description="GPU image {{ $image }} %(where)s has been in the transitional status"
-        ' "{{ $labels.status }}" for more than %(transitional_for)s.',
+        ' "{{ $labels.status }}" for {{ $value | humanizeDuration }}'
+        " (threshold %(transitional_for)s).",
     ),
     Alert(
         "GcoreGpuImageLockedTooLong",
@@ -125,6 +134,33 @@ ALERTS: tuple[Alert, ...] = (
         " the image stays locked until the task is cleaned up.",
     ),
     Alert(
+        # A task in ERROR is GcoreGpuImageLockedTooLong's critical case already.
+        "GcoreGpuImageLockStuck",
+        expr="time() - max without (%(replicas)s) ("
+        "gcore_gpu_image_lock_task_finished_timestamp_seconds{%(sel)s}) > %(stuck_lock_seconds)s\n"
+        "unless on (%(image_key)s)\n"
+        'max without (%(replicas)s) (gcore_gpu_image_task_info{%(sel)s, task_state="ERROR"})',
+        for_="%(lock_age_for)s",
+        severity="warning",
+        summary="A GPU image stays locked after its task finished.",
+        description="GPU image {{ $image }} %(where)s is still locked by {{ $task }}, which"
+        " finished {{ $value | humanizeDuration }} ago (threshold %(stuck_lock_age)s): the lock"
+        " is stuck, and the image cannot be changed or deleted until Gcore releases it.",
+    ),
+    Alert(
+        # One alert per task, while the exporter exports it: for its failed-task window.
+        "GcoreGpuImageTaskFailed",
+        expr="max without (%(replicas)s) (gcore_gpu_image_task_failed_timestamp_seconds{%(sel)s})",
+        for_="%(task_failed_for)s",
+        severity="warning",
+        summary="A GPU image task ended in ERROR.",
+        description="Task {{ $labels.task_id }} ({{ $labels.task_type }}) %(where)s ended in"
+        " ERROR at {{ $value | humanizeTimestamp }}"
+        "{{ if $labels.image_id }}; it names GPU image {{ $labels.image_id }}{{ end }}."
+        " Error: {{ $error }}. The alert resolves when the task leaves the exporter's failed-task"
+        " window (a day by default).",
+    ),
+    Alert(
         "GcoreGpuImageMissing",
         expr="%(image_down)s\nand ignoring (reason)\n%(not_found)s",
         for_="%(missing_for)s",
@@ -145,24 +181,38 @@ ALERTS: tuple[Alert, ...] = (
         " {{ $reason }}); its metrics are stale or withdrawn.",
     ),
     Alert(
+        # A scope's image listing while the exporter still has images of it, or an account-wide
+        # listing (`endpoint` projects, regions or tasks, without project or region).
         "GcoreGpuImageDiscoveryFailing",
-        expr="%(discovery_down)s\nand on (%(scope)s)\n"
-        "group by (%(scope)s) (gcore_gpu_image_up{%(sel)s})",
+        expr="%(images_down)s\nand on (%(scope)s)\n"
+        "group by (%(scope)s) (gcore_gpu_image_up{%(sel)s})\n"
+        "or\n"
+        "max without (%(replicas)s) (\n"
+        '  gcore_exporter_discovery_up{%(sel)s, endpoint!="images"}\n) == 0',
         for_="%(discovery_failing_for)s",
         severity="warning",
-        summary="The exporter cannot list the GPU images of a project and region.",
-        description="Listing the GPU images %(where)s has failed for more than"
-        " %(discovery_failing_for)s on every replica of the exporter: images added there are not"
-        " seen, and those already known are fetched from the listing, so they fail too.",
+        summary="A listing of the Gcore API fails on every replica of the exporter.",
+        description='{{ if eq $labels.endpoint "tasks" }}Listing the failed tasks of the watched'
+        " projects and regions%(in_cluster)s has failed for more than %(discovery_failing_for)s"
+        " on every replica of the exporter: image tasks that fail meanwhile are not seen, so"
+        " GcoreGpuImageTaskFailed cannot fire for them."
+        '{{ else if eq $labels.endpoint "images" }}Listing the {{ $labels.kind }} GPU images'
+        " %(where)s has failed for more than %(discovery_failing_for)s on every replica of the"
+        " exporter: images added there are not seen, and those already known are fetched from"
+        " the listing, so they fail too."
+        "{{ else }}Listing the {{ $labels.endpoint }} of the account%(in_cluster)s has failed"
+        " for more than %(discovery_failing_for)s on every replica of the exporter: wildcard"
+        " targets are expanded with the {{ $labels.endpoint }} last listed (none before the"
+        " first success), so new ones are not watched.{{ end }}",
     ),
     Alert(
         "GcoreGpuImageDiscoveryFailing",
-        expr="%(discovery_down)s\nunless on (%(scope)s)\ngcore_gpu_image_up{%(sel)s}",
+        expr="%(images_down)s\nunless on (%(scope)s)\ngcore_gpu_image_up{%(sel)s}",
         for_="%(discovery_failing_for)s",
         severity="critical",
         summary="The exporter cannot list the GPU images of a project and region, and watches"
         " none there.",
-        description="Listing the GPU images %(where)s has failed for more than"
+        description="Listing the {{ $labels.kind }} GPU images %(where)s has failed for more than"
         " %(discovery_failing_for)s on every replica of the exporter, which has no image of it:"
         " nothing there is watched, so no other GPU image alert can fire for it.",
     ),
@@ -221,71 +271,126 @@ def _context(config: Config, replicas: Sequence[str]) -> dict[str, str]:
     """What `%(name)s` may name in ALERTS: every threshold, plus these."""
     t, sel, cluster = config.thresholds, config.selector, config.cluster_label
     without = ", ".join(replicas)
-    where = "in project {{ $labels.project_id }}, region {{ $labels.region_id }}"
-    if cluster:
-        where += f" of cluster {{{{ $labels.{cluster} }}}}"
+    where = "in project {{ $project }}, region {{ $region }}"
+    in_cluster = f" of cluster {{{{ $labels.{cluster} }}}}" if cluster else ""
+    scope = [*([cluster] if cluster else []), "project_id", "region_id"]
     return {
         **t,
         "lock_age_seconds": f"{parse_duration(t['lock_age']):g}",
+        "transitional_seconds": f"{parse_duration(t['transitional_for']):g}",
+        "stuck_lock_seconds": f"{parse_duration(t['stuck_lock_age']):g}",
         "active_or_transitional": "|".join(("active", *TRANSITIONAL_STATUSES)),
         "transitional": "|".join(TRANSITIONAL_STATUSES),
         "sel": sel,
         "replicas": without,
-        "scope": ", ".join([*([cluster] if cluster else []), "project_id", "region_id"]),
+        "scope": ", ".join(scope),
+        "image_key": ", ".join([*scope, "image_id"]),
         "image_down": f"max without ({without}) (gcore_gpu_image_up{{{sel}}}) == 0",
         "not_found": f"max without ({without}) (\n"
         f'  gcore_gpu_image_last_error_info{{{sel}, reason="not_found"}}\n) == 1',
-        "discovery_down": f"max without ({without}) (gcore_exporter_discovery_up{{{sel}}}) == 0",
+        "images_down": f"max without ({without}) (\n"
+        f'  gcore_exporter_discovery_up{{{sel}, endpoint="images"}}\n) == 0',
         "up": f"up{{{sel}}}",
         "selector_text": "{" + sel + "}",
-        "where": where,
+        "where": where + in_cluster,
+        "in_cluster": in_cluster,
     }
 
 
-def _lookups(config: Config) -> tuple[tuple[str, str], ...]:
-    """(variable, template that defines it) for annotations that name an image, its lock's task
-    or its last error. Each query looks at the exporter's series of the alert's image."""
+class Lookup(NamedTuple):
+    """A template variable that an annotation may use: `define` sets it (Go template text)."""
+
+    var: str
+    define: str
+
+
+def _lookups(config: Config) -> tuple[Lookup, ...]:
+    """The variables an annotation may use, each defined by a query of the exporter's series of
+    the alert's labels; a definition may use the variables before it."""
     # A raw Go string inside printf: `%` doubled; the selector holds no backtick (checked).
     sel = config.selector.replace("%", "%%")
-    args = "$labels.project_id $labels.region_id $labels.image_id"
-    if config.cluster_label:
-        sel += f",{config.cluster_label}=%q"
-        args = f"$labels.{config.cluster_label} {args}"
-    selector = f"{{{{- $sel := printf `{sel},project_id=%q,region_id=%q,image_id=%q` {args} -}}}}\n"
-    # $image is `"NAME" (IMAGE_ID)` from the current info series, else from the last one seen
-    # within NAME_LOOKBACK (values are withdrawn after a 404 or once stale), else the bare ID.
-    image = (
-        "{{- $image := $labels.image_id -}}\n"
-        "{{- with printf `topk(1, 2 * gcore_gpu_image_info{%s}"
-        " or last_over_time(gcore_gpu_image_info{%s}[" + NAME_LOOKBACK + "]))` $sel $sel"
-        " | query -}}\n"
-        "  {{- $image = printf `%q (%s)` (. | first | label `name`) $labels.image_id -}}\n"
-        "{{- end -}}\n"
+    cluster = [config.cluster_label] if config.cluster_label else []
+
+    def matching(*labels: str) -> str:
+        """printf arguments: a selector of the alert's values of `labels` (and of the cluster)."""
+        names = [*cluster, *labels]
+        matchers = ",".join(f"{name}=%q" for name in names)
+        return f"`{sel},{matchers}` " + " ".join(f"$labels.{name}" for name in names)
+
+    def named(what: str) -> Lookup:
+        """$project or $region: `"NAME" (ID)` from the info series, else the bare ID."""
+        return Lookup(
+            f"${what}",
+            f"{{{{- ${what} := $labels.{what}_id -}}}}\n"
+            f"{{{{- with printf `gcore_gpu_{what}_info{{%s}}` (printf {matching(f'{what}_id')})"
+            " | query -}}\n"
+            f"  {{{{- ${what} = printf `%q (%s)` (. | first | label `{what}_name`)"
+            f" $labels.{what}_id -}}}}\n"
+            "{{- end -}}\n",
+        )
+
+    return (
+        Lookup(
+            "$sel",
+            f"{{{{- $sel := printf {matching('project_id', 'region_id', 'image_id')} -}}}}\n",
+        ),
+        Lookup(
+            "$tsel",
+            f"{{{{- $tsel := printf {matching('project_id', 'region_id', 'task_id')} -}}}}\n",
+        ),
+        # $image is `"NAME" (IMAGE_ID)` from the current info series, else from the last one seen
+        # within NAME_LOOKBACK (values are withdrawn after a 404 or once stale), else the bare ID.
+        Lookup(
+            "$image",
+            "{{- $image := $labels.image_id -}}\n"
+            "{{- with printf `topk(1, 2 * gcore_gpu_image_info{%s}"
+            " or last_over_time(gcore_gpu_image_info{%s}[" + NAME_LOOKBACK + "]))` $sel $sel"
+            " | query -}}\n"
+            "  {{- $image = printf `%q (%s)` (. | first | label `name`) $labels.image_id -}}\n"
+            "{{- end -}}\n",
+        ),
+        Lookup(
+            "$task",
+            "{{- $task := `an unknown task` -}}\n"
+            "{{- with printf `gcore_gpu_image_task_info{%s}` $sel | query -}}{{- with first . -}}\n"
+            "  {{- $task = printf `task %s (%s, state %s)`"
+            " (label `task_id` .) (label `task_type` .) (label `task_state` .) -}}\n"
+            "{{- end -}}{{- end -}}\n",
+        ),
+        Lookup(
+            "$reason",
+            "{{- $reason := `unknown` -}}\n"
+            "{{- with printf `gcore_gpu_image_last_error_info{%s}` $sel | query -}}\n"
+            "  {{- $reason = . | first | label `reason` -}}\n"
+            "{{- end -}}\n",
+        ),
+        Lookup(
+            "$error",
+            "{{- $error := `none given` -}}\n"
+            "{{- with printf `gcore_gpu_image_task_failed_info{%s}` $tsel | query -}}\n"
+            "  {{- with . | first | label `error` -}}{{- $error = . -}}{{- end -}}\n"
+            "{{- end -}}\n",
+        ),
+        named("project"),
+        named("region"),
     )
-    task = (
-        "{{- $task := `an unknown task` -}}\n"
-        "{{- with printf `gcore_gpu_image_task_info{%s}` $sel | query -}}{{- with first . -}}\n"
-        "  {{- $task = printf `task %s (%s, state %s)` (label `task_id` .) (label `task_type` .)"
-        " (label `task_state` .) -}}\n"
-        "{{- end -}}{{- end -}}\n"
-    )
-    reason = (
-        "{{- $reason := `unknown` -}}\n"
-        "{{- with printf `gcore_gpu_image_last_error_info{%s}` $sel | query -}}\n"
-        "  {{- $reason = . | first | label `reason` -}}\n"
-        "{{- end -}}\n"
-    )
-    return (("$sel", selector), ("$image", image), ("$task", task), ("$reason", reason))
 
 
-def _template(text: str, lookups: tuple[tuple[str, str], ...]) -> str:
-    """`text` preceded by the definitions of the variables it uses (and of $sel, theirs)."""
-    used = [part for var, part in lookups[1:] if var in text]
-    return (lookups[0][1] if used else "") + "".join(used) + text
+def _uses(text: str, var: str) -> bool:
+    return re.search(re.escape(var) + r"\b", text) is not None
+
+
+def _template(text: str, lookups: tuple[Lookup, ...]) -> str:
+    """`text` preceded by the definitions of the variables it uses, and of theirs."""
+    needed = {lookup.var for lookup in lookups if _uses(text, lookup.var)}
+    for lookup in reversed(lookups):  # a definition uses only variables defined before it
+        if lookup.var in needed:
+            needed |= {other.var for other in lookups if _uses(lookup.define, other.var)}
+    return "".join(lookup.define for lookup in lookups if lookup.var in needed) + text
 
 
 def _rule(
-    alert: Alert, context: Mapping[str, str], lookups: tuple[tuple[str, str], ...], runbook: str
+    alert: Alert, context: Mapping[str, str], lookups: tuple[Lookup, ...], runbook: str
 ) -> dict[str, Any]:
     rule: dict[str, Any] = {"alert": alert.name, "expr": alert.expr % context}
     duration = alert.for_ % context

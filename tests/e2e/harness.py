@@ -508,10 +508,10 @@ def variable_query(var: Mapping[str, Any]) -> str:
     return str(query["query"] if isinstance(query, Mapping) else query).strip()
 
 
-def resolve_variable(
+def resolve_options(
     prom: PrometheusApi, var: Mapping[str, Any], values: Mapping[str, str], start: float, end: float
-) -> list[str]:
-    """The option values Grafana would offer for `var`, given the values of the others."""
+) -> list[tuple[str, str]]:
+    """The options (value, text) Grafana would offer for `var`, given the values of the others."""
     query = interpolate(variable_query(var), values)
     if match := _LABEL_VALUES.match(query):
         found = prom.label_values(match["label"], match["match"], start, end)
@@ -521,14 +521,22 @@ def resolve_variable(
         raise ValueError(f"variable {var['name']}: unsupported query {query!r}")
     regex = var.get("regex") or ""
     if not regex:
-        return found
+        return [(text, text) for text in found]
     pattern = re.compile(_js_regex(regex))
     out = []
     for text in found:
         if m := pattern.search(text):
             groups = m.groupdict()
-            out.append(groups.get("value") or groups.get("text") or m.group(1 if m.groups() else 0))
+            value = groups.get("value") or groups.get("text") or m.group(1 if m.groups() else 0)
+            out.append((value, groups.get("text") or value))
     return out
+
+
+def resolve_variable(
+    prom: PrometheusApi, var: Mapping[str, Any], values: Mapping[str, str], start: float, end: float
+) -> list[str]:
+    """The option values Grafana would offer for `var`, given the values of the others."""
+    return [value for value, _ in resolve_options(prom, var, values, start, end)]
 
 
 def _query_result_text(item: Mapping[str, Any]) -> str:

@@ -13,19 +13,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from exporter.fakeapi import FakeGcore, make_image, make_task
+from exporter.fakeapi import FakeGcore, make_image, make_project, make_region, make_task
 
 # Every threshold of deploy/prometheus/rules.yaml (the names of DEFAULTS in exporter/alerting.py),
-# shortened through render_rules' documented knob. The transitional one must exceed how long the
-# healthy upload stays queued (one or two polls), api_error_window must outlast the 429/500 bursts
-# by far, and exporter_down_for must exceed Prometheus' start, when `absent(up)` holds until the
-# scrape manager applies its targets (on a 5 s tick).
+# shortened through render_rules' documented knob. The transitional one (a time in status) must
+# exceed how long an upload that starts now stays queued (one or two polls), lock_age how long the
+# run lasts (only an old lock may warn), api_error_window must outlast the 429/500 bursts by far,
+# and exporter_down_for must exceed Prometheus' start, when `absent(up)` holds until the scrape
+# manager applies its targets (on a 5 s tick).
 THRESHOLDS = {
     "failed_for": "2s",
     "transitional_for": "12s",
+    "transitional_pending_for": "2s",
     "lock_age": "5m",
     "lock_age_for": "2s",
     "lock_error_for": "2s",
+    "stuck_lock_age": "30s",
+    "task_failed_for": "2s",
     "missing_for": "2s",
     "fetch_failing_for": "4s",
     "discovery_failing_for": "2s",
@@ -59,6 +63,8 @@ class Scenario:
     # (alertname, labels that the one firing alert must carry); "$dead" is filled in.
     expected_alerts: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
+    # how many scopes (project/region and kind) the dashboard counts by state of their listing
+    scopes: dict[str, int] = field(default_factory=dict)
     dead_target: bool = False
     replicas: int = 1
 
@@ -91,12 +97,15 @@ def _status_is(image_id: str, status: str) -> str:
 
 def failing() -> Scenario:
     """Project 1: uploads finishing, a killed image, an ERROR lock, a 404, 401s, 429s and 500s, a
-    region whose listing is forbidden (403), two exporters and a scrape target that is down."""
+    region whose listing is forbidden (403), two exporters and a scrape target that is down.
+    Wildcards over projects 1 and 3 and regions 30 and 31 (31 has no virtual GPU service): in
+    3/30 an image stuck in queued, a lock that outlives its task, a bare-metal image, and an
+    upload that failed among failed tasks that must not alert."""
     now = datetime.now(UTC)
     fake = FakeGcore(api_key="test-key")
     listed = [  # region 10 is discovered through the list endpoint
-        _image("img-upload-a", "ubuntu-22.04-cuda-12.8", "queued", size=None),
-        _image("img-upload-b", "ubuntu-24.04-cuda-12.9", "queued", size=None),
+        _image("img-upload-a", "ubuntu-22.04-cuda-12.8", "queued", size=None, updated_at=iso(now)),
+        _image("img-upload-b", "ubuntu-24.04-cuda-12.9", "queued", size=None, updated_at=iso(now)),
         _image("img-broken", "rocky-9-cuda-12.4", tags=[{"key": "team", "value": "research"}]),
         _image(
             "img-locked",
@@ -126,6 +135,8 @@ def failing() -> Scenario:
     ):  # region 11 is watched image by image; img-deleted does not exist (404)
         fake.put_image(1, 11, _image(image_id, name))
 
+    _wildcards(fake, now)
+
     def faults(fake: FakeGcore) -> None:
         # The key loses access to one image; a burst of 429s (each pauses the whole exporter for
         # Retry-After) and of 500s, two failed fetches each after retries, then recovery.
@@ -137,6 +148,8 @@ def failing() -> Scenario:
         name="failing",
         fake=fake,
         targets=[
+            "*",
+            "baremetal:*",
             "1/10",
             "1/12",
             "1/11/img-deleted",
@@ -211,6 +224,28 @@ def failing() -> Scenario:
                 },
             ),
             ("GcoreGpuImageExporterReplicaDown", {"severity": "info", "instance": "$dead"}),
+            (
+                "GcoreGpuImageNotActive",
+                {
+                    "severity": "warning",
+                    "image_id": "img-queued",
+                    "status": "queued",
+                    "project_id": "3",
+                    "region_id": "30",
+                },
+            ),
+            ("GcoreGpuImageLockStuck", {"severity": "warning", "image_id": "img-stuck-lock"}),
+            (
+                "GcoreGpuImageTaskFailed",
+                {
+                    "severity": "warning",
+                    "task_id": "task-upload-failed",
+                    "task_type": "download_image",
+                    "image_id": "img-upload-failed",
+                    "project_id": "3",
+                    "region_id": "30",
+                },
+            ),
         ],
         images=[
             "img-upload-a",
@@ -222,9 +257,68 @@ def failing() -> Scenario:
             "img-denied",
             "img-throttled",
             "img-flaky",
+            "img-queued",
+            "img-stuck-lock",
+            "img-bm",
         ],
+        # listed: 1/10 and {1,3}/30 of both kinds; failing: 1/12 (403); {1,3}/31: no GPU service
+        scopes={"listed": 5, "failing": 1, "unavailable": 2},
         dead_target=True,
         replicas=2,
+    )
+
+
+def _wildcards(fake: FakeGcore, now: datetime) -> None:
+    """What `*` and `baremetal:*` find: projects 1 and 3 times regions 30 (both kinds of GPU
+    service) and 31 (virtual only, and answering 404 for it: a region without the service)."""
+    fake.projects = [make_project(1, "ml-platform"), make_project(3, "ml-research")]
+    fake.regions = [
+        make_region(30, "Luxembourg-2", gpu=True, baremetal=True),
+        make_region(31, "Frankfurt", gpu=True),
+    ]
+    fake.unserved.add(("virtual", 31))
+    # updated_at two days ago: queued ever since
+    fake.put_image(3, 30, _image("img-queued", "rocky-9-cuda-12.8", "queued", size=None))
+    fake.put_image(3, 30, _image("img-stuck-lock", "debian-12-cuda-12.8", task_id="task-done"))
+    fake.put_image(3, 30, _image("img-bm", "ubuntu-22.04-bm-cuda-12.8"), kind="baremetal")
+
+    def ago(**delta: float) -> str:
+        return iso(now - timedelta(**delta))
+
+    fake.put_task(  # finished two minutes ago, and the image is still locked by it
+        make_task(
+            "task-done",
+            "FINISHED",
+            "update_image",
+            created_on=ago(minutes=3),
+            finished_on=ago(minutes=2),
+        )
+    )
+    where = {"project_id": 3, "region_id": 30}
+    fake.put_task(  # the one failed image task of the failed-task window (a day)
+        make_task(
+            "task-upload-failed",
+            "ERROR",
+            "download_image",
+            created_on=ago(hours=1),
+            finished_on=ago(minutes=50),
+            error="Image download failed: HTTP 404 from https://files.example.com/rocky-9.qcow2",
+            created_resources={"images": ["img-upload-failed"]},
+            **where,
+        )
+    )
+    fake.put_task(  # not an image task
+        make_task("task-vm-failed", "ERROR", "create_vm", created_on=ago(minutes=30), **where)
+    )
+    fake.put_task(  # an image task that failed before the window
+        make_task(
+            "task-old-upload",
+            "ERROR",
+            "download_image",
+            created_on=ago(hours=31),
+            finished_on=ago(hours=30),
+            **where,
+        )
     )
 
 

@@ -6,6 +6,7 @@ with its generator, the alert rules and the README, and limited to the metrics t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.core import Metric
+from pydantic import SecretStr
 
 from exporter.alerting import (
     DEFAULT_SELECTOR,
@@ -24,15 +27,16 @@ from exporter.alerting import (
     TRANSITIONAL_STATUSES,
     parse_duration,
 )
+from exporter.config import load_settings
 from exporter.families import FAMILIES
-from exporter.telemetry import Telemetry
+from exporter.runtime import Upstream, new_monitor, open_poller
 
 from .harness import DASHBOARD, REPO, panel_targets
 
 BUILDER = REPO / "grafana" / "build_dashboard.py"
 RENDERER = REPO / "deploy" / "prometheus" / "render_rules.py"
 PROMETHEUS_DS = {"type": "prometheus", "uid": "${datasource}"}
-VARIABLES = ("datasource", "job", "instance", "project_id", "region_id", "image")
+VARIABLES = ("datasource", "job", "instance", "project_id", "region_id", "kind", "image")
 BUILTINS = {"__rate_interval", "__range", "__interval"}
 # What Prometheus itself provides.
 PROMETHEUS_METRICS = {"ALERTS", "up"}
@@ -50,11 +54,18 @@ NOT_SHOWN = {
     "process_start_time_seconds": "a restart shows as a gap in 'Exporter scrape'",
     "process_open_fds": "the exporter holds one HTTP session: its sockets stay few",
     "process_max_fds": "see process_open_fds",
+    "gcore_exporter_scopes": "'Listing per scope' shows each scope's state, and follows the"
+    " selection; this counts them per exporter, without project or region",
 }
 # A metric a query selects: by name before `{` or `,`, or inside `__name__=~"a|b"`.
 METRIC = re.compile(r"\b((?:gcore_|process_)\w+|ALERTS|up)\s*[{,]")
 NAME_MATCHER = re.compile(r'__name__=~"([\w|]+)"')
-OVERRIDES = {"lock_age": "45m", "exporter_down_for": "2m", "fetch_failing_for": "20m"}
+OVERRIDES = {
+    "lock_age": "45m",
+    "exporter_down_for": "2m",
+    "fetch_failing_for": "20m",
+    "transitional_for": "3h",
+}
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +90,25 @@ def _datasources(node: Any) -> Iterator[Any]:
             yield from _datasources(item)
 
 
-def _exposed() -> dict[str, set[str]]:
+def _registered(monkeypatch: pytest.MonkeyPatch) -> list[Metric]:
+    """The families of a poller's registry: the exporter's own metrics, and those of discovery
+    and of the failed tasks (collectors that register with the poller). Nothing is polled."""
+    monkeypatch.setenv("GCORE_API_KEY", "unused")
+
+    async def collect() -> list[Metric]:
+        settings = load_settings(targets=["*"], listen="127.0.0.1:0")
+        monitor = new_monitor(settings)
+        upstream = Upstream("http://127.0.0.1:9", SecretStr("unused"), settings.resolved_targets())
+        async with open_poller(settings, upstream, monitor):
+            return list(monitor.telemetry.registry.collect())
+
+    return asyncio.run(collect())
+
+
+def _exposed(monkeypatch: pytest.MonkeyPatch) -> dict[str, set[str]]:
     """Every metric family the exporter exposes -> the names a query can select it by."""
     exposed = {family.name: {family.name} for family in FAMILIES}
-    for family in Telemetry().registry.collect():
+    for family in _registered(monkeypatch):
         names = {family.name + suffix for suffix in SUFFIXES[family.type]}
         assert {sample.name for sample in family.samples} <= names, family.name
         exposed[family.name] = names
@@ -139,6 +165,8 @@ def test_colours_follow_the_alert_thresholds(overrides: dict[str, str]) -> None:
     assert parse_duration(fors["GcoreGpuImageExporterDown"]) == down_for
     assert parse_duration(fors["GcoreGpuImageFetchFailing"]) == failing_for
     assert _steps(board, "Locked images") == [(None, "green"), (lock_age, "orange")]
+    transitional = parse_duration(thresholds["transitional_for"])
+    assert _steps(board, "Images not active") == [(None, "green"), (transitional, "orange")]
     stale = [(None, "green"), (down_for, "orange"), (failing_for, "red")]
     assert _steps(board, "Time since last poll") == stale
     assert _steps(board, "Oldest successful fetch") == stale
@@ -181,9 +209,22 @@ def test_template_variables(dashboard: dict[str, Any]) -> None:
         assert var["datasource"] == PROMETHEUS_DS
         assert var["multi"] and var["includeAll"] and var["allValue"] == ".*"
         assert var["definition"] == var["query"]["query"]
-    image = variables["image"]
-    assert "gcore_gpu_image_info" in image["definition"]
-    assert "(?<text>" in image["regex"] and "(?<value>" in image["regex"]
+    # shown by name, selected by id: the names come from the info series
+    for name, info in (
+        ("image", "gcore_gpu_image_info"),
+        ("project_id", "gcore_gpu_project_info"),
+        ("region_id", "gcore_gpu_region_info"),
+    ):
+        assert info in variables[name]["definition"], name
+        regex = variables[name]["regex"]
+        assert "(?<text>" in regex and "(?<value>" in regex, name
+    assert variables["kind"]["definition"].endswith(", kind)")
+    # each variable sees only those before it
+    order = list(variables)
+    for position, name in enumerate(order):
+        for used in re.findall(r"\$(\w+)", variables[name].get("definition", "")):
+            if used in variables:
+                assert order.index(used) < position, f"{name} uses ${used}, defined later"
 
 
 def test_panels_are_documented_and_laid_out(dashboard: dict[str, Any]) -> None:
@@ -217,9 +258,11 @@ def test_panels_are_documented_and_laid_out(dashboard: dict[str, Any]) -> None:
     assert {"bytes", "s", "dateTimeFromNow"} <= units
 
 
-def test_queries_use_known_metrics_and_variables(dashboard: dict[str, Any]) -> None:
+def test_queries_use_known_metrics_and_variables(
+    dashboard: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     names = set(VARIABLES) | BUILTINS
-    exposed = _exposed()
+    exposed = _exposed(monkeypatch)
     known = set().union(*exposed.values()) | PROMETHEUS_METRICS
     used: set[str] = set()
     queries = [(title, target["expr"]) for title, target in panel_targets(dashboard)]
@@ -237,6 +280,27 @@ def test_queries_use_known_metrics_and_variables(dashboard: dict[str, Any]) -> N
     # Every family the exporter exposes is on the dashboard, unless left out on purpose.
     shown = {family for family, selectable in exposed.items() if selectable & used}
     assert shown == set(exposed) - set(NOT_SHOWN)
+
+
+def test_image_panels_follow_the_kind_and_discovery_panels_the_endpoint(
+    dashboard: dict[str, Any],
+) -> None:
+    """Only gcore_gpu_image_info knows an image's kind, so every query of per-image series must
+    go through it with $kind; discovery series mix image listings of a project/region with
+    account-wide ones (no project or region), so every query of them names the endpoint."""
+    per_image = {family.name for family in FAMILIES}
+    discovery = re.compile(r"gcore_exporter_discovery_\w+\{([^}]*)\}")
+    queries = [(title, target["expr"]) for title, target in panel_targets(dashboard)]
+    queries += [(v["name"], v["definition"]) for v in dashboard["templating"]["list"][1:]]
+    checked = 0
+    for title, expr in queries:
+        if set(METRIC.findall(expr)) & per_image and title != "kind":
+            assert "$kind" in expr, f"{title}: does not follow the Kind variable: {expr}"
+            checked += 1
+        for matchers in discovery.findall(expr):
+            assert "endpoint=" in matchers or "endpoint!=" in matchers, f"{title}: {expr}"
+            checked += 1
+    assert checked >= 20
 
 
 def test_status_colours_follow_the_status_groups(dashboard: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from .harness import (
     format_multi,
     interpolate,
     panel_targets,
+    resolve_options,
     resolve_variable,
     wait_for,
 )
@@ -115,7 +116,24 @@ def test_alerts_of_the_scenario_fire(scenarios: dict[str, tuple[Scenario, Stack]
         if image_id and seen["state"] == "firing":
             assert names.get(image_id, image_id) in seen["annotations"]["description"], seen
         if seen["labels"]["alertname"] == "GcoreGpuImageDiscoveryFailing":
-            assert "in project 1, region 12" in seen["annotations"]["description"], seen
+            where = 'in project "ml-platform" (1), region 12'
+            assert where in seen["annotations"]["description"], seen
+        if image_id == "img-queued":  # a discovered scope: its project and region have names
+            where = 'in project "ml-research" (3), region "Luxembourg-2" (30)'
+            assert where in seen["annotations"]["description"], seen
+    # Of the failed tasks (an old one, one that is no image task, an ERROR lock's task without
+    # project), only the image upload that failed within the window ever alerted, and says why.
+    ever = stack.prom.query('max_over_time(ALERTS{alertname="GcoreGpuImageTaskFailed"}[5m])')
+    assert {a["metric"]["task_id"] for a in ever} == {"task-upload-failed"}, ever
+    (failed,) = [a for a in stack.prom.alerts() if a["labels"]["alertname"].endswith("TaskFailed")]
+    description = failed["annotations"]["description"]
+    for part in (
+        'Task task-upload-failed (download_image) in project "ml-research" (3)',
+        'region "Luxembourg-2" (30)',
+        "it names GPU image img-upload-failed",
+        "Error: Image download failed: HTTP 404 from https://files.example.com/rocky-9.qcow2.",
+    ):
+        assert part in description, description
     # The 429 and 500 bursts were seen and the images recovered.
     prom = stack.prom
     for code in ("429", "500", "401", "403", "404"):
@@ -142,11 +160,31 @@ def test_template_variables_return_values(
         options = _resolve_all(stack, dashboard, concrete=concrete)["options"]
         assert options["job"] == [JOB]
         assert {*stack.exporter_instances, *stack.extra_scrape_targets} <= set(options["instance"])
-        assert options["project_id"] == ["1"]
-        # region 12 has no image series, only its failing listing
-        assert sorted(options["region_id"]) == ["10", "11", "12"]
+        assert sorted(options["project_id"]) == ["1", "3"]
+        # region 12 has no image series, only its failing listing; 31 no GPU service at all
+        assert sorted(options["region_id"]) == ["10", "11", "12", "30", "31"]
+        assert sorted(options["kind"]) == ["baremetal", "virtual"]
         # by name in the picker, image ids as values; images without info (404) are included
         assert sorted(options["image"]) == sorted(scenario.images)
+    # Projects and regions show their names where the exporter lists them, else their ids.
+    variables = {v["name"]: v for v in _variables(dashboard)}
+    values = {"job": ".*", "instance": ".*", "project_id": ".*", "kind": ".*"}
+    now = time.time()
+    texts = {
+        name: dict(resolve_options(stack.prom, variables[name], values, stack.started_at, now))
+        for name in ("project_id", "region_id")
+    }
+    assert texts["project_id"] == {"1": "ml-platform", "3": "ml-research"}
+    assert texts["region_id"] == {
+        **{r: r for r in ("10", "11", "12")},
+        **{"30": "Luxembourg-2", "31": "Frankfurt"},
+    }
+    # One kind: only its images, and those without info (which have no kind: img-deleted).
+    values = {**values, "region_id": ".*", "kind": "baremetal"}
+    images = set(resolve_variable(stack.prom, variables["image"], values, stack.started_at, now))
+    virtual = stack.prom.query('group by (image_id) (gcore_gpu_image_info{kind="virtual"})')
+    assert {"img-bm", "img-deleted"} <= images
+    assert not images & {v["metric"]["image_id"] for v in virtual}, images
 
 
 def test_every_panel_query_returns_data(
@@ -197,8 +235,30 @@ def test_no_alert_fires_twice_and_counts_stay_right_with_two_replicas(
     values = _resolve_all(stack, dashboard, concrete=False)["values"]
     values.update(builtin_variables(time.time() - stack.started_at))
     assert prom.scalar(_panel_query(dashboard, "Images monitored", values)) == len(scenario.images)
-    assert prom.scalar(_panel_query(dashboard, "Scopes listed", values)) == 1
-    assert prom.scalar(_panel_query(dashboard, "Scopes failing", values)) == 1
+    scopes = scenario.scopes
+    assert prom.scalar(_panel_query(dashboard, "Scopes listed", values)) == scopes["listed"]
+    assert prom.scalar(_panel_query(dashboard, "Scopes failing", values)) == scopes["failing"]
+    unavailable = prom.scalar(_panel_query(dashboard, "Scopes without GPU service", values))
+    assert unavailable == scopes["unavailable"]
+    # The failed image tasks: one row, with the names of its project and region.
+    (row,) = prom.query(_panel_query(dashboard, "Failed image tasks", values))
+    assert row["metric"]["task_id"] == "task-upload-failed"
+    assert (row["metric"]["project_name"], row["metric"]["region_name"]) == (
+        "ml-research",
+        "Luxembourg-2",
+    )
+    assert row["metric"]["error"].startswith("Image download failed"), row
+    # Time in status: the image stuck in queued since its updated_at, two days ago.
+    rows = prom.query(_panel_query(dashboard, "Images not active", values))
+    (queued,) = [r for r in rows if r["metric"]["image_id"] == "img-queued"]
+    assert 2 * 86400 - 60 < float(queued["value"][1]) < 2 * 86400 + 120, queued
+    # Account-wide listings: projects, regions and failed tasks, once each, all fine.
+    rows = prom.query(_panel_query(dashboard, "Account listings", values))
+    assert sorted((r["metric"]["endpoint"], r["value"][1]) for r in rows) == [
+        ("projects", "1"),
+        ("regions", "1"),
+        ("tasks", "1"),
+    ]
     # img-deleted never succeeded: its failures are counted all the same, once per image.
     rows = prom.query(_panel_query(dashboard, "Images failing to fetch", values))
     by_image = [row["metric"]["image_id"] for row in rows]
