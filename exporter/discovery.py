@@ -13,6 +13,7 @@ The names of what was listed are exported KSM-style, to be joined on the id:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
@@ -120,11 +121,13 @@ class Discovery:
         telemetry: Telemetry,
         registry: CollectorRegistry,
         on_change: Callable[[Targets], None],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._config = config
         self._telemetry = telemetry
         self._on_change = on_change
+        self._now = clock
         self._projects: tuple[Project, ...] | None = None
         self._regions: tuple[Region, ...] | None = None
         self._info = AccountInfo()
@@ -182,5 +185,5 @@ class Discovery:
                 "listing failed: the last known set is kept", endpoint=endpoint, **exc.log_fields()
             )
             return None
-        account_up(self._telemetry, endpoint, True)
+        account_up(self._telemetry, endpoint, True, self._now)
         return items

@@ -152,6 +152,7 @@ async def open_poller(
             telemetry=telemetry,
             registry=telemetry.registry,
             on_change=lambda targets: scheduler.set_targets(targets),
+            clock=wall_clock,
         )
         failed_tasks = FailedTasks(
             client,

@@ -54,6 +54,9 @@ class ScopeHealth:
         if state == "ok":
             self._listed.add(scope)
             self._last_success.labels(*_labels(scope)).set(self._now())
+        elif state == "unavailable" and scope in self._listed:  # no service: nothing to list
+            self._listed.discard(scope)
+            self._last_success.remove(*_labels(scope))
         return changed
 
     def forget(self, scope: Scope) -> None:
