@@ -22,6 +22,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import aiohttp
+import structlog
 from pydantic import SecretStr
 from yarl import URL
 
@@ -31,6 +32,7 @@ from exporter.telemetry import Telemetry
 from exporter.vocabulary import Endpoint, FetchError, Reason
 
 Params = Mapping[str, int] | Sequence[tuple[str, str | int]]
+log = structlog.get_logger("exporter.transport")
 _ERROR_BODY: Final = 64 * 1024  # an error body is read this far: only its message is wanted
 
 
@@ -124,7 +126,7 @@ class Transport:
                     return _decode(answer)
                 error = _http_error(answer)
                 if answer.status == 429:
-                    self._pause(_server_delay(answer.headers), attempt)
+                    self._pause(answer.headers, attempt)
             retryable = error.reason in _RETRYABLE
             if not retryable or attempt == policy.attempts:
                 raise error
@@ -164,7 +166,13 @@ class Transport:
                     time.monotonic() - started
                 )
 
-    def _pause(self, seconds: float | None, attempt: int) -> None:
+    def _pause(self, headers: Mapping[str, str], attempt: int) -> None:
+        seconds = _server_delay(headers)
+        if seconds is not None and seconds > self._retry.max_pause and not self.gate.remaining:
+            sent = headers.get("retry-after-ms") or headers.get("Retry-After")
+            log.warning(
+                "Retry-After above the cap", retry_after=sent, paused_for=self._retry.max_pause
+            )
         if seconds is None:
             seconds = self._backoff(attempt + 1)
         # at least a second: a Retry-After of 0 or in the past must not turn into a tight loop
