@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="largest API answer read, decoded: bytes or a size like 32MiB (default 32MiB)",
     )
+    add("--shard", type=int, metavar="I", help="this exporter's shard, 0 to total shards - 1")
+    add(
+        "--total-shards",
+        dest="total_shards",
+        type=int,
+        metavar="N",
+        help="exporters sharing the images by a hash of their id (default 1)",
+    )
     add("--listen", metavar="HOST:PORT", help=f"where to serve /metrics (default :{DEFAULT_PORT})")
     add("--log-level", dest="log_level", help="debug, info, warning or error (default info)")
     add(

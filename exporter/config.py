@@ -11,6 +11,7 @@ import os
 import re
 import reprlib
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -35,6 +36,7 @@ from pydantic_settings import (
 from yarl import URL
 
 from exporter.keys import KeyFile, KeySource, clean_key
+from exporter.sharding import Shard, ordinal_from_pod_name
 from exporter.vocabulary import ImageKey, Kind, Scope, Targets, Wildcard
 
 DEFAULT_PORT = 10150
@@ -169,6 +171,9 @@ class Settings(BaseSettings):
     task_interval: Duration | None = None
     failed_task_window: Duration = 86400.0
     image_task_pattern: str = "image"
+    shard: int | None = Field(None, ge=0)
+    total_shards: int = Field(1, ge=1, le=10_000)
+    pod_name: str | None = Field(None, validation_alias="POD_NAME")  # Kubernetes' downward API
 
     @classmethod
     def settings_customise_sources(
@@ -231,9 +236,17 @@ class Settings(BaseSettings):
         problems = _contradictions(self)
         if not self.demo:  # the demo needs no key and brings its own targets
             problems += _missing(self)
+        try:
+            self.shard_assignment()
+        except ValueError as exc:
+            problems.append(str(exc))
         if problems:
             raise ValueError("\n".join(problems))  # load_settings reports one line each
         return self
+
+    def shard_assignment(self) -> Shard:
+        """`shard` of `total_shards`; without `shard`, the ordinal at the end of `POD_NAME`."""
+        return _shard_of(self)
 
     @property
     def effective_stale_after(self) -> float:
@@ -254,24 +267,7 @@ class Settings(BaseSettings):
         Images inside scopes that only a wildcard finds are kept: discovery drops them while
         their scope is found, and they are fetched one by one again if it goes.
         """
-        images: dict[ImageKey, None] = {}
-        scopes: dict[Scope, None] = {}
-        wildcards: dict[Wildcard, None] = {}
-        for spec in self.targets:
-            target = parse_target(spec)
-            if isinstance(target, BareImage):
-                assert self.project_id is not None  # validated above
-                assert self.region_id is not None
-                scope = Scope(self.project_id, self.region_id, target.kind)
-                images[ImageKey(scope, target.image_id)] = None
-            elif isinstance(target, ImageKey):
-                images[target] = None
-            elif isinstance(target, Scope):
-                scopes[target] = None
-            else:
-                wildcards[target] = None
-        kept = tuple(key for key in images if key.scope not in scopes)
-        return Targets(images=kept, scopes=tuple(scopes), wildcards=tuple(wildcards))
+        return resolve_targets(self.targets, self.project_id, self.region_id)
 
     def read_api_key(self) -> KeySource:
         """The API key, read once: a key file is then followed for rotations (see `KeyFile`)."""
@@ -310,6 +306,8 @@ class Settings(BaseSettings):
             "image_task_pattern": self.image_task_pattern,
             "web_config_file": str(self.web_config_file) if self.web_config_file else None,
             "protect_probes": self.protect_probes,
+            "shard": self.shard_assignment().ordinal,
+            "total_shards": self.total_shards,
         }
 
 
@@ -348,6 +346,57 @@ def _missing(settings: Settings) -> list[str]:
             for head, sep, image in [t.rpartition(":")]
         )
     return problems
+
+
+def _shard_of(settings: Settings) -> Shard:
+    """`shard` of `total_shards`; without `shard`, the ordinal at the end of `POD_NAME`."""
+    total = settings.total_shards
+    if settings.shard is not None:
+        if settings.shard >= total:
+            raise ValueError(
+                f"shard: {settings.shard} is not below total_shards {total} "
+                f"(shards are numbered 0 to {total - 1})"
+            )
+        return Shard(settings.shard, total)
+    if total == 1:
+        return Shard()
+    if settings.pod_name is None:
+        raise ValueError(
+            f"total_shards is {total} but no shard is given: set --shard, "
+            "GCORE_EXPORTER_SHARD or `shard`, or POD_NAME in a StatefulSet"
+        )
+    try:
+        ordinal = ordinal_from_pod_name(settings.pod_name)
+    except ValueError as exc:
+        raise ValueError(f"POD_NAME: {exc}; set the shard explicitly") from None
+    if ordinal >= total:
+        raise ValueError(
+            f"POD_NAME: {settings.pod_name!r} is shard {ordinal}, "
+            f"not below total_shards {total}: raise total_shards with the replicas"
+        )
+    return Shard(ordinal, total)
+
+
+def resolve_targets(specs: Iterable[str], project_id: int | None, region_id: int | None) -> Targets:
+    """`Settings.resolved_targets`, for target specs already validated."""
+    images: dict[ImageKey, None] = {}
+    scopes: dict[Scope, None] = {}
+    wildcards: dict[Wildcard, None] = {}
+    for spec in specs:
+        target = parse_target(spec)
+        if isinstance(target, BareImage):
+            assert project_id is not None  # validated with the settings
+            assert region_id is not None
+            scope = Scope(project_id, region_id, target.kind)
+            images[ImageKey(scope, target.image_id)] = None
+        elif isinstance(target, ImageKey):
+            images[target] = None
+        elif isinstance(target, Scope):
+            scopes[target] = None
+        else:
+            wildcards[target] = None
+    kept = tuple(key for key in images if key.scope not in scopes)
+    return Targets(images=kept, scopes=tuple(scopes), wildcards=tuple(wildcards))
 
 
 def listen_address(value: str) -> tuple[str | None, int]:
@@ -464,8 +513,8 @@ def _expanded_size(root: yaml.Node, budget: int) -> int:
 _SECRET_FIELDS = {"api_key", "GCORE_API_KEY"}
 # Settings a config file may not hold: secrets, endpoint and mode stay in the environment and flags.
 _ENV_ONLY = frozenset(
-    {"demo", "api_key", "api_key_file", "base_url", "project_id", "region_id"}
-    | {"GCORE_API_KEY", "GCORE_API_KEY_FILE", "GCORE_BASE_URL"}
+    {"demo", "api_key", "api_key_file", "base_url", "project_id", "region_id", "pod_name"}
+    | {"GCORE_API_KEY", "GCORE_API_KEY_FILE", "GCORE_BASE_URL", "POD_NAME"}
     | {"GCORE_CLOUD_PROJECT_ID", "GCORE_CLOUD_REGION_ID"}
 )
 

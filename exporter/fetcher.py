@@ -1,7 +1,9 @@
 """What one target costs: a GET for an explicit image, every page of a listing for a scope.
 
 Results land in the image store; the task behind each lock comes from the task cache. The
-scheduler decides when; this module decides what a fetch means for the images it touches.
+scheduler decides when; this module decides what a fetch means for the images it touches, and
+which images are this shard's: every shard pages through the listings, but only its own images
+get a GET, a task lookup and series.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import structlog
 from exporter.client import GcoreClient
 from exporter.image_store import ImageStore
 from exporter.scope_health import ScopeHealth
+from exporter.sharding import EVERYTHING, Shard
 from exporter.task_cache import TaskCache
 from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Scope, Targets
 
@@ -34,11 +37,13 @@ class Fetcher:
         store: ImageStore,
         tasks: TaskCache,
         scopes: ScopeHealth,
+        shard: Shard = EVERYTHING,
     ) -> None:
         self._client = client
         self._store = store
         self._tasks = tasks
         self._scopes = scopes
+        self._shard = shard
         self._discovered: frozenset[Scope] = frozenset()
 
     def register(self, targets: Targets, previous: Targets = NO_TARGETS) -> None:
@@ -155,20 +160,24 @@ class Fetcher:
         still, whatever it said: a `count` that lies must not keep a deleted image forever."""
         counts: set[int] = set()
         outcome: Listing = "complete"
+        owns = self._shard.owns  # every shard pages the list; its own images get the rest
         async for page in self._client.list_pages(scope):
             counts.add(page.count)
             if page.ending in ("stuck", "bounded"):
                 outcome = page.ending
-            locked = [image for image in page.images if image.task_id is not None]
+            own = [image for image in page.images if owns(image.id)]
+            locked = [image for image in own if image.task_id is not None]
             found = await asyncio.gather(*(self._tasks.lock_of(image) for image in locked))
             tasks = {image.id: task for image, task in zip(locked, found, strict=True)}
-            for number, image in enumerate(page.images, 1):
+            for number, image in enumerate(own, 1):
                 key = ImageKey(scope, image.id)
                 seen.add(key)
                 self._store.succeeded(key, image, tasks.get(image.id))
                 if number % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # let scrapes in between
             for image_id, problem in page.invalid:
+                if image_id is not None and not owns(image_id):
+                    continue  # its own shard reports it
                 log.warning(
                     "invalid image in listing",
                     project_id=scope.project_id,

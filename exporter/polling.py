@@ -25,14 +25,29 @@ from exporter.config import ConfigError, Settings
 from exporter.keys import KeyFile, KeySource
 from exporter.logs import set_level
 from exporter.poller import Poller
-from exporter.runtime import Monitor, Upstream, new_monitor, open_poller, upstream_for
+from exporter.runtime import (
+    Monitor,
+    Upstream,
+    new_monitor,
+    open_poller,
+    polled_targets,
+    upstream_for,
+)
 from exporter.scheduler import Scheduler
 from exporter.web import create_app
 from exporter.webguard import WebGuard
 
 log = structlog.get_logger("exporter.polling")
 
-RESTART_ONLY: Final = ("listen", "log_format", "web_config_file", "protect_probes")
+RESTART_ONLY: Final = (
+    "listen",
+    "log_format",
+    "web_config_file",
+    "protect_probes",
+    "shard",
+    "total_shards",
+    "pod_name",
+)
 """Settings a reload does not change: the socket is bound, the log handler installed and the
 web config followed on its own."""
 
@@ -151,7 +166,7 @@ class Polling:
         assert self._upstream is not None
         upstream = self._upstream
         if not settings.demo:
-            upstream = dataclasses.replace(upstream, targets=settings.resolved_targets())
+            upstream = dataclasses.replace(upstream, targets=polled_targets(settings))
         stack = AsyncExitStack()
         try:
             poller = await stack.enter_async_context(

@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 from aiohttp import web
@@ -63,7 +63,7 @@ async def demo_upstream(settings: Settings) -> AsyncIterator[Upstream]:
         await site.start()
         port = runner.addresses[0][1]
         ticker = asyncio.create_task(animate(world))
-        targets = demo_settings(settings).resolved_targets()
+        targets = polled_targets(demo_settings(settings))
         yield Upstream(f"http://127.0.0.1:{port}", SecretStr(DEMO_API_KEY), targets)
     finally:
         if ticker is not None:
@@ -83,7 +83,15 @@ async def upstream_for(
     elif api_key is None:
         raise ValueError("an API key is required outside the demo")
     else:
-        yield Upstream(settings.base_url, api_key, settings.resolved_targets())
+        yield Upstream(settings.base_url, api_key, polled_targets(settings))
+
+
+def polled_targets(settings: Settings) -> Targets:
+    """The targets this process polls: of explicit images, only its shard's (every shard pages
+    the listings, and keeps only its own images of them)."""
+    targets = settings.resolved_targets()
+    owns = settings.shard_assignment().owns
+    return replace(targets, images=tuple(k for k in targets.images if owns(k.image_id)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +105,7 @@ class Monitor:
 
 
 def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time) -> Monitor:
-    telemetry = Telemetry()
+    telemetry = Telemetry(shard=settings.shard_assignment())
     publisher = Publisher(lambda: store.rendered(), telemetry.registry)
     store = ImageStore(
         stale_after=settings.effective_stale_after, clock=wall_clock, on_change=publisher.mark_dirty
@@ -145,7 +153,13 @@ async def open_poller(
             ttl=settings.interval,
             on_failure=lambda error: telemetry.task_fetch_errors.labels(error.reason).inc(),
         )
-        fetcher = Fetcher(client, store=monitor.store, tasks=tasks, scopes=monitor.scopes)
+        fetcher = Fetcher(
+            client,
+            store=monitor.store,
+            tasks=tasks,
+            scopes=monitor.scopes,
+            shard=telemetry.shard,
+        )
         discovery = Discovery(
             client,
             upstream.targets,

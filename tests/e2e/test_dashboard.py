@@ -56,6 +56,8 @@ NOT_SHOWN = {
     "process_max_fds": "see process_open_fds",
     "gcore_exporter_scopes": "'Listing per scope' shows each scope's state, and follows the"
     " selection; this counts them per exporter, without project or region",
+    "gcore_exporter_shard_ordinal": "panels aggregate over every shard: each image is on one",
+    "gcore_exporter_total_shards": "see gcore_exporter_shard_ordinal",
 }
 # A metric a query selects: by name before `{` or `,`, or inside `__name__=~"a|b"`.
 METRIC = re.compile(r"\b((?:gcore_|process_)\w+|ALERTS|up)\s*[{,]")
