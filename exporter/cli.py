@@ -44,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="stale_after",
         help="how long last known values outlive failed fetches (default 5 x interval)",
     )
+    add("--shard", type=int, metavar="I", help="this exporter's shard, 0 to total shards - 1")
+    add(
+        "--total-shards",
+        dest="total_shards",
+        type=int,
+        metavar="N",
+        help="exporters sharing the images by a hash of their id (default 1)",
+    )
     add("--listen", metavar="HOST:PORT", help=f"where to serve /metrics (default :{DEFAULT_PORT})")
     add("--log-level", dest="log_level", help="debug, info, warning or error (default info)")
     add(

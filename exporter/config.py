@@ -30,6 +30,7 @@ from pydantic_settings import (
 )
 from yarl import URL
 
+from exporter.sharding import Shard, ordinal_from_pod_name
 from exporter.vocabulary import ImageKey, Scope, Targets
 
 DEFAULT_PORT = 10150
@@ -110,6 +111,9 @@ class Settings(BaseSettings):
     base_url: str = Field(DEFAULT_BASE_URL, validation_alias="GCORE_BASE_URL")
     project_id: int | None = Field(None, validation_alias="GCORE_CLOUD_PROJECT_ID", ge=1)
     region_id: int | None = Field(None, validation_alias="GCORE_CLOUD_REGION_ID", ge=1)
+    shard: int | None = Field(None, ge=0)
+    total_shards: int = Field(1, ge=1, le=10_000)
+    pod_name: str | None = Field(None, validation_alias="POD_NAME")  # Kubernetes' downward API
 
     @classmethod
     def settings_customise_sources(
@@ -160,8 +164,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_whole(self) -> Settings:
-        if self.demo:
-            return self
+        problems = [] if self.demo else self._source_problems()
+        try:
+            self.shard_assignment()
+        except ValueError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise ValueError("\n".join(problems))  # load_settings reports one line each
+        return self
+
+    def _source_problems(self) -> list[str]:
+        """What is missing to reach Gcore: a key and targets (the demo brings its own)."""
         problems = []
         if self.api_key is not None and self.api_key_file is not None:
             problems.append("set only one of GCORE_API_KEY and GCORE_API_KEY_FILE")
@@ -176,9 +189,35 @@ class Settings(BaseSettings):
                 for t in self.targets
                 if "/" not in t
             )
-        if problems:
-            raise ValueError("\n".join(problems))  # load_settings reports one line each
-        return self
+        return problems
+
+    def shard_assignment(self) -> Shard:
+        """`shard` of `total_shards`; without `shard`, the ordinal at the end of `POD_NAME`."""
+        total = self.total_shards
+        if self.shard is not None:
+            if self.shard >= total:
+                raise ValueError(
+                    f"shard: {self.shard} is not below total_shards {total} "
+                    f"(shards are numbered 0 to {total - 1})"
+                )
+            return Shard(self.shard, total)
+        if total == 1:
+            return Shard()
+        if self.pod_name is None:
+            raise ValueError(
+                f"total_shards is {total} but no shard is given: set --shard, "
+                "GCORE_EXPORTER_SHARD or `shard`, or POD_NAME in a StatefulSet"
+            )
+        try:
+            ordinal = ordinal_from_pod_name(self.pod_name)
+        except ValueError as exc:
+            raise ValueError(f"POD_NAME: {exc}; set the shard explicitly") from None
+        if ordinal >= total:
+            raise ValueError(
+                f"POD_NAME: {self.pod_name!r} is shard {ordinal}, "
+                f"not below total_shards {total}: raise total_shards with the replicas"
+            )
+        return Shard(ordinal, total)
 
     @property
     def effective_stale_after(self) -> float:
@@ -238,6 +277,8 @@ class Settings(BaseSettings):
             "api_key": "**********" if self.api_key or self.api_key_file else None,
             "api_key_file": str(self.api_key_file) if self.api_key_file else None,
             "demo": self.demo,
+            "shard": self.shard_assignment().ordinal,
+            "total_shards": self.total_shards,
         }
 
 
@@ -300,8 +341,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 _SECRET_FIELDS = {"api_key", "GCORE_API_KEY"}
 # Settings a config file may not hold: secrets, endpoint and mode stay in the environment and flags.
 _ENV_ONLY = frozenset(
-    {"demo", "api_key", "api_key_file", "base_url", "project_id", "region_id"}
-    | {"GCORE_API_KEY", "GCORE_API_KEY_FILE", "GCORE_BASE_URL"}
+    {"demo", "api_key", "api_key_file", "base_url", "project_id", "region_id", "pod_name"}
+    | {"GCORE_API_KEY", "GCORE_API_KEY_FILE", "GCORE_BASE_URL", "POD_NAME"}
     | {"GCORE_CLOUD_PROJECT_ID", "GCORE_CLOUD_REGION_ID"}
 )
 

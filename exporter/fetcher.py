@@ -1,7 +1,9 @@
 """What one target costs: a GET for an explicit image, every page of a listing for a scope.
 
 Results land in the image store; the task behind each lock comes from the task cache. The
-scheduler decides when; this module decides what a fetch means for the images it touches.
+scheduler decides when; this module decides what a fetch means for the images it touches, and
+which images are this shard's: every shard pages through the listings, but only its own images
+get a GET, a task lookup and series.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import structlog
 
 from exporter.client import GcoreClient
 from exporter.image_store import ImageStore
+from exporter.sharding import EVERYTHING, Shard
 from exporter.task_cache import TaskCache
 from exporter.telemetry import Telemetry
 from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Scope, Targets
@@ -29,18 +32,23 @@ class Fetcher:
         store: ImageStore,
         tasks: TaskCache,
         telemetry: Telemetry,
+        shard: Shard = EVERYTHING,
     ) -> None:
         self._client = client
         self._store = store
         self._tasks = tasks
         self._telemetry = telemetry
+        self._shard = shard
 
-    def register(self, targets: Targets) -> None:
-        """Explicit images exist (down) and scopes are undiscovered until their first fetch."""
-        for key in targets.images:
+    def register(self, targets: Targets) -> Targets:
+        """The targets this shard polls: its own explicit images (down until fetched) and every
+        scope (undiscovered until its first listing)."""
+        own = tuple(key for key in targets.images if self._shard.owns(key.image_id))
+        for key in own:
             self._store.add(key, explicit=True)
         for scope in targets.scopes:
             self._telemetry.discovery_up.labels(str(scope.project_id), str(scope.region_id)).set(0)
+        return Targets(own, targets.scopes)
 
     async def fetch(self, target: Target) -> bool:
         """Fetch one target into the store; True if it succeeded."""
@@ -100,23 +108,32 @@ class Fetcher:
         return True
 
     async def _absorb_listing(self, scope: Scope, seen: set[ImageKey]) -> bool:
-        """Take in every page of a scope's list; True if it held still while being paged."""
+        """Take in every page of a scope's list (this shard's images of it into the store, into
+        `seen`); True if the list held still while being paged."""
         counts: set[int] = set()
-        listed: set[ImageKey] = set()
+        listed: set[str] = set()  # every image id, this shard's or not: the list's own size
         nameless = 0
+        owns = self._shard.owns
         async for page in self._client.list_pages(scope):
             counts.add(page.count)
-            locked = [image for image in page.images if image.task_id is not None]
+            listed.update(image.id for image in page.images)
+            own = [image for image in page.images if owns(image.id)]
+            locked = [image for image in own if image.task_id is not None]
             found = await asyncio.gather(*(self._tasks.lock_of(image) for image in locked))
             tasks = {image.id: task for image, task in zip(locked, found, strict=True)}
-            for number, image in enumerate(page.images, 1):
+            for number, image in enumerate(own, 1):
                 key = ImageKey(scope, image.id)
-                listed.add(key)
                 seen.add(key)
                 self._store.succeeded(key, image, tasks.get(image.id))
                 if number % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # let scrapes in between
             for image_id, problem in page.invalid:
+                if image_id is None:
+                    nameless += 1
+                else:
+                    listed.add(image_id)
+                    if not owns(image_id):
+                        continue  # its own shard reports it
                 log.warning(
                     "invalid image in listing",
                     project_id=scope.project_id,
@@ -124,11 +141,8 @@ class Fetcher:
                     image_id=image_id,
                     problem=problem,
                 )
-                if image_id is None:
-                    nameless += 1
-                    continue
-                key = ImageKey(scope, image_id)
-                listed.add(key)
-                seen.add(key)
-                self._store.failed(key, FetchError("invalid_response", problem))
+                if image_id is not None:
+                    key = ImageKey(scope, image_id)
+                    seen.add(key)
+                    self._store.failed(key, FetchError("invalid_response", problem))
         return len(counts) == 1 and len(listed) + nameless == next(iter(counts))

@@ -85,7 +85,7 @@ class Monitor:
 
 
 def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time) -> Monitor:
-    telemetry = Telemetry()
+    telemetry = Telemetry(shard=settings.shard_assignment())
     publisher = Publisher(lambda: store.rendered(), telemetry.registry)
     store = ImageStore(
         stale_after=settings.effective_stale_after, clock=wall_clock, on_change=publisher.mark_dirty
@@ -122,7 +122,13 @@ async def open_scheduler(
             ttl=settings.interval,
             on_failure=lambda error: telemetry.task_fetch_errors.labels(error.reason).inc(),
         )
-        fetcher = Fetcher(client, store=monitor.store, tasks=tasks, telemetry=telemetry)
+        fetcher = Fetcher(
+            client,
+            store=monitor.store,
+            tasks=tasks,
+            telemetry=telemetry,
+            shard=telemetry.shard,
+        )
         yield Scheduler(
             fetcher,
             upstream.targets,
@@ -130,6 +136,7 @@ async def open_scheduler(
             publisher=monitor.publisher,
             telemetry=telemetry,
             interval=settings.interval,
+            workers=settings.concurrency,
             wall_clock=wall_clock,
         )
 

@@ -14,6 +14,7 @@ from prometheus_client import (
 
 from exporter import __version__
 from exporter.families import CACHED_HELP
+from exporter.sharding import EVERYTHING, Shard
 
 REQUEST_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -27,6 +28,7 @@ class Telemetry:
     registry: CollectorRegistry = field(
         default_factory=lambda: CollectorRegistry(auto_describe=True)
     )
+    shard: Shard = EVERYTHING
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -36,6 +38,16 @@ class Telemetry:
             ["version"],
             registry=r,
         ).labels(__version__).set(1)
+        Gauge(
+            "gcore_exporter_shard_ordinal",
+            "Which shard of the images this exporter exports (0 when not sharded).",
+            registry=r,
+        ).set(self.shard.ordinal)
+        Gauge(
+            "gcore_exporter_total_shards",
+            "How many exporters share the images by a hash of their id (1 when not sharded).",
+            registry=r,
+        ).set(self.shard.total)
         self.api_requests = Counter(
             "gcore_exporter_api_requests",
             CACHED_HELP + "HTTP requests sent to the Gcore API, by endpoint and status code "

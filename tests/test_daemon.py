@@ -510,3 +510,35 @@ def test_parse_samples_rejects_duplicates() -> None:
     text = '# TYPE a gauge\na{x="1"} 1\na{x="1"} 2\n'
     with pytest.raises(AssertionError, match="duplicate"):
         parse_samples(text)
+
+
+async def test_three_shards_export_every_image_exactly_once(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.max_page = 50
+    seed(fake, 300)
+    explicit = [f"e0000000-0000-4000-8000-{n:012d}" for n in range(30)]
+    for n, image in enumerate(explicit):
+        task_id = f"7a5c0000-0000-4000-8000-{n:012d}"
+        fake.put_task(make_task(task_id))
+        fake.put_image(P, R + 1, make_image(image, f"explicit-{n}", task_id=task_id))
+    targets = [f"{P}/{R}", *(f"{P}/{R + 1}/{image}" for image in explicit)]
+    exported: list[list[str]] = []
+    async with (
+        exporter(targets=targets, shard=0, total_shards=3) as first,
+        exporter(targets=targets, shard=1, total_shards=3) as second,
+        exporter(targets=targets, shard=2, total_shards=3) as third,
+    ):
+        for running in (first, second, third):
+            s = await running.samples()
+            exported.append([ls["image_id"] for ls in series(s, "gcore_gpu_image_up")])
+            assert [ls["image_id"] for ls in series(s, "gcore_gpu_image_info")] == exported[-1]
+            assert value(s, "gcore_exporter_total_shards") == 3
+            assert value(s, "gcore_exporter_shard_ordinal") == len(exported) - 1
+            assert value(s, "gcore_exporter_images") == len(exported[-1])
+    everything = [image_id(n) for n in range(300)] + explicit
+    assert sorted(i for images in exported for i in images) == sorted(everything)
+    assert all(60 <= len(images) <= 160 for images in exported), [len(i) for i in exported]
+    assert fake.count(r"/images\?") == 3 * 6  # every shard pages through the whole list
+    assert fake.count(r"/images/") == 30  # each explicit image is fetched by one shard
+    assert fake.count("/tasks/") == 30  # and its lock looked up by that shard only
