@@ -1,16 +1,17 @@
-"""Runs poll rounds: one job per target, so a slow or failing one never delays the others.
+"""Runs poll rounds: each target on its own, so a slow or failing one never delays the others.
 
 A round starts every `interval`. A target (an explicit image, or a project/region to list) still
-running from the previous round is skipped, not doubled. Results go to the image store; the
-publisher snapshots it after each round.
+running from the previous round is skipped, not doubled. Explicit images are taken one by one by
+as many tasks as requests may be in flight (`concurrency`): 50,000 ids cost a round no more tasks
+than 50. Results go to the image store; the publisher snapshots it after each round.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,20 +45,21 @@ class Scheduler:
         publisher: Publisher,
         telemetry: Telemetry,
         interval: float,
+        workers: int = 8,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._fetcher = fetcher
-        self._targets = targets
         self._store = store  # read for the round's log line
         self._publisher = publisher
         self._telemetry = telemetry
         self._interval = interval
+        self._workers = workers
         self._now = wall_clock
-        self._inflight: dict[Target, asyncio.Task[bool]] = {}
+        self._inflight: set[Target] = set()  # claimed by a round, from its start until fetched
         self._rounds: set[asyncio.Task[RoundResult]] = set()
         self._round_done = asyncio.Condition()
         self.rounds_completed = 0
-        fetcher.register(targets)
+        self._targets = fetcher.register(targets)
         publisher.publish()
 
     async def run(self) -> None:
@@ -70,8 +72,7 @@ class Scheduler:
                 started += self._interval
                 await asyncio.sleep(max(0.0, started - time.monotonic()))
         finally:
-            pending: list[asyncio.Future[Any]] = [publishing, *self._inflight.values()]
-            pending += self._rounds
+            pending: list[asyncio.Future[Any]] = [publishing, *self._rounds]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -79,18 +80,7 @@ class Scheduler:
 
     def start_round(self) -> asyncio.Task[RoundResult]:
         number = self.rounds_completed + len(self._rounds) + 1
-        jobs: list[asyncio.Task[bool]] = []
-        skipped = 0
-        targets: tuple[Target, ...] = (*self._targets.images, *self._targets.scopes)
-        for target in targets:
-            if target in self._inflight:
-                skipped += 1
-                continue
-            job = asyncio.create_task(self._fetcher.fetch(target))
-            self._inflight[target] = job
-            job.add_done_callback(functools.partial(self._forget, target))
-            jobs.append(job)
-        round_task = asyncio.create_task(self._finish_round(number, jobs, skipped))
+        round_task = asyncio.create_task(self._round(number))
         self._rounds.add(round_task)
         round_task.add_done_callback(self._rounds.discard)
         return round_task
@@ -103,18 +93,39 @@ class Scheduler:
         async with self._round_done:
             await self._round_done.wait_for(lambda: self.rounds_completed >= count)
 
-    def _forget(self, target: Target, _: object) -> None:
-        self._inflight.pop(target, None)
+    async def _round(self, number: int) -> RoundResult:
+        """Fetch every due target with a bounded pool of tasks taking targets one by one.
 
-    async def _finish_round(
-        self, number: int, jobs: list[asyncio.Task[bool]], skipped: int
-    ) -> RoundResult:
+        Each scope gets a task of its own (a listing never holds explicit images up), and
+        `workers` more take explicit images: a round's tasks and memory grow with the
+        concurrency, not with the number of ids.
+        """
         started = time.monotonic()
-        outcomes = await asyncio.gather(*jobs) if jobs else []
+        targets = self._targets
+        scopes = [scope for scope in targets.scopes if scope not in self._inflight]
+        images = [key for key in targets.images if key not in self._inflight]
+        skipped = len(targets.scopes) + len(targets.images) - len(scopes) - len(images)
+        self._inflight.update(scopes)  # claimed now: a round starting meanwhile skips them
+        self._inflight.update(images)
+        queue: Iterator[Target] = itertools.chain(scopes, images)
+        outcomes = [0, 0]  # failed, ok
+
+        async def worker() -> None:
+            for target in queue:  # shared: each task takes the next target not yet taken
+                try:
+                    outcomes[await self._fetcher.fetch(target)] += 1
+                finally:
+                    self._inflight.discard(target)
+
+        tasks = len(scopes) + min(self._workers, len(images))
+        try:
+            await asyncio.gather(*(worker() for _ in range(tasks)))
+        finally:
+            self._inflight.difference_update(queue)  # never taken: the round was cancelled
         result = RoundResult(
             number,
-            ok=sum(outcomes),
-            failed=len(outcomes) - sum(outcomes),
+            ok=outcomes[1],
+            failed=outcomes[0],
             skipped=skipped,
             duration=time.monotonic() - started,
         )
