@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import aiohttp
+import structlog
 from pydantic import SecretStr, ValidationError
 
 from exporter.models import Image, ImagePage, Task
@@ -27,6 +28,7 @@ from exporter.vocabulary import YIELD_EVERY, FetchError, ImageKey, Reason, Scope
 Endpoint = Literal["images", "image", "task"]
 PAGE_SIZE: Final = 1000
 _MAX_ITEMS: Final = 10_000_000  # a bound on pagination, whatever `count` claims
+log = structlog.get_logger("exporter.client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +217,12 @@ class GcoreClient:
 
     def _pause(self, retry_after: str | None, attempt: int) -> None:
         seconds = _retry_after_seconds(retry_after)
+        if seconds is not None and seconds > self._retry.max_pause and not self.gate.remaining:
+            log.warning(
+                "Retry-After above the cap",
+                retry_after=retry_after,
+                paused_for=self._retry.max_pause,
+            )
         if seconds is None:
             seconds = self._backoff(attempt + 1)
         # at least a second: a Retry-After of 0 or in the past must not turn into a tight loop
