@@ -11,17 +11,18 @@ Transitions, with `now` from the injected clock:
 | absent from a complete listing (discovered image) | the image is removed | gone                 |
 
 It keeps rendered bytes, not the API's models: at 50,000 images, models cost memory and
-garbage-collector time that no scrape needs.
+garbage-collector time that no scrape needs. The bytes live in `Blocks`, family-major, once.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from exporter.families import NO_VALUES, render_health, render_values
+from exporter.blocks import Block, Blocks
+from exporter.families import FAMILIES, NO_VALUES, VALUE_FAMILIES, render_health, render_values
 from exporter.models import Image, Task
 from exporter.vocabulary import FetchError, ImageKey, Reason, Scope
 
@@ -36,8 +37,13 @@ class ImageState:
     last_error: Reason | None = None
     lock_task_id: str | None = None
     lock_seen: float | None = None
-    values: tuple[bytes, ...] = NO_VALUES
-    rendered: tuple[bytes, ...] = ()
+    block: Block | None = None  # where its lines are, once placed
+
+    @property
+    def values(self) -> tuple[bytes, ...]:
+        """The lines of its value families, as exported now."""
+        assert self.block is not None
+        return self.block.chunks(self.key)[: len(VALUE_FAMILIES)]
 
 
 class ImageStore:
@@ -52,6 +58,7 @@ class ImageStore:
         self._now = clock
         self._on_change = on_change
         self._states: dict[ImageKey, ImageState] = {}
+        self._blocks = Blocks(len(FAMILIES))
 
     def __len__(self) -> int:
         return len(self._states)
@@ -67,11 +74,12 @@ class ImageStore:
         state = self._states.get(key)
         if state is None:
             state = self._states[key] = ImageState(key, explicit)
-            self._render_health(state)
+            self._render(state, NO_VALUES)
         return state
 
     def in_scope(self, scope: Scope) -> Iterator[ImageKey]:
-        return (key for key in list(self._states) if key.scope == scope)
+        # `is` first: the keys of a listing share its scope object, and dataclass `==` is slow
+        return (key for key in list(self._states) if key.scope is scope or key.scope == scope)
 
     def succeeded(self, key: ImageKey, image: Image, task: Task | None) -> None:
         """`task` is the task holding the image's lock, when the Tasks API told us."""
@@ -83,9 +91,10 @@ class ImageStore:
         lock_started = state.lock_seen
         if task is not None and task.created_on is not None:
             lock_started = task.created_on.timestamp()
-        state.values = render_values(key, image, now=now, task=task, lock_started=lock_started)
         state.up, state.last_success, state.last_error = True, now, None
-        self._render_health(state)
+        self._render(
+            state, render_values(key, image, now=now, task=task, lock_started=lock_started)
+        )
 
     def failed(self, key: ImageKey, error: FetchError) -> None:
         state = self.add(key)
@@ -94,16 +103,20 @@ class ImageStore:
         state.errors[error.reason] = state.errors.get(error.reason, 0) + 1
         stale = state.last_success is None or now - state.last_success > self._stale_after
         if error.reason == "not_found" or stale:
-            state.values = NO_VALUES
             state.lock_task_id = state.lock_seen = None
-        self._render_health(state)
+            self._render(state, NO_VALUES)
+        else:
+            self._render(state, None)
 
-    def retain(self, scope: Scope, listed: Iterable[ImageKey]) -> int:
-        """After a complete listing of `scope`: drop its discovered images that were not listed."""
-        keep = set(listed)
-        gone = [k for k in self.in_scope(scope) if k not in keep and not self._states[k].explicit]
-        for key in gone:
-            del self._states[key]
+    def retain(self, scope: Scope, listed: Collection[str]) -> int:
+        """After a complete listing of `scope` (the ids it held): drop its discovered images that
+        were not listed."""
+        states = self._states
+        gone = [
+            k for k in self.in_scope(scope) if k.image_id not in listed and not states[k].explicit
+        ]
+        removed = [self._states.pop(key) for key in gone]
+        self._blocks.remove((state.block, state.key) for state in removed if state.block)
         if gone:
             self._on_change()
         return len(gone)
@@ -111,11 +124,22 @@ class ImageStore:
     def failing(self) -> int:
         return sum(1 for state in self._states.values() if not state.up)
 
-    def rendered(self) -> tuple[tuple[bytes, ...], ...]:
-        """Every image's chunks, indexed like `FAMILIES`, in a stable order."""
-        return tuple(state.rendered for state in self._states.values())
+    async def settle(self) -> None:
+        """Fold what was staged into the blocks, letting the event loop run in between."""
+        await self._blocks.settle()
 
-    def _render_health(self, state: ImageState) -> None:
+    async def blocks(self) -> tuple[tuple[bytes, ...], ...]:
+        """Every block's lines, indexed like `FAMILIES`, images in a stable order."""
+        await self._blocks.settle()
+        return self._blocks.view()
+
+    def rendered(self) -> tuple[tuple[bytes, ...], ...]:
+        """`blocks()` folded at once: for small stores and tests."""
+        self._blocks.settle_now()
+        return self._blocks.view()
+
+    def _render(self, state: ImageState, values: tuple[bytes, ...] | None) -> None:
+        """Render health; stage it with `values` (None: keep the values as they are)."""
         health = render_health(
             state.key,
             up=state.up,
@@ -123,5 +147,10 @@ class ImageStore:
             errors=MappingProxyType(state.errors),
             last_error=state.last_error,
         )
-        state.rendered = state.values + health
+        if state.block is None:
+            assert values is not None
+            state.block = self._blocks.place(state.key, values + health)
+        else:
+            unchanged = (None,) * len(VALUE_FAMILIES)
+            self._blocks.stage(state.block, state.key, (values or unchanged) + health)
         self._on_change()
