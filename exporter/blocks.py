@@ -38,6 +38,11 @@ class Block:
         self.ends: tuple[array[int], ...] = tuple(array("I") for _ in range(families))
         self.staged: dict[ImageKey, Chunks] = {}
 
+    @property
+    def ripe(self) -> bool:
+        """Every image re-rendered since the last fold: folding now is a plain join."""
+        return len(self.staged) == len(self.members)
+
     def chunks(self, key: ImageKey) -> tuple[bytes, ...]:
         """What `key` exports as of the next fold, one chunk per family."""
         staged = self.staged.get(key, (None,) * len(self.parts))
@@ -147,11 +152,19 @@ class Blocks:
                 block.staged.pop(key, None)
             self._dirty[block] = None
 
-    async def settle(self) -> None:
-        """Fold every block with staged changes, letting the event loop run between families."""
+    async def settle(self, *, ripe_only: bool = False) -> None:
+        """Fold the blocks with staged changes, letting the event loop run between families.
+
+        `ripe_only`: only blocks whose every image is staged (a round went through them), and
+        not at all while another settle runs: cheap enough to ask after every fetch.
+        """
+        if ripe_only and self._settling.locked():
+            return
         async with self._settling:
-            while self._dirty:
-                block = next(iter(self._dirty))
+            while True:
+                block = next((b for b in self._dirty if not ripe_only or b.ripe), None)
+                if block is None:
+                    break
                 del self._dirty[block]
                 for _ in block.folding():
                     await asyncio.sleep(0)

@@ -83,9 +83,12 @@ class Fetcher:
                 image_id=key.image_id,
                 **exc.log_fields(),
             )
-            return False
-        self._store.succeeded(key, image, await self._tasks.lock_of(image))
-        return True
+            fetched = False
+        else:
+            self._store.succeeded(key, image, await self._tasks.lock_of(image))
+            fetched = True
+        await self._store.settle(ripe_only=True)  # a block all fetched: no chunk piles up
+        return fetched
 
     async def _discover(self, scope: Scope) -> bool:
         labels = (str(scope.project_id), str(scope.region_id))

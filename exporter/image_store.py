@@ -124,9 +124,10 @@ class ImageStore:
     def failing(self) -> int:
         return sum(1 for state in self._states.values() if not state.up)
 
-    async def settle(self) -> None:
-        """Fold what was staged into the blocks, letting the event loop run in between."""
-        await self._blocks.settle()
+    async def settle(self, *, ripe_only: bool = False) -> None:
+        """Fold what was staged into the blocks, letting the event loop run in between;
+        `ripe_only`: just the blocks whose every image was re-rendered (see `Blocks.settle`)."""
+        await self._blocks.settle(ripe_only=ripe_only)
 
     async def blocks(self) -> tuple[tuple[bytes, ...], ...]:
         """Every block's lines, indexed like `FAMILIES`, images in a stable order."""
