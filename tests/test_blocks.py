@@ -124,3 +124,20 @@ def test_empty_blocks_leave_the_view() -> None:
     model.remove([key(0), key(1)])
     model.blocks.settle_now()
     assert len(model.blocks.view()) == 1
+
+
+async def test_ripe_only_folds_just_the_blocks_a_round_went_through() -> None:
+    model = Model(capacity=2)
+    for n in range(4):
+        model.place(key(n))
+    await model.blocks.settle()
+    before = model.blocks.view()
+    model.stage(key(0), {0, 1, 2, 3})
+    model.stage(key(1), {0})  # the first block is all staged: ripe
+    model.stage(key(2), {1})  # the second is not
+    await model.blocks.settle(ripe_only=True)
+    view = model.blocks.view()
+    assert view[0] == tuple(b"".join(model.chunks[key(n)][f] for n in (0, 1)) for f in range(4))
+    assert view[1] is before[1]  # not folded yet: key 3 has not been fetched this round
+    await model.blocks.settle()
+    assert model.seen() == model.expected()
