@@ -7,6 +7,7 @@ one consistent state (every image's chunks and the exporter's own metrics of the
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -24,6 +25,7 @@ class Snapshot:
     own_text: bytes
     own_openmetrics: bytes  # without the final `# EOF`: the images' families follow it
     ready: bool
+    published: float = 0.0  # time.monotonic() when published
 
 
 EMPTY_SNAPSHOT: Final = Snapshot(0, (), b"", b"", ready=False)
@@ -72,6 +74,7 @@ class Publisher:
             own_text=generate_latest(self._registry),
             own_openmetrics=generate_openmetrics(self._registry).removesuffix(OPENMETRICS_EOF),  # type: ignore[no-untyped-call]
             ready=self._ready,
+            published=time.monotonic(),
         )
         return self._current
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 import zlib
 
 import pytest
@@ -27,8 +28,8 @@ def block(tag: str, images: int = 50) -> tuple[bytes, ...]:
     )
 
 
-def snapshot(version: int, *blocks: tuple[bytes, ...]) -> Snapshot:
-    return Snapshot(version, blocks, own_text=OWN, own_openmetrics=OWN, ready=True)
+def snapshot(version: int, *blocks: tuple[bytes, ...], published: float = 0.0) -> Snapshot:
+    return Snapshot(version, blocks, OWN, OWN, ready=True, published=published)
 
 
 def single_member(data: bytes) -> bytes:
@@ -75,10 +76,36 @@ async def test_a_new_snapshot_deflates_only_the_blocks_that_changed(
     await cache.get(snapshot(1, kept, changed), openmetrics=False, gzipped=True)
     assert len(deflated) == 1 + 2 * len(FAMILIES) + len(FAMILIES)  # own, headers, two blocks
     deflated.clear()
-    newer = snapshot(2, kept, block("new"))
+    newer = snapshot(2, kept, block("new"), published=60.0)
     body = await cache.get(newer, openmetrics=False, gzipped=True)
     assert sorted(deflated) == sorted([OWN, *block("new")])
     assert gzip.decompress(b"".join(body.parts)) == render(newer, openmetrics=False)
     deflated.clear()
     again = await cache.get(newer, openmetrics=False, gzipped=True)
     assert again is body and deflated == []
+
+
+async def test_while_a_gzip_body_builds_a_recent_one_is_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = ExpositionCache()
+    first = snapshot(1, block("a"), published=100.0)
+    served = await cache.get(first, openmetrics=False, gzipped=True)
+    release = threading.Event()
+    real = exposition.deflate
+
+    def held(part: bytes) -> bytes:
+        release.wait(10)
+        return real(part)
+
+    monkeypatch.setattr(exposition, "deflate", held)
+    soon, late = snapshot(2, block("b"), published=101.5), snapshot(3, block("c"), published=200.0)
+    recent = cache.get(soon, openmetrics=False, gzipped=True)
+    assert await asyncio.wait_for(recent, 5) is served  # 1.5 s older: stands in meanwhile
+    waiting = asyncio.create_task(cache.get(late, openmetrics=False, gzipped=True))
+    for _ in range(5):
+        await asyncio.sleep(0)  # let the scrape run as far as it can
+    assert not waiting.done()  # 100 s older: too old to stand in, the scrape waits for its own
+    release.set()
+    body = await asyncio.wait_for(waiting, 10)
+    assert gzip.decompress(b"".join(body.parts)) == render(late, openmetrics=False)
