@@ -153,11 +153,14 @@ class Exporter:
         self._stats_url = stats_url
         self.rounds: list[Round] = []
         self._changed = asyncio.Condition()
+        self._exited = False
+        self._last_lines: list[bytes] = []  # what it said last, for when it dies
 
     async def follow_log(self, http: aiohttp.ClientSession) -> None:
         stream = self.process.process.stderr
         assert stream is not None
         while line := await stream.readline():
+            self._last_lines = [*self._last_lines[-9:], line]
             try:
                 event = json.loads(line)
             except ValueError:
@@ -170,10 +173,16 @@ class Exporter:
             async with self._changed:
                 self.rounds.append(Round(event["round"], event["duration"], cpu, calls))
                 self._changed.notify_all()
+        async with self._changed:
+            self._exited = True
+            self._changed.notify_all()
 
     async def wait_rounds(self, count: int) -> None:
         async with asyncio.timeout(600), self._changed:
-            await self._changed.wait_for(lambda: len(self.rounds) >= count)
+            await self._changed.wait_for(lambda: len(self.rounds) >= count or self._exited)
+        if len(self.rounds) < count:
+            said = b"".join(self._last_lines).decode(errors="replace")
+            raise RuntimeError(f"the exporter exited after {len(self.rounds)} rounds:\n{said}")
 
 
 def free_port() -> int:
@@ -386,7 +395,10 @@ def cpu_model() -> str:
 
 
 def _counts(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError("counts must be positive; leave the list empty for none")
+    return counts
 
 
 async def main(argv: Sequence[str] | None = None) -> list[Row]:
