@@ -9,10 +9,10 @@ than 50. Results go to the image store; the publisher snapshots it after each ro
 from __future__ import annotations
 
 import asyncio
+import bisect
 import gc
-import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,11 +56,15 @@ class Scheduler:
         self._interval = interval
         self._workers = workers
         self._now = wall_clock
-        self._inflight: set[Target] = set()  # claimed by a round, from its start until fetched
         self._rounds: set[asyncio.Task[RoundResult]] = set()
         self._round_done = asyncio.Condition()
         self.rounds_completed = 0
-        self._targets = fetcher.register(targets)
+        own = fetcher.register(targets)
+        self._targets: tuple[Target, ...] = (*own.scopes, *own.images)  # scopes first
+        self._scopes = len(own.scopes)
+        # 1 while a round holds the target (from its start until fetched); by index, since 50,000
+        # ids hashed at each round start would hold the loop for tens of ms
+        self._claimed = bytearray(len(self._targets))
 
     async def run(self) -> None:
         """Start a round every interval, and publish progress between rounds, until cancelled."""
@@ -114,27 +118,28 @@ class Scheduler:
         concurrency, not with the number of ids.
         """
         started = time.monotonic()
-        targets = self._targets
-        scopes = [scope for scope in targets.scopes if scope not in self._inflight]
-        images = [key for key in targets.images if key not in self._inflight]
-        skipped = len(targets.scopes) + len(targets.images) - len(scopes) - len(images)
-        self._inflight.update(scopes)  # claimed now: a round starting meanwhile skips them
-        self._inflight.update(images)
-        queue: Iterator[Target] = itertools.chain(scopes, images)
+        claimed = self._claimed
+        due = [index for index, busy in enumerate(claimed) if not busy]
+        for index in due:
+            claimed[index] = 1  # a round starting meanwhile skips them
+        queue = iter(due)
         outcomes = [0, 0]  # failed, ok
 
         async def worker() -> None:
-            for target in queue:  # shared: each task takes the next target not yet taken
+            for index in queue:  # shared: each task takes the next target not yet taken
                 try:
-                    outcomes[await self._fetcher.fetch(target)] += 1
+                    outcomes[await self._fetcher.fetch(self._targets[index])] += 1
                 finally:
-                    self._inflight.discard(target)
+                    claimed[index] = 0
 
-        tasks = len(scopes) + min(self._workers, len(images))
+        scopes = bisect.bisect_left(due, self._scopes)  # due scopes come first
+        tasks = scopes + min(self._workers, len(due) - scopes)
         try:
             await asyncio.gather(*(worker() for _ in range(tasks)))
         finally:
-            self._inflight.difference_update(queue)  # never taken: the round was cancelled
+            for index in queue:  # never taken: the round was cancelled
+                claimed[index] = 0
+        skipped = len(claimed) - len(due)
         result = RoundResult(
             number,
             ok=outcomes[1],
