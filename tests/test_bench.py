@@ -54,7 +54,7 @@ async def test_a_tiny_bench_prints_the_table_and_writes_the_json(tmp_path: Path)
     assert report["machine"]["cpus"] >= 1
     rows = {(row["scenario"], row["server"]): row for row in report["rows"]}
     discovered, explicit = rows["20 discovered", "exporter"], rows["10 explicit ids", "exporter"]
-    assert discovered["api_calls_per_round"] == 2  # one page, one lock's task (1 image in 100)
+    assert discovered["api_calls_per_round"] in (1, 2)  # a page; a lock's task, unless cached
     assert explicit["api_calls_per_round"] == 10  # one GET per id
     for row in rows.values():
         assert set(row["scrapes"]) == set(VARIANTS)
