@@ -23,6 +23,7 @@ IDS = [f"5aad0000-0000-4000-8000-{n:012d}" for n in range(3000)]
 @pytest.fixture
 def keyed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GCORE_API_KEY", API_KEY)
+    monkeypatch.delenv("POD_NAME", raising=False)  # as when the tests run in a pod
 
 
 def problems(**cli: Any) -> list[str]:
