@@ -2,10 +2,11 @@
 
 A scrape waits for the slice the loop is in, and for one more at each of its writes that has to
 wait for the socket, so the longest slices are what scrapes feel during polls. This runs one
-process polling N discovered images (the fake API in another process) and times every callback
-the loop runs in CPU seconds of its thread (so other processes on the machine do not inflate the
-figures). A sampling thread looks at the stack of the slices that last, and names what they do:
-validation, rendering, folding blocks, publication, garbage collection, ...
+process polling N discovered images (the fake API in another process) while a probe task takes
+every turn of the loop: the CPU time of the loop's thread between two turns of the probe is a
+slice (CPU time, so that other processes on the machine do not inflate the figures). A sampling
+thread looks at the stack of the slices that last, and names what they do: validation,
+rendering, folding blocks, publication, garbage collection, ...
 Usage: `python -m bench.slices [N] [--rounds R]`.
 """
 
@@ -18,8 +19,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -35,6 +36,7 @@ from exporter.vocabulary import Scope, Targets
 
 SAMPLE_EVERY = 0.0005  # seconds between two looks at the loop's stack
 SLOW = 0.002  # slices shorter than this are not sampled
+WORK = 0.0001  # shorter slices are the loop turning with nothing to do: left out of the figures
 
 # What a stack frame says about the work, first match from the innermost frame out.
 KINDS: tuple[tuple[str, Callable[[FrameType], bool]], ...] = (
@@ -66,13 +68,14 @@ class Slice:
 
 
 class Recorder:
-    """Times the loop's callbacks; a thread samples the stack of those that run long."""
+    """A probe task takes every turn of the loop; the CPU time of the loop's thread between two of
+    its turns is one slice of other work. A thread samples the stack of the slices that last."""
 
     def __init__(self) -> None:
         self.slices: list[Slice] = []
         self.gc_pauses: list[float] = []
-        self._current: Slice | None = None
-        self._started = 0.0
+        self._current = Slice(0.0)
+        self._started = time.perf_counter()  # when the current slice began
         self._in_gc = False
         self._gc_started = 0.0
         self._loop_thread = threading.get_ident()
@@ -90,49 +93,45 @@ class Recorder:
     def _sample(self) -> None:
         while not self._stop.wait(SAMPLE_EVERY):
             current = self._current
-            if current is None or time.perf_counter() - self._started < SLOW:
+            if time.perf_counter() - self._started < SLOW:
                 continue
             if self._in_gc:
                 current.kinds["garbage collection"] += 1
                 continue
             current.kinds[kind_of(sys._current_frames().get(self._loop_thread))] += 1
 
-    @contextmanager
-    def recording(self) -> Iterator[None]:
-        handle = asyncio.events.Handle
-        original = handle._run
-        recorder = self
+    async def _probe(self, stop: asyncio.Event) -> None:
+        cpu = time.thread_time()
+        while not stop.is_set():
+            await asyncio.sleep(0)  # back of the queue: the loop runs everything else once
+            now = time.thread_time()
+            self._current.seconds = now - cpu
+            self.slices.append(self._current)
+            self._current, self._started, cpu = Slice(0.0), time.perf_counter(), now
 
-        def timed(self: asyncio.events.Handle) -> None:
-            recorder._current = Slice(0.0)
-            recorder._started = time.perf_counter()
-            cpu = time.thread_time()
-            try:
-                original(self)
-            finally:
-                recorder._current.seconds = time.thread_time() - cpu
-                recorder.slices.append(recorder._current)
-                recorder._current = None
-
+    @asynccontextmanager
+    async def recording(self) -> AsyncIterator[None]:
         sampler = threading.Thread(target=self._sample, daemon=True)
-        handle._run = timed  # type: ignore[method-assign]
+        stop = asyncio.Event()
         gc.callbacks.append(self._gc)
         sampler.start()
+        probe = asyncio.create_task(self._probe(stop))
         try:
             yield
         finally:
+            stop.set()
+            await probe
             self._stop.set()
             sampler.join()
             gc.callbacks.remove(self._gc)
-            handle._run = original  # type: ignore[method-assign]
 
 
 def report(recorder: Recorder, wall: float) -> str:
-    slices = sorted(recorder.slices, key=lambda s: s.seconds)
+    slices = sorted((s for s in recorder.slices if s.seconds >= WORK), key=lambda s: s.seconds)
     seconds = [s.seconds for s in slices]
     total = sum(seconds)
     lines = [
-        f"{len(slices)} slices, {total:.2f} s CPU in {wall:.2f} s: "
+        f"{len(slices)} slices of work (0.1 ms or more), {total:.2f} s CPU in {wall:.2f} s: "
         f"p50 {seconds[len(seconds) // 2] * 1e3:.2f} ms, "
         f"p99 {seconds[int(len(seconds) * 0.99)] * 1e3:.1f} ms, max {seconds[-1] * 1e3:.1f} ms",
         f"garbage collection: {len(recorder.gc_pauses)} pauses, "
@@ -170,7 +169,7 @@ async def measure(port: int, rounds: int) -> str:
         await scheduler.run_once()  # the first round fills the store; the next ones are measured
         recorder = Recorder()
         started = time.perf_counter()
-        with recorder.recording():
+        async with recorder.recording():
             for _ in range(rounds):
                 await scheduler.run_once()
                 for openmetrics, gzipped in ((False, False), (True, False), (False, True)):
