@@ -115,7 +115,7 @@ class ImageStore:
         gone = [
             k for k in self.in_scope(scope) if k.image_id not in listed and not states[k].explicit
         ]
-        removed = [self._states.pop(key) for key in gone]
+        removed = [states.pop(key) for key in gone]
         self._blocks.remove((state.block, state.key) for state in removed if state.block)
         if gone:
             self._on_change()
@@ -152,6 +152,6 @@ class ImageStore:
             assert values is not None
             state.block = self._blocks.place(state.key, values + health)
         else:
-            unchanged = (None,) * len(VALUE_FAMILIES)
-            self._blocks.stage(state.block, state.key, (values or unchanged) + health)
+            kept = (None,) * len(VALUE_FAMILIES) if values is None else values
+            self._blocks.stage(state.block, state.key, kept + health)
         self._on_change()

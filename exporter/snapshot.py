@@ -1,7 +1,7 @@
 """Immutable snapshots of everything a scrape serves, and the publisher that makes them.
 
 A scrape reads `Publisher.current` and nothing else: it never waits on a poll, and it always sees
-one consistent state (every image's chunks and the exporter's own metrics of the same moment).
+one consistent state (every image's lines and the exporter's own metrics of the same moment).
 """
 
 from __future__ import annotations
