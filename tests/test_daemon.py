@@ -517,6 +517,10 @@ async def test_three_shards_export_every_image_exactly_once(
 ) -> None:
     fake.max_page = 50
     seed(fake, 300)
+    for n in range(0, 300, 10):  # 30 listed images locked, each by a task of its own
+        task_id = f"7a5c1111-0000-4000-8000-{n:012d}"
+        fake.put_task(make_task(task_id))
+        fake.update_image(P, R, image_id(n), task_id=task_id)
     explicit = [f"e0000000-0000-4000-8000-{n:012d}" for n in range(30)]
     for n, image in enumerate(explicit):
         task_id = f"7a5c0000-0000-4000-8000-{n:012d}"
@@ -541,4 +545,4 @@ async def test_three_shards_export_every_image_exactly_once(
     assert all(60 <= len(images) <= 160 for images in exported), [len(i) for i in exported]
     assert fake.count(r"/images\?") == 3 * 6  # every shard pages through the whole list
     assert fake.count(r"/images/") == 30  # each explicit image is fetched by one shard
-    assert fake.count("/tasks/") == 30  # and its lock looked up by that shard only
+    assert fake.count("/tasks/") == 60  # and a lock's task is looked up by its image's shard
