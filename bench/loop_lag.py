@@ -61,7 +61,7 @@ def lag_line(lags: list[float]) -> str:
 async def main(images: int) -> None:
     fake = serve_fake(images)
     assert fake.stdout is not None
-    port = int(fake.stdout.readline())
+    port = int(fake.stdout.readline().split()[0])
     try:
         await measure(port, images)
     finally:

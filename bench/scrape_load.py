@@ -180,7 +180,7 @@ async def run_load(
     fake = serve_fake(images)
     assert fake.stdout is not None
     try:
-        api_port = int(fake.stdout.readline())
+        api_port = int(fake.stdout.readline().split()[0])
         web_config, tls = _secure_config(workdir) if secure else (None, None)
         port = _free_port()
         base = f"{'https' if secure else 'http'}://127.0.0.1:{port}"
