@@ -189,6 +189,7 @@ async def open_poller(
                 publisher=monitor.publisher,
                 telemetry=telemetry,
                 interval=settings.interval,
+                workers=settings.concurrency,
                 wall_clock=wall_clock,
             )
             yield Poller(

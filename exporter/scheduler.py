@@ -8,7 +8,6 @@ publisher snapshots it after each round.
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from exporter.fetcher import Fetcher, Target
 from exporter.image_store import ImageStore
 from exporter.snapshot import Publisher
 from exporter.telemetry import Telemetry
-from exporter.vocabulary import Targets
+from exporter.vocabulary import ImageKey, Targets
 
 log = structlog.get_logger("exporter.scheduler")
 
@@ -50,6 +49,7 @@ class Scheduler:
         publisher: Publisher,
         telemetry: Telemetry,
         interval: float,
+        workers: int = 8,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._fetcher = fetcher
@@ -60,7 +60,8 @@ class Scheduler:
         self._telemetry = telemetry
         self._interval = interval
         self._now = wall_clock
-        self._inflight: dict[Target, asyncio.Task[bool]] = {}
+        self._workers = workers
+        self._claimed: set[Target] = set()  # held by a round, from its start until fetched
         self._rounds: set[asyncio.Task[RoundResult]] = set()
         self._round_done = asyncio.Condition()
         self.rounds_completed = 0
@@ -80,8 +81,7 @@ class Scheduler:
                 started += self._interval
                 await asyncio.sleep(max(0.0, started - time.monotonic()))
         finally:
-            pending: list[asyncio.Future[Any]] = [publishing, *self._inflight.values()]
-            pending += self._rounds
+            pending: list[asyncio.Future[Any]] = [publishing, *self._rounds]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -89,17 +89,7 @@ class Scheduler:
 
     def start_round(self) -> asyncio.Task[RoundResult]:
         number = self.rounds_completed + len(self._rounds) + 1
-        jobs: list[asyncio.Task[bool]] = []
-        skipped = 0
-        for target in _polled(self._targets):
-            if target in self._inflight:
-                skipped += 1
-                continue
-            job = asyncio.create_task(self._fetcher.fetch(target))
-            self._inflight[target] = job
-            job.add_done_callback(functools.partial(self._forget, target))
-            jobs.append(job)
-        round_task = asyncio.create_task(self._finish_round(number, jobs, skipped))
+        round_task = asyncio.create_task(self._round(number))
         self._rounds.add(round_task)
         round_task.add_done_callback(self._rounds.discard)
         return round_task
@@ -120,7 +110,7 @@ class Scheduler:
         self._targets, self._wanted = targets, wanted
         self._fetcher.register(targets)
         for target in gone:
-            if target not in self._inflight:
+            if target not in self._claimed:
                 self._fetcher.forget(target, targets)
 
     def _freeze_survivors(self) -> None:
@@ -135,20 +125,51 @@ class Scheduler:
             gc.collect()
         gc.freeze()
 
-    def _forget(self, target: Target, _: object) -> None:
-        self._inflight.pop(target, None)
+    def _release(self, target: Target) -> None:
+        self._claimed.discard(target)
         if target not in self._wanted:
             self._fetcher.forget(target, self._targets)
 
-    async def _finish_round(
-        self, number: int, jobs: list[asyncio.Task[bool]], skipped: int
-    ) -> RoundResult:
+    async def _round(self, number: int) -> RoundResult:
+        """Fetch every target not still held by an earlier round.
+
+        Each scope gets a task of its own (a listing never holds explicit images up), and
+        `workers` more take explicit images one by one: a round's tasks and memory grow with the
+        concurrency, not with the number of ids.
+        """
         started = time.monotonic()
-        outcomes = await asyncio.gather(*jobs) if jobs else []
+        scopes: list[Target] = []
+        images: list[Target] = []
+        skipped = 0
+        for target in _polled(self._targets):
+            if target in self._claimed:
+                skipped += 1
+                continue
+            self._claimed.add(target)  # a round starting meanwhile skips it
+            (images if isinstance(target, ImageKey) else scopes).append(target)
+        queue = iter(images)
+        outcomes = [0, 0]  # failed, ok
+
+        async def fetch(target: Target) -> None:
+            try:
+                outcomes[await self._fetcher.fetch(target)] += 1
+            finally:
+                self._release(target)
+
+        async def worker() -> None:
+            for target in queue:  # shared: each task takes the next image not yet taken
+                await fetch(target)
+
+        workers = min(self._workers, len(images))
+        try:
+            await asyncio.gather(*map(fetch, scopes), *(worker() for _ in range(workers)))
+        finally:
+            for target in queue:  # never taken: the round was cancelled
+                self._release(target)
         result = RoundResult(
             number,
-            ok=sum(outcomes),
-            failed=len(outcomes) - sum(outcomes),
+            ok=outcomes[1],
+            failed=outcomes[0],
             skipped=skipped,
             duration=time.monotonic() - started,
         )
