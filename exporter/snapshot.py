@@ -1,14 +1,13 @@
 """Immutable snapshots of everything a scrape serves, and the publisher that makes them.
 
 A scrape reads `Publisher.current` and nothing else: it never waits on a poll, and it always sees
-one consistent state (every image's lines and the exporter's own metrics of the same moment).
+one consistent state (every image's chunks and the exporter's own metrics of the same moment).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -21,11 +20,10 @@ OPENMETRICS_EOF: Final = b"# EOF\n"
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     version: int
-    blocks: tuple[tuple[bytes, ...], ...]  # a block of images' lines per family, like `FAMILIES`
+    images: tuple[tuple[bytes, ...], ...]  # each image's chunks, indexed like `FAMILIES`
     own_text: bytes
     own_openmetrics: bytes  # without the final `# EOF`: the images' families follow it
     ready: bool
-    published: float = 0.0  # time.monotonic() when published
 
 
 EMPTY_SNAPSHOT: Final = Snapshot(0, (), b"", b"", ready=False)
@@ -41,13 +39,13 @@ class Publisher:
 
     def __init__(
         self,
-        blocks: Callable[[], Awaitable[tuple[tuple[bytes, ...], ...]]],
+        images: Callable[[], tuple[tuple[bytes, ...], ...]],
         registry: CollectorRegistry,
         *,
         refresh: Callable[[], None] = lambda: None,
         gap: float = 1.0,
     ) -> None:
-        self._blocks = blocks
+        self._images = images
         self._registry = registry
         self._refresh = refresh  # updates gauges that are read, not counted, before each snapshot
         self._gap = gap
@@ -62,19 +60,17 @@ class Publisher:
     def mark_dirty(self) -> None:
         self._dirty.set()
 
-    async def publish(self, *, ready: bool = False) -> Snapshot:
+    def publish(self, *, ready: bool = False) -> Snapshot:
         """Publish now; once `ready` has been given, every later snapshot is ready."""
         self._dirty.clear()
         self._ready = self._ready or ready
-        blocks = await self._blocks()  # what was staged is folded first, in slices
         self._refresh()
         self._current = Snapshot(
             version=self._current.version + 1,
-            blocks=blocks,
+            images=self._images(),
             own_text=generate_latest(self._registry),
             own_openmetrics=generate_openmetrics(self._registry).removesuffix(OPENMETRICS_EOF),  # type: ignore[no-untyped-call]
             ready=self._ready,
-            published=time.monotonic(),
         )
         return self._current
 
@@ -82,5 +78,5 @@ class Publisher:
         """Publish what changed between rounds, until cancelled."""
         while True:
             await self._dirty.wait()
-            await self.publish()
+            self.publish()
             await asyncio.sleep(self._gap)
