@@ -216,10 +216,12 @@ def exporter_process(
     *,
     interval: str = "1s",
     name: str = "exporter",
+    extra_args: Sequence[str] = (),
 ) -> Process:
     argv = [sys.executable, "-m", "exporter", "--interval", interval, "--timeout", interval]
     for spec in targets:
         argv += ["--target", spec]
+    argv += extra_args
     argv += ["--listen", f"127.0.0.1:{port}", "--log-format", "json", "--log-level", "info"]
     env = clean_env(GCORE_BASE_URL=api_url, GCORE_API_KEY=API_KEY, PYTHONUNBUFFERED="1")
     return Process(name, argv, workdir / f"{name}.log", env)
@@ -320,6 +322,7 @@ class Stack:
     prometheus_binary: str
     dead_targets: int = 0  # scrape targets where no exporter answers
     replicas: int = 1  # exporters watching the same targets, scraped by the same job
+    sharded: bool = False  # replica i is `--shard i --total-shards replicas`
     extra_scrape_targets: list[str] = field(default_factory=list)
     api_server: FakeApiServer | None = None
     exporters: list[Process] = field(default_factory=list)
@@ -357,8 +360,14 @@ class Stack:
         for number in range(self.replicas):
             port = free_port()
             name = "exporter" if number == 0 else f"exporter-{number + 1}"
+            shard = ["--shard", str(number), "--total-shards", str(self.replicas)]
             process = exporter_process(
-                self.workdir, port, self.api_server.url, self.targets, name=name
+                self.workdir,
+                port,
+                self.api_server.url,
+                self.targets,
+                name=name,
+                extra_args=shard if self.sharded else (),
             )
             self._exit.callback(process.stop)
             process.start()
