@@ -35,6 +35,7 @@ class TaskCache:
         # Lookups still running, those dropped from `_entries` by expiry included: all are
         # cancelled on close, before their HTTP session is.
         self._running: set[asyncio.Future[Task | None]] = set()
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -42,7 +43,7 @@ class TaskCache:
     async def lock_of(self, image: Image) -> Task | None:
         """The task holding `image`'s lock; None if unlocked, unknown, or the answer is off."""
         task_id = image.task_id
-        if task_id is None:
+        if task_id is None or self._closed:  # closed: its session is gone, or about to be
             return None
         entry = self._entries.get(task_id)
         if entry is None or self._now() - entry[0] > self._ttl:
@@ -62,6 +63,7 @@ class TaskCache:
             del self._entries[task_id]
 
     async def close(self) -> None:
+        self._closed = True
         pending = list(self._running)
         for future in pending:
             future.cancel()
@@ -73,4 +75,7 @@ class TaskCache:
         except FetchError as exc:
             self._on_failure(exc)
             log.info("task lookup failed", task_id=task_id, **exc.log_fields())
+            return None
+        except Exception as exc:  # its session closed under it (a reload): no answer, no noise
+            log.debug("task lookup abandoned", task_id=task_id, problem=type(exc).__name__)
             return None

@@ -103,3 +103,17 @@ async def test_close_cancels_lookups_that_expired_while_running() -> None:
     caller.cancel()
     await cache.close()
     assert asyncio.all_tasks() == {asyncio.current_task()}  # nothing outlives the cache
+
+
+async def test_a_closed_cache_starts_no_lookup_and_a_broken_one_is_no_answer() -> None:
+    lookups = Lookups(error=None)
+    cache = TaskCache(lookups, ttl=60, clock=Clock(1000.0))
+    await cache.close()
+    assert await cache.lock_of(locked("t-1")) is None
+    assert lookups.calls == []
+
+    async def closed_session(task_id: str) -> Task:
+        raise RuntimeError("Session is closed")
+
+    broken = TaskCache(closed_session, ttl=60, clock=Clock(1000.0))
+    assert await broken.lock_of(locked("t-1")) is None  # never an exception nobody retrieves
