@@ -33,6 +33,7 @@ ALERTS = {
     "GcoreGpuImageDiscoveryFailing",
     "GcoreGpuImageExporterDown",
     "GcoreGpuImageExporterReplicaDown",
+    "GcoreGpuImageExporterShardDown",
     "GcoreGpuImageApiUnauthorized",
     "GcoreGpuImageApiRateLimited",
 }
@@ -176,6 +177,7 @@ def test_the_cli_applies_scale_then_set() -> None:
         ("GcoreGpuImageDiscoveryFailing", "critical"): "9s",
         ("GcoreGpuImageExporterDown", "warning"): "3s",
         ("GcoreGpuImageExporterReplicaDown", "info"): "3s",
+        ("GcoreGpuImageExporterShardDown", "warning"): "3s",
         ("GcoreGpuImageApiUnauthorized", "critical"): "9s",
         ("GcoreGpuImageApiRateLimited", "warning"): "9s",
     }

@@ -236,6 +236,18 @@ ALERTS: tuple[Alert, ...] = (
         " than %(exporter_down_for)s; other replicas are up, so alerts still fire.",
     ),
     Alert(
+        "GcoreGpuImageExporterShardDown",
+        expr="count without (shard) (\n"
+        '  count_values without (%(replicas)s) ("shard", gcore_exporter_shard_ordinal{%(sel)s})\n'
+        ")\n< max without (%(replicas)s) (gcore_exporter_total_shards{%(sel)s})",
+        for_="%(exporter_down_for)s",
+        severity="warning",
+        summary="A shard of the Gcore GPU image exporter is not scraped: its images go unwatched.",
+        description="Only {{ $value }} of the exporter's shards%(in_cluster)s have been scraped for"
+        " more than %(exporter_down_for)s: the images of the others have no series, so no alert"
+        " about them can fire.",
+    ),
+    Alert(
         "GcoreGpuImageApiUnauthorized",
         expr="max without (%(replicas)s, endpoint) (\n"
         '  increase(gcore_exporter_api_requests_total{%(sel)s, code=~"401|403"}'
