@@ -54,6 +54,8 @@ async def measured(work: Awaitable[T]) -> tuple[T, float, list[float]]:
 
 
 def lag_line(lags: list[float]) -> str:
+    if not lags:
+        return "the loop never waited"
     p50, p99 = lags[len(lags) // 2], lags[int(len(lags) * 0.99)]
     return f"loop lag p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, max {lags[-1] * 1e3:.1f} ms"
 

@@ -1,15 +1,21 @@
-"""Assembles a snapshot's pre-rendered chunks into an exposition, once per snapshot and format.
+"""Turns a snapshot into bodies: parts written as they are, never joined, gzip built incrementally.
 
-A body is kept as parts (a family's lines for a slice of images), not one joined buffer: joining
-slice by slice bounds each stretch of event-loop work, and the parts are written as they are.
+A body is the exporter's own metrics, then, family by family, the family's header and every
+block's lines of it: references to the snapshot's bytes, so a text or OpenMetrics body costs a
+new snapshot nothing and takes no memory of its own. A gzip body is one gzip member whose deflate
+stream is the parts' deflates side by side (each part deflated on its own and sync-flushed); a
+part's deflate is kept while the part is in the latest snapshot, so a snapshot that changed a few
+blocks costs the compression of those only, in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from exporter.families import FAMILIES
 from exporter.snapshot import OPENMETRICS_EOF, Snapshot
@@ -17,34 +23,21 @@ from exporter.snapshot import OPENMETRICS_EOF, Snapshot
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _HEADERS = {om: tuple(f.header(openmetrics=om) for f in FAMILIES) for om in (False, True)}
-
-
-_SLICE = 5000  # images per part
-
-
-def _slices(snapshot: Snapshot, index: int) -> Iterator[bytes]:
-    """Family `index`'s lines, a slice of images at a time."""
-    images = snapshot.images
-    for start in range(0, len(images), _SLICE):
-        yield b"".join([chunks[index] for chunks in images[start : start + _SLICE]])
-
-
-def _assemble(
-    snapshot: Snapshot, families: Iterable[tuple[bytes, ...]], openmetrics: bool
-) -> list[bytes]:
-    parts = [snapshot.own_openmetrics if openmetrics else snapshot.own_text]
-    for header, slices in zip(_HEADERS[openmetrics], families, strict=True):
-        parts.append(header)
-        parts += slices
-    if openmetrics:
-        parts.append(OPENMETRICS_EOF)
-    return parts
+GZIP_LEVEL: Final = 1  # 2.3x faster than 5 for 7% more bytes: CPU is what scales with images
+_GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime
+_LAST_BLOCK: Final = b"\x03\x00"  # an empty final block ends the deflate stream
 
 
 def render_parts(snapshot: Snapshot, *, openmetrics: bool) -> list[bytes]:
-    """The exposition as consecutive byte strings (for `--once` and tests)."""
-    families = [tuple(_slices(snapshot, index)) for index in range(len(FAMILIES))]
-    return _assemble(snapshot, families, openmetrics)
+    """The exposition as consecutive byte strings."""
+    parts = [snapshot.own_openmetrics if openmetrics else snapshot.own_text]
+    blocks = snapshot.blocks
+    for index, header in enumerate(_HEADERS[openmetrics]):
+        parts.append(header)
+        parts += [lines for block in blocks if (lines := block[index])]
+    if openmetrics:
+        parts.append(OPENMETRICS_EOF)
+    return parts
 
 
 def render(snapshot: Snapshot, *, openmetrics: bool) -> bytes:
@@ -85,43 +78,85 @@ class Body:
         return sum(len(part) for part in self.parts)
 
 
-def _gzip(parts: Iterable[bytes]) -> bytes:
-    packer = zlib.compressobj(5, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
-    return b"".join([*(packer.compress(part) for part in parts), packer.flush()])
+def deflate(part: bytes) -> bytes:
+    """`part` as raw deflate blocks that any other such blocks may follow."""
+    packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return packer.compress(part) + packer.flush(zlib.Z_SYNC_FLUSH)
+
+
+def gzip_member(parts: Sequence[bytes], deflated: Iterable[bytes]) -> list[bytes]:
+    """One gzip member (RFC 1952) of `parts`, from their deflates."""
+    crc = size = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+        size += len(part)
+    trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
+    return [_GZIP_HEADER, *deflated, _LAST_BLOCK, trailer]
 
 
 class ExpositionCache:
-    """Bodies of the latest snapshot only, each variant built once; scrapes share the work."""
+    """Bodies of the latest snapshot, each variant built once; scrapes share the work.
+
+    A gzip body is deflated block by block in a thread, reusing the deflate of every block that
+    did not change since the last build.
+    """
 
     def __init__(self) -> None:
-        self._version = -1
-        self._families: tuple[tuple[bytes, ...], ...] | None = None
+        self._snapshot: Snapshot | None = None
         self._bodies: dict[tuple[bool, bool], Body] = {}
-        self._lock = asyncio.Lock()
+        self._building: dict[bool, asyncio.Task[Body]] = {}
+        self._deflated: dict[int, tuple[bytes, bytes]] = {}  # id(part): (part, its deflate)
+        self._deflating = asyncio.Lock()  # one gzip build at a time: the next reuses its parts
 
     async def get(self, snapshot: Snapshot, *, openmetrics: bool, gzipped: bool) -> Body:
-        async with self._lock:
-            if snapshot.version != self._version:
-                self._version, self._families, self._bodies = snapshot.version, None, {}
-            body = self._bodies.get((openmetrics, gzipped))
-            if body is None:
-                if self._families is None:
-                    self._families = await _families(snapshot)
-                parts = _assemble(snapshot, self._families, openmetrics)
-                if gzipped:
-                    parts = [await asyncio.to_thread(_gzip, parts)]  # zlib releases the GIL
-                content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
-                body = Body(tuple(parts), content_type, gzipped)
-                self._bodies[(openmetrics, gzipped)] = body
+        if self._snapshot is None or snapshot.version != self._snapshot.version:
+            self._snapshot, self._bodies, self._building = snapshot, {}, {}
+            self._forget_gone_parts()
+        body = self._bodies.get((openmetrics, gzipped))
+        if body is not None:
             return body
+        parts = render_parts(snapshot, openmetrics=openmetrics)
+        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+        if not gzipped:
+            body = self._bodies[(openmetrics, False)] = Body(tuple(parts), content_type, False)
+            return body
+        building = self._building.get(openmetrics)
+        if building is None:
+            building = asyncio.create_task(self._gzip(snapshot, parts, content_type))
+            building.add_done_callback(lambda task: self._built(snapshot, openmetrics, task))
+            self._building[openmetrics] = building
+        return await asyncio.shield(building)  # a scrape that hangs up stops no build
 
+    def _built(self, snapshot: Snapshot, openmetrics: bool, task: asyncio.Task[Body]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        body = task.result()
+        if snapshot is self._snapshot:
+            self._bodies[(openmetrics, True)] = body
 
-async def _families(snapshot: Snapshot) -> tuple[tuple[bytes, ...], ...]:
-    families = []
-    for index in range(len(FAMILIES)):
-        slices = []
-        for part in _slices(snapshot, index):
-            slices.append(part)
-            await asyncio.sleep(0)  # a slice at a time: scrapes and polls go on in between
-        families.append(tuple(slices))
-    return tuple(families)
+    async def _gzip(self, snapshot: Snapshot, parts: list[bytes], content_type: str) -> Body:
+        async with self._deflating:
+            known: dict[int, bytes] = {}  # the parts' deflates, by id (`parts` keeps them alive)
+            missing = []
+            for part in parts:
+                hit = self._deflated.get(id(part))
+                if hit is not None and hit[0] is part:
+                    known[id(part)] = hit[1]
+                else:
+                    missing.append(part)
+            deflated = await asyncio.to_thread(lambda: [deflate(part) for part in missing])
+            for part, packed in zip(missing, deflated, strict=True):
+                self._deflated[id(part)] = (part, packed)
+                known[id(part)] = packed
+            self._forget_gone_parts()
+        member = await asyncio.to_thread(gzip_member, parts, [known[id(part)] for part in parts])
+        return Body((b"".join(member),), content_type, gzipped=True)  # small: one write
+
+    def _forget_gone_parts(self) -> None:
+        """Drop deflates of parts gone from the latest snapshot: they hold old blocks alive."""
+        if self._snapshot is None:
+            return
+        live = {id(lines) for block in self._snapshot.blocks for lines in block}
+        live.update(id(header) for headers in _HEADERS.values() for header in headers)
+        for key in [key for key in self._deflated if key not in live]:
+            del self._deflated[key]

@@ -16,21 +16,31 @@ Transitions, with `now` from the injected clock:
 survives restarts of the exporter), then the time a new status was first seen; never after now.
 
 It keeps rendered bytes, not the API's models: at 50,000 images, models cost memory and
-garbage-collector time that no scrape needs.
+garbage-collector time that no scrape needs. The bytes live in `Blocks`, family-major, once.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import structlog
 
-from exporter.families import NO_VALUES, render_health, render_values, status_of
+from exporter.blocks import Block, Blocks
+from exporter.families import (
+    FAMILIES,
+    NO_VALUES,
+    VALUE_FAMILIES,
+    render_health,
+    render_values,
+    status_of,
+)
 from exporter.models import Image, Task
-from exporter.vocabulary import FetchError, ImageKey, Kind, Reason, Scope, Targets
+from exporter.vocabulary import FetchError, ImageKey, Reason, Scope, Targets
+
+log = structlog.get_logger("exporter.image_store")
 
 
 @dataclass(slots=True)
@@ -43,13 +53,15 @@ class ImageState:
     last_error: Reason | None = None
     lock_task_id: str | None = None
     lock_seen: float | None = None
-    values: tuple[bytes, ...] = NO_VALUES
-    rendered: tuple[bytes, ...] = ()
     status: str | None = None
     status_since: float | None = None
+    block: Block | None = None  # where its lines are, once placed
 
-
-log = structlog.get_logger("exporter.image_store")
+    @property
+    def values(self) -> tuple[bytes, ...]:
+        """The lines of its value families, as exported now."""
+        assert self.block is not None
+        return self.block.chunks(self.key)[: len(VALUE_FAMILIES)]
 
 
 class ImageStore:
@@ -64,6 +76,7 @@ class ImageStore:
         self._now = clock
         self._on_change = on_change
         self._states: dict[ImageKey, ImageState] = {}
+        self._blocks = Blocks(len(FAMILIES))
         self._twins: set[ImageKey] = set()  # logged once each
 
     def __len__(self) -> int:
@@ -85,35 +98,22 @@ class ImageStore:
         state = self._states.get(key)
         if state is None:
             state = ImageState(key, explicit)
-            if self._has_twin(key):
+            if _has_twin(self._states, self._twins, key):
                 return state
             self._states[key] = state
-            self._render_health(state)
+            self._render(state, NO_VALUES)
         state.explicit = state.explicit or explicit
         return state
 
-    def release(self, key: ImageKey, *, listed: bool) -> None:
-        """`key` is no longer a configured image: a listing that covers it now decides whether it
-        stays (`listed`), else it goes at once."""
-        state = self._states.get(key)
-        if state is None:
-            return
-        if listed:
-            state.explicit = False
-        else:
-            del self._states[key]
-            self._on_change()
-
-    def drop_scope(self, scope: Scope) -> int:
-        """`scope` is no longer watched: its images leave, except configured ones."""
-        return self.retain(scope, ())
-
     def in_scope(self, scope: Scope) -> Iterator[ImageKey]:
-        return (key for key in list(self._states) if key.scope == scope)
+        # `is` first: the keys of a listing share its scope object, and dataclass `==` is slow
+        return (key for key in list(self._states) if key.scope is scope or key.scope == scope)
 
     def succeeded(self, key: ImageKey, image: Image, task: Task | None) -> None:
         """`task` is the task holding the image's lock, when the Tasks API told us."""
         state = self.add(key)
+        if state.block is None:  # a twin: not exported
+            return
         now = self._now()
         status = status_of(image)
         if state.status is None:  # updated_at bounds the change, when Gcore sends it
@@ -127,53 +127,48 @@ class ImageStore:
         lock_started = state.lock_seen
         if task is not None and task.created_on is not None:
             lock_started = task.created_on.timestamp()
-        state.values = render_values(
-            key,
-            image,
-            now=now,
-            task=task,
-            lock_started=lock_started,
-            status_since=min(state.status_since, now) if state.status_since is not None else None,
+        since = min(state.status_since, now) if state.status_since is not None else None
+        values = render_values(
+            key, image, now=now, task=task, lock_started=lock_started, status_since=since
         )
         state.up, state.last_success, state.last_error = True, now, None
-        self._render_health(state)
+        self._render(state, values)
 
     def failed(self, key: ImageKey, error: FetchError) -> None:
         state = self.add(key)
+        if state.block is None:  # a twin: not exported
+            return
         now = self._now()
         state.up, state.last_error = False, error.reason
         state.errors[error.reason] = state.errors.get(error.reason, 0) + 1
         stale = state.last_success is None or now - state.last_success > self.stale_after
         if error.reason == "not_found" or stale:
-            state.values = NO_VALUES
             state.lock_task_id = state.lock_seen = None
             state.status = state.status_since = None
-        self._render_health(state)
+            self._render(state, NO_VALUES)
+        else:
+            self._render(state, None)
 
-    def retain(self, scope: Scope, listed: Iterable[ImageKey]) -> int:
-        """After a complete listing of `scope`: drop its discovered images that were not listed."""
-        keep = set(listed)
-        gone = [k for k in self.in_scope(scope) if k not in keep and not self._states[k].explicit]
-        for key in gone:
-            del self._states[key]
-        if gone:
-            self._on_change()
-        return len(gone)
+    def retain(self, scope: Scope, listed: Collection[str]) -> int:
+        """After a complete listing of `scope` (the ids it held): drop its discovered images that
+        were not listed."""
+        states = self._states
+        return self._drop(
+            k for k in self.in_scope(scope) if k.image_id not in listed and not states[k].explicit
+        )
 
-    def _has_twin(self, key: ImageKey) -> bool:
-        other: Kind = "baremetal" if key.scope.kind == "virtual" else "virtual"
-        if ImageKey(replace(key.scope, kind=other), key.image_id) not in self._states:
-            return False
-        if key not in self._twins:
-            self._twins.add(key)
-            log.warning(
-                "image listed by both GPU services: kept under the first",
-                project_id=key.scope.project_id,
-                region_id=key.scope.region_id,
-                image_id=key.image_id,
-                ignored_kind=key.scope.kind,
-            )
-        return True
+    def drop_scope(self, scope: Scope) -> int:
+        """`scope` is no longer watched: its images leave, except configured ones."""
+        return self.retain(scope, ())
+
+    def release(self, key: ImageKey, *, listed: bool) -> None:
+        """`key` is no longer a configured image: a listing that covers it now decides whether it
+        stays (`listed`), else it goes at once."""
+        state = self._states.get(key)
+        if state is not None and listed:
+            state.explicit = False
+        elif state is not None:
+            self._drop([key])
 
     def follow(self, targets: Targets) -> int:
         """Keep the images `targets` cover, with their state; add configured images; drop others.
@@ -183,25 +178,40 @@ class ImageStore:
         images were dropped.
         """
         explicit, scopes = set(targets.images), {*targets.scopes, *targets.discovered}
-        gone = [k for k in self._states if k not in explicit and k.scope not in scopes]
-        for key in gone:
-            del self._states[key]
+        dropped = self._drop(k for k in self._states if k not in explicit and k.scope not in scopes)
         for state in self._states.values():
             state.explicit = state.key in explicit
         for key in targets.images:
             self.add(key, explicit=True)
-        if gone:
-            self._on_change()
-        return len(gone)
+        return dropped
 
     def failing(self) -> int:
         return sum(1 for state in self._states.values() if not state.up)
 
-    def rendered(self) -> tuple[tuple[bytes, ...], ...]:
-        """Every image's chunks, indexed like `FAMILIES`, in a stable order."""
-        return tuple(state.rendered for state in self._states.values())
+    async def settle(self, *, ripe_only: bool = False) -> None:
+        """Fold what was staged into the blocks, letting the event loop run in between;
+        `ripe_only`: just the blocks whose every image was re-rendered (see `Blocks.settle`)."""
+        await self._blocks.settle(ripe_only=ripe_only)
 
-    def _render_health(self, state: ImageState) -> None:
+    async def blocks(self) -> tuple[tuple[bytes, ...], ...]:
+        """Every block's lines, indexed like `FAMILIES`, images in a stable order."""
+        await self._blocks.settle()
+        return self._blocks.view()
+
+    def rendered(self) -> tuple[tuple[bytes, ...], ...]:
+        """`blocks()` folded at once: for small stores and tests."""
+        self._blocks.settle_now()
+        return self._blocks.view()
+
+    def _drop(self, keys: Iterable[ImageKey]) -> int:
+        removed = [self._states.pop(key) for key in list(keys)]
+        self._blocks.remove((state.block, state.key) for state in removed if state.block)
+        if removed:
+            self._on_change()
+        return len(removed)
+
+    def _render(self, state: ImageState, values: tuple[bytes, ...] | None) -> None:
+        """Render health; stage it with `values` (None: keep the values as they are)."""
         health = render_health(
             state.key,
             up=state.up,
@@ -209,5 +219,27 @@ class ImageStore:
             errors=MappingProxyType(state.errors),
             last_error=state.last_error,
         )
-        state.rendered = state.values + health
+        if state.block is None:
+            assert values is not None
+            state.block = self._blocks.place(state.key, values + health)
+        else:
+            kept = (None,) * len(VALUE_FAMILIES) if values is None else values
+            self._blocks.stage(state.block, state.key, kept + health)
         self._on_change()
+
+
+def _has_twin(states: Collection[ImageKey], logged: set[ImageKey], key: ImageKey) -> bool:
+    """Whether the image is already known under the other GPU service (logged once a key)."""
+    other = replace(key.scope, kind="baremetal" if key.scope.kind == "virtual" else "virtual")
+    if ImageKey(other, key.image_id) not in states:
+        return False
+    if key not in logged:
+        logged.add(key)
+        log.warning(
+            "image listed by both GPU services: kept under the first",
+            project_id=key.scope.project_id,
+            region_id=key.scope.region_id,
+            image_id=key.image_id,
+            ignored_kind=key.scope.kind,
+        )
+    return True

@@ -50,14 +50,14 @@ class Poller:
         try:
             return await self.discovery.refresh()
         finally:
-            self._publisher.publish()
+            await self._publisher.publish()
 
     async def poll_tasks(self) -> bool:
         """One poll of the failed tasks of every watched scope, published."""
         try:
             return await self.failed_tasks.poll(self.watched())
         finally:
-            self._publisher.publish()
+            await self._publisher.publish()
 
     async def run(self) -> None:
         """Discover, then poll on every cadence until cancelled."""

@@ -1,13 +1,14 @@
 """Immutable snapshots of everything a scrape serves, and the publisher that makes them.
 
 A scrape reads `Publisher.current` and nothing else: it never waits on a poll, and it always sees
-one consistent state (every image's chunks and the exporter's own metrics of the same moment).
+one consistent state (every image's lines and the exporter's own metrics of the same moment).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -20,10 +21,11 @@ OPENMETRICS_EOF: Final = b"# EOF\n"
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     version: int
-    images: tuple[tuple[bytes, ...], ...]  # each image's chunks, indexed like `FAMILIES`
+    blocks: tuple[tuple[bytes, ...], ...]  # a block of images' lines per family, like `FAMILIES`
     own_text: bytes
     own_openmetrics: bytes  # without the final `# EOF`: the images' families follow it
     ready: bool
+    published: float = 0.0  # time.monotonic() when published
 
 
 EMPTY_SNAPSHOT: Final = Snapshot(0, (), b"", b"", ready=False)
@@ -39,13 +41,13 @@ class Publisher:
 
     def __init__(
         self,
-        images: Callable[[], tuple[tuple[bytes, ...], ...]],
+        blocks: Callable[[], Awaitable[tuple[tuple[bytes, ...], ...]]],
         registry: CollectorRegistry,
         *,
         refresh: Callable[[], None] = lambda: None,
         gap: float = 1.0,
     ) -> None:
-        self._images = images
+        self._blocks = blocks
         self._registry = registry
         self._refresh = refresh  # updates gauges that are read, not counted, before each snapshot
         self._gap = gap
@@ -60,17 +62,19 @@ class Publisher:
     def mark_dirty(self) -> None:
         self._dirty.set()
 
-    def publish(self, *, ready: bool = False) -> Snapshot:
+    async def publish(self, *, ready: bool = False) -> Snapshot:
         """Publish now; once `ready` has been given, every later snapshot is ready."""
         self._dirty.clear()
         self._ready = self._ready or ready
+        blocks = await self._blocks()  # what was staged is folded first, in slices
         self._refresh()
         self._current = Snapshot(
             version=self._current.version + 1,
-            images=self._images(),
+            blocks=blocks,
             own_text=generate_latest(self._registry),
             own_openmetrics=generate_openmetrics(self._registry).removesuffix(OPENMETRICS_EOF),  # type: ignore[no-untyped-call]
             ready=self._ready,
+            published=time.monotonic(),
         )
         return self._current
 
@@ -78,5 +82,5 @@ class Publisher:
         """Publish what changed between rounds, until cancelled."""
         while True:
             await self._dirty.wait()
-            self.publish()
+            await self.publish()
             await asyncio.sleep(self._gap)

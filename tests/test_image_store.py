@@ -128,7 +128,7 @@ def test_complete_listing_removes_discovered_images_only(store: ImageStore) -> N
     store.add(explicit, explicit=True)
     for key in (listed, gone, elsewhere):
         store.add(key)
-    assert store.retain(SCOPE, [listed]) == 1
+    assert store.retain(SCOPE, [listed.image_id]) == 1
     assert gone not in store
     assert all(key in store for key in (explicit, listed, elsewhere))
 

@@ -160,7 +160,7 @@ async def test_set_targets_polls_new_targets_next_round_and_drops_old_ones_at_on
     running = await start(Targets((KEY,), ()), Clock())
     await running.scheduler.run_once()
     running.scheduler.set_targets(Targets((other,), ()))
-    running.monitor.publisher.publish()
+    await running.monitor.publisher.publish()
     s = running.scrape()
     assert value(s, "gcore_gpu_image_up", image_id=KEY.image_id) is None  # gone at once
     assert value(s, "gcore_gpu_image_up", image_id=other.image_id) == 0  # not fetched yet
