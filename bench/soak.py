@@ -63,6 +63,7 @@ class Report:
     rounds: int = 0
     scrapes: Counter[str] = field(default_factory=Counter)
     duplicate_series: int = 0
+    duplicate_examples: list[str] = field(default_factory=list)
     unparsable_scrapes: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     churn: Counter[str] = field(default_factory=Counter)
@@ -228,10 +229,12 @@ def write_key(path: Path, key: str) -> None:
     swap.replace(path)
 
 
-def duplicates(body: str) -> int:
+def duplicates(body: str) -> list[str]:
     """Series that appear twice: the exporter writes one sample per line, `SERIES VALUE`."""
-    series = [line.rpartition(" ")[0] for line in body.splitlines() if line[:1] not in ("#", "")]
-    return len(series) - len(set(series))
+    series = Counter(
+        line.rpartition(" ")[0] for line in body.splitlines() if line[:1] not in ("#", "")
+    )
+    return [name for name, count in series.items() for _ in range(count - 1)]
 
 
 def parses(body: str, openmetrics: bool) -> bool:
@@ -259,7 +262,9 @@ async def scrape(
                 raw = await got.read()
                 compressed = got.headers.get("Content-Encoding") == "gzip"
             body = (gzip.decompress(raw) if compressed else raw).decode()
-            report.duplicate_series += duplicates(body)
+            twice = duplicates(body)
+            report.duplicate_series += len(twice)
+            report.duplicate_examples.extend(twice[: 10 - len(report.duplicate_examples)])
             if report.scrapes[name] % 10 == 0 and not parses(body, name == "openmetrics"):
                 report.unparsable_scrapes += 1
             report.scrapes[name] += 1

@@ -57,8 +57,12 @@ class Block:
         return tuple(out)
 
     def folding(self) -> Iterator[None]:
-        """Fold, pausing (yielding) after each family; what is staged meanwhile waits its turn."""
-        staged, self.staged = self.staged, {}
+        """Fold, pausing (yielding) after each family; what is staged meanwhile waits its turn.
+
+        Nothing changes until the last family is done: a fold abandoned on the way (its publish
+        cancelled by a reload) leaves the block as it was, its staged chunks still staged.
+        """
+        staged = dict(self.staged)
         members = list(self.members)
         rows = [staged.get(key) for key in members]  # hashes each key once
         parts: list[bytes] = []
@@ -82,6 +86,9 @@ class Block:
                 ends.append(family_ends)
                 yield
         self.parts, self.ends, self.folded = tuple(parts), tuple(ends), tuple(members)
+        for key, row in staged.items():  # folded, unless staged again (or removed) meanwhile
+            if self.staged.get(key) is row:
+                del self.staged[key]
 
     def _fold_family(
         self, family: int, rows: list[Chunks | None], old: list[int]
@@ -166,8 +173,12 @@ class Blocks:
                 if block is None:
                     break
                 del self._dirty[block]
-                for _ in block.folding():
-                    await asyncio.sleep(0)
+                try:
+                    for _ in block.folding():
+                        await asyncio.sleep(0)
+                except BaseException:
+                    self._dirty[block] = None  # not folded: the next settle does it
+                    raise
             self._blocks = [block for block in self._blocks if block.members]
 
     def settle_now(self) -> None:

@@ -141,3 +141,24 @@ async def test_ripe_only_folds_just_the_blocks_a_round_went_through() -> None:
     assert view[1] is before[1]  # not folded yet: key 3 has not been fetched this round
     await model.blocks.settle()
     assert model.seen() == model.expected()
+
+
+async def test_a_fold_cancelled_between_two_families_loses_nothing() -> None:
+    """A publish is cancelled when its poller is (a reload): what the fold had taken stays staged."""
+    rng = random.Random(11)
+    model = Model(capacity=4)
+    next_key = [0]
+    for round_ in range(30):
+        for _ in range(rng.randint(1, 6)):
+            random_step(model, rng, next_key)
+        settling = asyncio.create_task(model.blocks.settle())
+        for _ in range(rng.randint(1, FAMILIES)):
+            await asyncio.sleep(0)  # the fold is between two families now
+        settling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await settling
+        if round_ % 3 == 0:
+            await model.blocks.settle()
+            assert model.seen() == model.expected()
+    await model.blocks.settle()
+    assert model.seen() == model.expected()

@@ -37,7 +37,7 @@ async def test_a_short_soak_leaks_no_descriptors_nor_tasks_and_never_duplicates_
     assert report["exit_code"] == 0
     assert report["stray_lines"] == []  # no traceback, nothing but JSON log lines
     assert report["unexpected_errors"] == 0
-    assert report["duplicate_series"] == 0
+    assert report["duplicate_series"] == 0, report["duplicate_examples"]
     assert report["unparsable_scrapes"] == 0
     assert set(report["scrapes"]) == {"text", "openmetrics", "gzip"}
     assert report["reloads_applied"] >= 1
