@@ -144,7 +144,7 @@ async def test_ripe_only_folds_just_the_blocks_a_round_went_through() -> None:
 
 
 async def test_a_fold_cancelled_between_two_families_loses_nothing() -> None:
-    """A publish is cancelled when its poller is (a reload): what the fold had taken stays staged."""
+    """A publish is cancelled with its poller (a reload): what the fold had taken stays staged."""
     rng = random.Random(11)
     model = Model(capacity=4)
     next_key = [0]
