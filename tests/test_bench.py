@@ -65,3 +65,38 @@ async def test_a_tiny_bench_prints_the_table_and_writes_the_json(tmp_path: Path)
         assert 20 < row["peak_rss_mib"] < 500
     for row in (discovered, explicit):
         assert row["round_seconds"] > 0 and row["poll_p99_ms"] > 0
+
+
+async def run_bench(*arguments: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        *arguments,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()[-2000:]
+    return out.decode()
+
+
+async def test_the_memory_profile_says_what_the_bytes_are_for() -> None:
+    out = await run_bench("bench.memory", "200", "--top", "3")
+    assert out.startswith("images 200, text body ")
+    purposes = [
+        line.split("  ")[-1]
+        for line in out.split("alive, by what it is for:\n")[1].split("\n\n")[0].splitlines()
+    ]
+    assert "exposition bytes (blocks)" in purposes
+    assert "per-image state" in purposes
+    assert len(out.split("allocated most:\n")[1].strip().splitlines()) == 3
+
+
+async def test_the_other_benches_run_at_a_tiny_size() -> None:
+    assert "images:          50 (1 listing ok, 0 failed)" in await run_bench("bench.loop_lag", "50")
+    assert "| 20 | " in await run_bench("bench.explicit_ids", "20")
+    slices = await run_bench("bench.slices", "50", "--rounds", "1")
+    assert "50 discovered images, 1 rounds after the first:" in slices
+    assert "| slices over | count | CPU ms | mostly |" in slices
