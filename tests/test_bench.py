@@ -25,14 +25,12 @@ COLUMNS = (
 )
 
 
-async def test_a_tiny_bench_prints_the_table_and_writes_the_json(tmp_path: Path) -> None:
-    results = tmp_path / "bench.json"
+async def run_bench(*arguments: str) -> str:
+    """What `python -m ARGUMENTS` printed; it must exit 0."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bench.table",
-        *("--images", "20", "--ids", "10", "--seconds", "0.05", "--interval", "0.25"),
-        *("--json", str(results)),
+        *arguments,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=asyncio.subprocess.PIPE,
@@ -40,7 +38,17 @@ async def test_a_tiny_bench_prints_the_table_and_writes_the_json(tmp_path: Path)
     )
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, err.decode()[-2000:]
-    header, rule, *lines = out.decode().splitlines()[:6]
+    return out.decode()
+
+
+async def test_a_tiny_bench_prints_the_table_and_writes_the_json(tmp_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    out = await run_bench(
+        "bench.table",
+        *("--images", "20", "--ids", "10", "--seconds", "0.05", "--interval", "0.25"),
+        *("--json", str(results)),
+    )
+    header, rule, *lines = out.splitlines()[:6]
     assert header == "| " + " | ".join(COLUMNS) + " |"
     assert rule == "|" + "---|" * len(COLUMNS)
     servers = [(line.split(" | ")[0][2:], line.split(" | ")[1]) for line in lines]
@@ -65,21 +73,6 @@ async def test_a_tiny_bench_prints_the_table_and_writes_the_json(tmp_path: Path)
         assert 20 < row["peak_rss_mib"] < 500
     for row in (discovered, explicit):
         assert row["round_seconds"] > 0 and row["poll_p99_ms"] > 0
-
-
-async def run_bench(*arguments: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        *arguments,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 0, err.decode()[-2000:]
-    return out.decode()
 
 
 async def test_the_memory_profile_says_what_the_bytes_are_for() -> None:
