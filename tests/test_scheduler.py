@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
@@ -166,3 +168,36 @@ async def test_set_targets_polls_new_targets_next_round_and_drops_old_ones_at_on
     assert value(s, "gcore_gpu_image_up", image_id=other.image_id) == 0  # not fetched yet
     assert (await running.scheduler.run_once()).ok == 1
     assert value(running.scrape(), "gcore_gpu_image_info", name="second") == 1
+
+
+class Cycle:
+    """Garbage only a full collection frees: it refers to itself."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_what_outlives_a_round_is_frozen_until_the_hourly_thaw(
+    fake: FakeGcore, start: Start
+) -> None:
+    """Full collections skip what survived a round; a cycle frozen with it waits for the thaw,
+    every 60 rounds at an interval of 60 s."""
+    fake.put_image(1, 2, make_image(KEY.image_id, "keeper"))
+    running = await start(Targets((KEY,), ()), Clock())
+    gc.unfreeze()  # what earlier tests froze
+    gc.disable()  # no automatic collection may free the cycle before a round freezes it
+    try:
+        leak = Cycle()
+        freed = weakref.ref(leak)
+        del leak
+        await running.scheduler.run_once()  # round 1: frozen
+        assert gc.get_freeze_count() > 0
+        while running.scheduler.rounds_completed < 59:
+            await running.scheduler.run_once()
+        gc.collect()
+        assert freed() is not None  # frozen: a full collection does not see it
+        await running.scheduler.run_once()  # round 60: thawed and collected
+        assert freed() is None
+    finally:
+        gc.unfreeze()
+        gc.enable()
