@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,8 @@ from exporter.client import GcoreClient
 from exporter.config import load_settings
 from exporter.exposition import render
 from exporter.fakeapi import FakeGcore, make_image
+from exporter.fetcher import RENDER_EVERY
+from exporter.image_store import ImageStore
 from exporter.runtime import Monitor, Upstream, new_monitor, open_scheduler
 from exporter.scheduler import Scheduler
 from exporter.vocabulary import ImageKey, Scope, Targets
@@ -201,3 +204,37 @@ async def test_what_outlives_a_round_is_frozen_until_the_hourly_thaw(
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+async def test_a_listing_lets_the_loop_run_between_every_few_images_it_renders(
+    fake: FakeGcore, start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrape waits for one stretch of poll work at most: a page of 1,000 images is rendered
+    `RENDER_EVERY` images at a time, with a turn of the event loop in between."""
+    for n in range(1000):
+        fake.put_image(1, 2, make_image(f"d00d0000-0000-4000-8000-{n:012d}", f"i{n}"))
+    running = await start(Targets((), (SCOPE,)), Clock())
+    rendered = since_a_turn = most = 0
+    succeeded = ImageStore.succeeded
+
+    def counted(store: ImageStore, *args: object, **kwargs: object) -> None:
+        nonlocal rendered, since_a_turn, most
+        rendered, since_a_turn = rendered + 1, since_a_turn + 1
+        most = max(most, since_a_turn)
+        succeeded(store, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImageStore, "succeeded", counted)
+
+    async def turns() -> None:  # runs at every turn the poll gives the loop
+        nonlocal since_a_turn
+        while True:
+            since_a_turn = 0
+            await asyncio.sleep(0)
+
+    probe = asyncio.create_task(turns())
+    try:
+        await running.scheduler.run_once()
+    finally:
+        probe.cancel()
+    assert rendered == 1000
+    assert most == RENDER_EVERY
