@@ -8,22 +8,18 @@ keep a deleted image nor make the exporter ask for pages without end.
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal, TypeVar
 
-import aiohttp
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
-from exporter.keys import KeySource
 from exporter.models import Image, ImagePage, Listing, Project, Region, Task, clean_text
-from exporter.telemetry import Telemetry
-from exporter.transport import RateGate, RetryPolicy, Transport, shown
+from exporter.transport import RateGate, Transport, shown
 from exporter.vocabulary import YIELD_EVERY, Endpoint, FetchError, ImageKey, Scope
 
-__all__ = ["GcoreClient", "Page", "RateGate", "RetryPolicy"]
+__all__ = ["GcoreClient", "Page"]
 
 PAGE_SIZE: Final = 1000
 PAGE_MARGIN: Final = 2  # pages a listing may take beyond what its first `count` allows
@@ -46,34 +42,8 @@ class Page:
 
 
 class GcoreClient:
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        base_url: str,
-        api_key: SecretStr | KeySource,  # a source: each request carries the key of the moment
-        *,
-        timeout: float,
-        concurrency: int,
-        max_response_size: int,
-        telemetry: Telemetry,
-        retry: RetryPolicy | None = None,
-        gate: RateGate | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        jitter: Callable[[], float] = random.random,
-    ) -> None:
-        self._transport = Transport(
-            session,
-            base_url,
-            api_key,
-            timeout=timeout,
-            concurrency=concurrency,
-            max_response_size=max_response_size,
-            telemetry=telemetry,
-            retry=retry,
-            gate=gate,
-            sleep=sleep,
-            jitter=jitter,
-        )
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
 
     def __repr__(self) -> str:
         return f"GcoreClient({self._transport!r})"

@@ -20,7 +20,6 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from exporter.client import RateGate
 from exporter.config import ConfigError, Settings
 from exporter.keys import KeyFile, KeySource
 from exporter.logs import set_level
@@ -34,6 +33,7 @@ from exporter.runtime import (
     upstream_for,
 )
 from exporter.scheduler import Scheduler
+from exporter.transport import RateGate
 from exporter.web import create_app
 from exporter.webguard import WebGuard
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from exporter import __version__
-from exporter.client import GcoreClient, RateGate, RetryPolicy
+from exporter.client import GcoreClient
 from exporter.config import Settings
 from exporter.demo import DEMO_API_KEY, TARGETS, DemoWorld, animate
 from exporter.discovery import Discovery
@@ -30,6 +30,7 @@ from exporter.scope_health import ScopeHealth
 from exporter.snapshot import Publisher
 from exporter.task_cache import TaskCache
 from exporter.telemetry import Telemetry
+from exporter.transport import RateGate, RetryPolicy, Transport
 from exporter.vocabulary import Targets
 
 
@@ -137,15 +138,17 @@ async def open_poller(
         connector=aiohttp.TCPConnector(limit=settings.concurrency),
     ) as session:
         client = GcoreClient(
-            session,
-            upstream.base_url,
-            upstream.api_key,
-            timeout=settings.effective_timeout,
-            concurrency=settings.concurrency,
-            max_response_size=settings.max_response_size,
-            telemetry=telemetry,
-            retry=RetryPolicy(budget=settings.interval),
-            gate=gate,
+            Transport(
+                session,
+                upstream.base_url,
+                upstream.api_key,
+                timeout=settings.effective_timeout,
+                concurrency=settings.concurrency,
+                max_response_size=settings.max_response_size,
+                telemetry=telemetry,
+                retry=RetryPolicy(budget=settings.interval),
+                gate=gate,
+            )
         )
         telemetry.rate_limit_paused.set_function(lambda: int(client.gate.remaining > 0))
         tasks = TaskCache(

@@ -22,9 +22,10 @@ from mocking import Mocked
 from pydantic import SecretStr
 from yarl import URL
 
-from exporter.client import GcoreClient, RateGate, RetryPolicy
+from exporter.client import GcoreClient
 from exporter.fakeapi import make_image
 from exporter.telemetry import Telemetry
+from exporter.transport import RateGate, RetryPolicy, Transport
 from exporter.vocabulary import FetchError, ImageKey, Scope
 
 API_KEY = "sekrit-7c41e2d9-API-KEY"
@@ -151,7 +152,7 @@ def make_client(
             "jitter": lambda: 0.5,
             **overrides,
         }
-        return GcoreClient(session, BASE, SecretStr(API_KEY), **options)
+        return GcoreClient(Transport(session, BASE, SecretStr(API_KEY), **options))
 
     return make
 

@@ -25,7 +25,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from pydantic import SecretStr, ValidationError
 from tooling import require_tool
 
-from exporter.client import GcoreClient, RetryPolicy
+from exporter.client import GcoreClient
 from exporter.exposition import render
 from exporter.families import format_value, render_health, render_values
 from exporter.fetcher import Fetcher
@@ -35,6 +35,7 @@ from exporter.scope_health import ScopeHealth
 from exporter.snapshot import Snapshot
 from exporter.task_cache import TaskCache
 from exporter.telemetry import Telemetry
+from exporter.transport import RetryPolicy, Transport
 from exporter.vocabulary import ImageKey, Scope, Targets
 
 BASE = "https://api.gcore.test"
@@ -134,14 +135,16 @@ async def poll(number: int, items: list[Json], count: int | None, task: Json) ->
         async with aiohttp.ClientSession() as session:
             telemetry = Telemetry()
             client = GcoreClient(
-                session,
-                BASE,
-                SecretStr("key"),
-                timeout=5.0,
-                concurrency=4,
-                max_response_size=2**20,
-                telemetry=telemetry,
-                retry=RetryPolicy(attempts=1),
+                Transport(
+                    session,
+                    BASE,
+                    SecretStr("key"),
+                    timeout=5.0,
+                    concurrency=4,
+                    max_response_size=2**20,
+                    telemetry=telemetry,
+                    retry=RetryPolicy(attempts=1),
+                )
             )
             store = ImageStore(stale_after=60.0)
             tasks_cache = TaskCache(client.get_task, ttl=60.0)

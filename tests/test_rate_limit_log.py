@@ -10,9 +10,10 @@ from conftest import API_KEY, Clock
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from exporter.client import GcoreClient, RateGate, RetryPolicy
+from exporter.client import GcoreClient
 from exporter.fakeapi import FakeGcore
 from exporter.telemetry import Telemetry
+from exporter.transport import RateGate, RetryPolicy, Transport
 from exporter.vocabulary import FetchError, ImageKey, Scope
 
 KEYS = [ImageKey(Scope(2, 4), f"2a000000-0000-4000-8000-{n:012d}") for n in range(3)]
@@ -26,15 +27,17 @@ async def test_retry_after_above_the_cap_is_logged_once_per_pause(
     fake.inject("/images/", 429, headers={"Retry-After": "20"}, times=1)
     async with aiohttp.ClientSession() as session:
         client = GcoreClient(
-            session,
-            fake_url,
-            SecretStr(API_KEY),
-            timeout=5,
-            concurrency=4,
-            max_response_size=2**20,
-            telemetry=Telemetry(),
-            retry=RetryPolicy(attempts=1, max_pause=300),
-            gate=RateGate(clock),
+            Transport(
+                session,
+                fake_url,
+                SecretStr(API_KEY),
+                timeout=5,
+                concurrency=4,
+                max_response_size=2**20,
+                telemetry=Telemetry(),
+                retry=RetryPolicy(attempts=1, max_pause=300),
+                gate=RateGate(clock),
+            )
         )
         with capture_logs() as logs:
             answers = await asyncio.gather(

@@ -23,10 +23,11 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from exporter.cli import main
-from exporter.client import GcoreClient, RetryPolicy
+from exporter.client import GcoreClient
 from exporter.config import ConfigError, load_settings
 from exporter.fakeapi import make_image, make_task
 from exporter.telemetry import Telemetry
+from exporter.transport import RetryPolicy, Transport
 from exporter.vocabulary import FetchError, ImageKey, Scope
 
 API_KEY = "sekrit-0d9e8f7a-UNTRUSTED"
@@ -100,7 +101,7 @@ async def client_for(url: str, **overrides: Any) -> AsyncIterator[GcoreClient]:
         **overrides,
     }
     async with aiohttp.ClientSession() as session:
-        yield GcoreClient(session, url, SecretStr(API_KEY), **options)
+        yield GcoreClient(Transport(session, url, SecretStr(API_KEY), **options))
 
 
 # --- ids from answers never steer requests -------------------------------------------------------
