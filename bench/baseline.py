@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Metric
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.exposition import TEXT_CONTENT_TYPE, wants_gzip
+from exporter.metrics.exposition import TEXT_CONTENT_TYPE, wants_gzip
 
 
 class Families:

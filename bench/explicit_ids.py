@@ -19,9 +19,9 @@ from pydantic import SecretStr
 
 from bench.fake_server import PROJECT, REGION, image_id
 from bench.table import KEY, child
-from exporter.config import load_settings
+from exporter.config.settings import load_settings
+from exporter.daemon.wiring import Upstream, new_monitor, open_scheduler
 from exporter.logs import configure_logging
-from exporter.runtime import Upstream, new_monitor, open_scheduler
 from exporter.vocabulary import ImageKey, Scope, Targets
 
 

@@ -13,7 +13,7 @@ import asyncio
 
 from aiohttp import web
 
-from exporter.fakeapi import FakeGcore, make_image, make_task
+from exporter.demo.fake_gcore import FakeGcore, make_image, make_task
 
 PROJECT, REGION = 1, 10
 

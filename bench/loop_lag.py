@@ -19,9 +19,9 @@ from typing import TypeVar
 
 from pydantic import SecretStr
 
-from exporter.config import load_settings
-from exporter.exposition import ExpositionCache
-from exporter.runtime import Upstream, new_monitor, open_scheduler
+from exporter.config.settings import load_settings
+from exporter.daemon.wiring import Upstream, new_monitor, open_scheduler
+from exporter.metrics.exposition import ExpositionCache
 from exporter.vocabulary import Scope, Targets
 
 KEY = "bench-key"

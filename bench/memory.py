@@ -21,19 +21,19 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from bench.loop_lag import KEY, serve_fake
-from exporter.config import load_settings
-from exporter.exposition import ExpositionCache
+from exporter.config.settings import load_settings
+from exporter.daemon.wiring import Upstream, new_monitor, open_scheduler
 from exporter.logs import configure_logging
-from exporter.runtime import Upstream, new_monitor, open_scheduler
+from exporter.metrics.exposition import ExpositionCache
 from exporter.vocabulary import Scope, Targets
 
 MIB = 2**20
 ROOT = Path(__file__).resolve().parent.parent
 PURPOSES = {  # the module that allocated it: what the bytes are for
-    "exporter/blocks.py": "exposition bytes (blocks)",
-    "exporter/families.py": "statuses, and chunks rendered but not yet folded",
-    "exporter/exposition.py": "gzip bodies, and the deflates kept for reuse",
-    "exporter/image_store.py": "per-image state",
+    "exporter/metrics/blocks.py": "exposition bytes (blocks)",
+    "exporter/metrics/families.py": "statuses, and chunks rendered but not yet folded",
+    "exporter/metrics/exposition.py": "gzip bodies, and the deflates kept for reuse",
+    "exporter/metrics/image_store.py": "per-image state",
     "exporter/vocabulary.py": "per-image state",
 }
 

@@ -15,7 +15,7 @@ import time
 
 from aiohttp import web
 
-from exporter.fakeapi import FakeGcore, make_image, make_task
+from exporter.demo.fake_gcore import FakeGcore, make_image, make_task
 
 KEY = "bench-key"
 

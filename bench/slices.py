@@ -29,9 +29,9 @@ from pydantic import SecretStr
 
 from bench.fake_server import PROJECT, REGION
 from bench.table import KEY, child
-from exporter.config import load_settings
-from exporter.exposition import ExpositionCache
-from exporter.runtime import Upstream, new_monitor, open_scheduler
+from exporter.config.settings import load_settings
+from exporter.daemon.wiring import Upstream, new_monitor, open_scheduler
+from exporter.metrics.exposition import ExpositionCache
 from exporter.vocabulary import Scope, Targets
 
 SAMPLE_EVERY = 0.0005  # seconds between two looks at the loop's stack
@@ -42,12 +42,12 @@ WORK = 0.0001  # shorter slices are the loop turning with nothing to do: left ou
 KINDS: tuple[tuple[str, Callable[[FrameType], bool]], ...] = (
     ("json decoding", lambda f: f.f_code.co_filename.endswith("json/decoder.py")),
     ("validation", lambda f: f.f_code.co_name in ("model_validate", "list_pages")),
-    ("rendering", lambda f: f.f_code.co_filename.endswith("exporter/families.py")),
-    ("folding blocks", lambda f: f.f_code.co_filename.endswith("exporter/blocks.py")),
-    ("publication", lambda f: f.f_code.co_filename.endswith("exporter/snapshot.py")),
-    ("exposition", lambda f: f.f_code.co_filename.endswith("exporter/exposition.py")),
-    ("image store", lambda f: f.f_code.co_filename.endswith("exporter/image_store.py")),
-    ("fetcher", lambda f: f.f_code.co_filename.endswith("exporter/fetcher.py")),
+    ("rendering", lambda f: f.f_code.co_filename.endswith("exporter/metrics/families.py")),
+    ("folding blocks", lambda f: f.f_code.co_filename.endswith("exporter/metrics/blocks.py")),
+    ("publication", lambda f: f.f_code.co_filename.endswith("exporter/metrics/snapshot.py")),
+    ("exposition", lambda f: f.f_code.co_filename.endswith("exporter/metrics/exposition.py")),
+    ("image store", lambda f: f.f_code.co_filename.endswith("exporter/metrics/image_store.py")),
+    ("fetcher", lambda f: f.f_code.co_filename.endswith("exporter/polling/fetcher.py")),
     ("HTTP client", lambda f: "aiohttp" in f.f_code.co_filename),
 )
 

@@ -37,7 +37,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as text_families
 
-from exporter.fakeapi import FakeGcore, make_image, make_task
+from exporter.demo.fake_gcore import FakeGcore, make_image, make_task
 
 SCOPES = [(1, 10), (1, 11), (2, 20)]
 STATUSES = ["active", "queued", "saving", "uploading", "importing", "killed", "deactivated", "new"]

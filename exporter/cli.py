@@ -21,19 +21,25 @@ import structlog
 from aiohttp import web
 
 from exporter import __version__
-from exporter.config import DEFAULT_PORT, ConfigError, Settings, listen_address, load_settings
-from exporter.exposition import render_parts
-from exporter.keys import KeySource
-from exporter.logs import configure_logging
-from exporter.polling import POLLING, Polling, create_daemon
-from exporter.runtime import (
+from exporter.config.keys import KeySource
+from exporter.config.settings import (
+    DEFAULT_PORT,
+    ConfigError,
+    Settings,
+    listen_address,
+    load_settings,
+)
+from exporter.daemon.lifecycle import POLLING, Polling, create_daemon
+from exporter.daemon.wiring import (
     demo_settings,
     new_monitor,
     open_poller,
     upstream_for,
 )
-from exporter.web import server_options
-from exporter.webguard import WebGuard
+from exporter.logs import configure_logging
+from exporter.metrics.exposition import render_parts
+from exporter.web.app import server_options
+from exporter.web.guard import WebGuard
 
 EXIT_OK, EXIT_FETCH_FAILED, EXIT_CONFIG, EXIT_LISTEN = 0, 1, 2, 3
 

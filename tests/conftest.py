@@ -16,11 +16,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import load_settings
-from exporter.fakeapi import FakeGcore
-from exporter.poller import Poller
-from exporter.polling import POLLING, create_daemon
-from exporter.scheduler import RoundResult, Scheduler
+from exporter.config.settings import load_settings
+from exporter.daemon.lifecycle import POLLING, create_daemon
+from exporter.demo.fake_gcore import FakeGcore
+from exporter.polling.cadences import Poller
+from exporter.polling.scheduler import RoundResult, Scheduler
 
 API_KEY = "test-key-5f3a9c1e-SECRET"
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z: where the wall clock of in-process exporters starts

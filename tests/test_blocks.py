@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from exporter.blocks import Blocks
+from exporter.metrics.blocks import Blocks
 from exporter.vocabulary import ImageKey, Scope
 
 FAMILIES = 4

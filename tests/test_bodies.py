@@ -8,10 +8,10 @@ import zlib
 
 import pytest
 
-from exporter import exposition
-from exporter.exposition import ExpositionCache, render
-from exporter.families import FAMILIES
-from exporter.snapshot import Snapshot
+from exporter.metrics import exposition
+from exporter.metrics.exposition import ExpositionCache, render
+from exporter.metrics.families import FAMILIES
+from exporter.metrics.snapshot import Snapshot
 
 OWN = b"# HELP gcore_exporter_images Images.\n# TYPE gcore_exporter_images gauge\n"
 

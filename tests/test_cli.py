@@ -19,8 +19,8 @@ from conftest import API_KEY, parse_samples, series, value, wait_until
 from tooling import free_port, require_tool
 
 from exporter import __version__
-from exporter.demo import TARGETS
-from exporter.fakeapi import FakeGcore, make_image, make_project, make_region, make_task
+from exporter.demo.fake_gcore import FakeGcore, make_image, make_project, make_region, make_task
+from exporter.demo.world import TARGETS
 
 P, R = 3, 5
 IMG = "c0ffee00-0000-4000-8000-000000000001"

@@ -22,10 +22,10 @@ from mocking import Mocked
 from pydantic import SecretStr
 from yarl import URL
 
-from exporter.client import GcoreClient
-from exporter.fakeapi import make_image
-from exporter.telemetry import Telemetry
-from exporter.transport import RateGate, RetryPolicy, Transport
+from exporter.demo.fake_gcore import make_image
+from exporter.gcore.client import GcoreClient
+from exporter.gcore.transport import RateGate, RetryPolicy, Transport
+from exporter.metrics.telemetry import Telemetry
 from exporter.vocabulary import FetchError, ImageKey, Scope
 
 API_KEY = "sekrit-7c41e2d9-API-KEY"

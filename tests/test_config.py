@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.config import (
+from exporter.config.settings import (
     MAX_CONFIG_BYTES,
     MAX_CONFIG_VALUES,
     BareImage,

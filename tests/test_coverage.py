@@ -24,12 +24,12 @@ from conftest import (
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from exporter.config import load_settings
-from exporter.exposition import render
-from exporter.failed_tasks import LOOKBACK, FailedTasks
-from exporter.fakeapi import FakeGcore, make_image, make_project, make_region, make_task
-from exporter.poller import Poller
-from exporter.runtime import Monitor, Upstream, new_monitor, open_poller
+from exporter.config.settings import load_settings
+from exporter.daemon.wiring import Monitor, Upstream, new_monitor, open_poller
+from exporter.demo.fake_gcore import FakeGcore, make_image, make_project, make_region, make_task
+from exporter.metrics.exposition import render
+from exporter.polling.cadences import Poller
+from exporter.polling.failed_tasks import LOOKBACK, FailedTasks
 from exporter.vocabulary import Scope
 
 A = "a0000000-0000-4000-8000-00000000000a"  # project 1, region 10, virtual

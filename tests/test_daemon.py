@@ -24,8 +24,8 @@ from conftest import (
 from tooling import require_tool
 
 from exporter import __version__
-from exporter.client import GcoreClient, Page
-from exporter.fakeapi import FakeGcore, make_image, make_task
+from exporter.demo.fake_gcore import FakeGcore, make_image, make_task
+from exporter.gcore.client import GcoreClient, Page
 from exporter.vocabulary import Endpoint, Reason, Scope
 
 P, R = 7, 11
@@ -504,8 +504,8 @@ async def test_readyz_waits_for_the_first_poll(
 ) -> None:
     from aiohttp import web
 
-    from exporter.config import load_settings
-    from exporter.polling import create_daemon
+    from exporter.config.settings import load_settings
+    from exporter.daemon.lifecycle import create_daemon
 
     monkeypatch.setenv("GCORE_API_KEY", "test-key-5f3a9c1e-SECRET")
     monkeypatch.setenv("GCORE_BASE_URL", fake_url)

@@ -17,7 +17,7 @@ import yaml
 from kubernetes_validate.utils import latest_version
 from tooling import ROOT, Objects, kustomize, load_render_rules, one, require_tool
 
-from exporter.config import DEFAULT_PORT
+from exporter.config.settings import DEFAULT_PORT
 
 DEPLOY = ROOT / "deploy"
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]

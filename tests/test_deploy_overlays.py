@@ -13,7 +13,7 @@ import yaml
 from kubernetes_validate.utils import latest_version
 from tooling import ROOT, Objects, kustomize, one, require_tool
 
-from exporter.config import DEFAULT_PORT
+from exporter.config.settings import DEFAULT_PORT
 
 DEPLOY = ROOT / "deploy"
 WORKFLOW = ROOT / ".github" / "workflows" / "release.yml"

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from exporter.discovery import expand, gpu_regions, usable_projects
-from exporter.fakeapi import make_project, make_region
-from exporter.models import Project, Region
+from exporter.demo.fake_gcore import make_project, make_region
+from exporter.gcore.models import Project, Region
+from exporter.polling.discovery import expand, gpu_regions, usable_projects
 from exporter.vocabulary import ImageKey, Scope, Targets, Wildcard
 
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from tooling import ROOT, free_port, require_tool
 
-from exporter.config import DEFAULT_PORT
-from exporter.telemetry import REVISION_ENV
+from exporter.config.settings import DEFAULT_PORT
+from exporter.metrics.telemetry import REVISION_ENV
 
 DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))

@@ -12,10 +12,10 @@ from conftest import parse_samples
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from tooling import require_tool
 
-from exporter.exposition import render, wants_gzip, wants_openmetrics
-from exporter.families import NO_VALUES, render_health, render_values
-from exporter.models import Image, Task
-from exporter.snapshot import Snapshot
+from exporter.gcore.models import Image, Task
+from exporter.metrics.exposition import render, wants_gzip, wants_openmetrics
+from exporter.metrics.families import NO_VALUES, render_health, render_values
+from exporter.metrics.snapshot import Snapshot
 from exporter.vocabulary import ImageKey, Scope
 
 GOLDEN = Path(__file__).parent / "golden" / "images.prom"

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 from conftest import wait_until
 from webtools import StaticSource, json_logs, serving, snapshot
 
-from exporter.web import PIECE, create_app
+from exporter.web.app import PIECE, create_app
 
 BIG = b"gcore_gpu_image_up 1\n" * (1 << 20)  # 21 MiB: more than any socket buffers
 IDLE = 0.5

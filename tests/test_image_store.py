@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from conftest import Clock
 
-from exporter.families import FAMILIES, NO_VALUES
-from exporter.image_store import ImageStore
-from exporter.models import Image, Task
+from exporter.gcore.models import Image, Task
+from exporter.metrics.families import FAMILIES, NO_VALUES
+from exporter.metrics.image_store import ImageStore
 from exporter.vocabulary import FetchError, ImageKey, Reason, Scope
 
 SCOPE = Scope(1, 2)

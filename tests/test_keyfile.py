@@ -19,12 +19,12 @@ from aiohttp import web
 from conftest import API_KEY, parse_samples, value, wait_until
 from structlog.testing import capture_logs
 
-from exporter.config import ConfigError, load_settings
-from exporter.exposition import render
-from exporter.fakeapi import FakeGcore, make_image
-from exporter.keys import MAX_KEY_BYTES, KeyFile, KeySource
+from exporter.config.keys import MAX_KEY_BYTES, KeyFile, KeySource
+from exporter.config.settings import ConfigError, load_settings
+from exporter.daemon.lifecycle import POLLING, Polling, create_daemon
+from exporter.demo.fake_gcore import FakeGcore, make_image
 from exporter.logs import REDACTED, configure_logging
-from exporter.polling import POLLING, Polling, create_daemon
+from exporter.metrics.exposition import render
 
 NEW_KEY = "rotated-key-77c1d2e3-SECRET"
 P, R = 3, 5

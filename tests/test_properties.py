@@ -25,17 +25,17 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from pydantic import SecretStr, ValidationError
 from tooling import require_tool
 
-from exporter.client import GcoreClient
-from exporter.exposition import render
-from exporter.families import format_value, render_health, render_values
-from exporter.fetcher import Fetcher
-from exporter.image_store import ImageStore
-from exporter.models import Image
-from exporter.scope_health import ScopeHealth
-from exporter.snapshot import Snapshot
-from exporter.task_cache import TaskCache
-from exporter.telemetry import Telemetry
-from exporter.transport import RetryPolicy, Transport
+from exporter.gcore.client import GcoreClient
+from exporter.gcore.models import Image
+from exporter.gcore.transport import RetryPolicy, Transport
+from exporter.metrics.exposition import render
+from exporter.metrics.families import format_value, render_health, render_values
+from exporter.metrics.image_store import ImageStore
+from exporter.metrics.scope_health import ScopeHealth
+from exporter.metrics.snapshot import Snapshot
+from exporter.metrics.telemetry import Telemetry
+from exporter.polling.fetcher import Fetcher
+from exporter.polling.task_cache import TaskCache
 from exporter.vocabulary import ImageKey, Scope, Targets
 
 BASE = "https://api.gcore.test"

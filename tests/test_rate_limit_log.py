@@ -10,10 +10,10 @@ from conftest import API_KEY, Clock
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from exporter.client import GcoreClient
-from exporter.fakeapi import FakeGcore
-from exporter.telemetry import Telemetry
-from exporter.transport import RateGate, RetryPolicy, Transport
+from exporter.demo.fake_gcore import FakeGcore
+from exporter.gcore.client import GcoreClient
+from exporter.gcore.transport import RateGate, RetryPolicy, Transport
+from exporter.metrics.telemetry import Telemetry
 from exporter.vocabulary import FetchError, ImageKey, Scope
 
 KEYS = [ImageKey(Scope(2, 4), f"2a000000-0000-4000-8000-{n:012d}") for n in range(3)]

@@ -14,9 +14,9 @@ import pytest
 from conftest import ExporterFactory, RunningExporter, Samples, series, value
 from structlog.testing import capture_logs
 
-from exporter.config import ConfigError, Settings, load_settings
-from exporter.fakeapi import FakeGcore, make_image, make_project, make_region
-from exporter.polling import POLLING, Polling
+from exporter.config.settings import ConfigError, Settings, load_settings
+from exporter.daemon.lifecycle import POLLING, Polling
+from exporter.demo.fake_gcore import FakeGcore, make_image, make_project, make_region
 
 P, R = 3, 5
 A = "a0000000-0000-4000-8000-00000000000a"

@@ -12,14 +12,14 @@ import pytest
 from conftest import API_KEY, Clock, Samples, parse_samples, value
 from pydantic import SecretStr
 
-from exporter.client import GcoreClient
-from exporter.config import load_settings
-from exporter.exposition import render
-from exporter.fakeapi import FakeGcore, make_image
-from exporter.fetcher import RENDER_EVERY
-from exporter.image_store import ImageStore
-from exporter.runtime import Monitor, Upstream, new_monitor, open_scheduler
-from exporter.scheduler import Scheduler
+from exporter.config.settings import load_settings
+from exporter.daemon.wiring import Monitor, Upstream, new_monitor, open_scheduler
+from exporter.demo.fake_gcore import FakeGcore, make_image
+from exporter.gcore.client import GcoreClient
+from exporter.metrics.exposition import render
+from exporter.metrics.image_store import ImageStore
+from exporter.polling.fetcher import RENDER_EVERY
+from exporter.polling.scheduler import Scheduler
 from exporter.vocabulary import ImageKey, Scope, Targets
 
 SCOPE = Scope(1, 2)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from conftest import Clock
 
-from exporter.scope_health import ScopeHealth
-from exporter.telemetry import Telemetry
+from exporter.metrics.scope_health import ScopeHealth
+from exporter.metrics.telemetry import Telemetry
 from exporter.vocabulary import Scope
 
 SCOPE = Scope(1, 10)

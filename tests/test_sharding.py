@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.config import ConfigError, load_settings
+from exporter.config.settings import ConfigError, load_settings
 from exporter.sharding import Shard, image_hash, jump_hash, ordinal_from_pod_name, shard_of
 
 API_KEY = "sekrit-5b1c-API-KEY"

@@ -6,8 +6,8 @@ import asyncio
 
 from conftest import Clock
 
-from exporter.models import Image, Task
-from exporter.task_cache import TaskCache
+from exporter.gcore.models import Image, Task
+from exporter.polling.task_cache import TaskCache
 from exporter.vocabulary import FetchError
 
 

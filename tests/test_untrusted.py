@@ -23,11 +23,11 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from exporter.cli import main
-from exporter.client import GcoreClient
-from exporter.config import ConfigError, load_settings
-from exporter.fakeapi import make_image, make_task
-from exporter.telemetry import Telemetry
-from exporter.transport import RetryPolicy, Transport
+from exporter.config.settings import ConfigError, load_settings
+from exporter.demo.fake_gcore import make_image, make_task
+from exporter.gcore.client import GcoreClient
+from exporter.gcore.transport import RetryPolicy, Transport
+from exporter.metrics.telemetry import Telemetry
 from exporter.vocabulary import FetchError, ImageKey, Scope
 
 API_KEY = "sekrit-0d9e8f7a-UNTRUSTED"

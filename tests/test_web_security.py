@@ -24,9 +24,9 @@ from webtools import StaticSource, json_logs, snapshot
 from webtools import serving as serving_app
 
 from bench.pki import CertificateAuthority
-from exporter.fakeapi import FakeGcore, make_image
-from exporter.web import GUARD, create_app
-from exporter.webguard import RateLimiter, WebGuard
+from exporter.demo.fake_gcore import FakeGcore, make_image
+from exporter.web.app import GUARD, create_app
+from exporter.web.guard import RateLimiter, WebGuard
 
 PASSWORD = "correct horse battery staple"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()

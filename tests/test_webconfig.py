@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from bench.pki import CertificateAuthority
-from exporter.config import ConfigError
-from exporter.webconfig import load_web_config
+from exporter.config.settings import ConfigError
+from exporter.web.config_file import load_web_config
 
 HASH = bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode()
 

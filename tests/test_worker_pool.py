@@ -13,10 +13,10 @@ import pytest
 from conftest import API_KEY, wait_until
 from pydantic import SecretStr
 
-from exporter.config import load_settings
-from exporter.fakeapi import FakeGcore, make_image
-from exporter.runtime import Upstream, new_monitor, open_scheduler
-from exporter.scheduler import Scheduler
+from exporter.config.settings import load_settings
+from exporter.daemon.wiring import Upstream, new_monitor, open_scheduler
+from exporter.demo.fake_gcore import FakeGcore, make_image
+from exporter.polling.scheduler import Scheduler
 from exporter.vocabulary import ImageKey, Scope, Targets
 
 SCOPE = Scope(3, 9)

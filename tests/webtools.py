@@ -13,10 +13,10 @@ import pytest
 import structlog
 from aiohttp import web
 
-from exporter.families import FAMILIES
 from exporter.logs import configure_logging
-from exporter.snapshot import Snapshot
-from exporter.web import GUARD, server_options
+from exporter.metrics.families import FAMILIES
+from exporter.metrics.snapshot import Snapshot
+from exporter.web.app import GUARD, server_options
 
 OWN = b"# HELP gcore_exporter_build_info Build.\n# TYPE gcore_exporter_build_info gauge\n"
 

@@ -31,7 +31,7 @@ import yaml
 from aiohttp import web
 from tooling import free_port
 
-from exporter.fakeapi import FakeGcore
+from exporter.demo.fake_gcore import FakeGcore
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "grafana" / "gcore-gpu-images.json"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from exporter.fakeapi import FakeGcore, make_image, make_project, make_region, make_task
+from exporter.demo.fake_gcore import FakeGcore, make_image, make_project, make_region, make_task
 
 # Every threshold of deploy/prometheus/rules.yaml (the names of DEFAULTS in exporter/alerting.py),
 # shortened through render_rules' documented knob. The transitional one (a time in status) must

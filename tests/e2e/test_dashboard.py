@@ -27,9 +27,9 @@ from exporter.alerting import (
     TRANSITIONAL_STATUSES,
     parse_duration,
 )
-from exporter.config import load_settings
-from exporter.families import FAMILIES
-from exporter.runtime import Upstream, new_monitor, open_poller
+from exporter.config.settings import load_settings
+from exporter.daemon.wiring import Upstream, new_monitor, open_poller
+from exporter.metrics.families import FAMILIES
 
 from .harness import DASHBOARD, REPO, panel_targets
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.fakeapi import FakeGcore, make_image
+from exporter.demo.fake_gcore import FakeGcore, make_image
 from exporter.sharding import shard_of
 
 from .harness import API_KEY, JOB, Stack, running, wait_for

@@ -18,10 +18,10 @@ from aiohttp.http import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter import __version__
-from exporter.exposition import Body, ExpositionCache, wants_gzip, wants_openmetrics
-from exporter.snapshot import SnapshotSource
-from exporter.webconfig import peer_sans
-from exporter.webguard import WebGuard
+from exporter.metrics.exposition import Body, ExpositionCache, wants_gzip, wants_openmetrics
+from exporter.metrics.snapshot import SnapshotSource
+from exporter.web.config_file import peer_sans
+from exporter.web.guard import WebGuard
 
 SOURCE = web.AppKey("source", SnapshotSource)
 CACHE = web.AppKey("cache", ExpositionCache)
@@ -32,7 +32,7 @@ DEFAULT_IDLE_TIMEOUT: Final = 75.0  # above the usual 60 s scrape interval, so s
 PIECE: Final = 128 * 1024  # bytes per write: each is above aiohttp's 64 KiB mark, so it drains
 PROBES: Final = frozenset({"/healthz", "/readyz"})
 
-log = structlog.get_logger("exporter.web")
+log = structlog.get_logger("exporter.web.app")
 
 _LANDING = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Gcore GPU image exporter</title></head>

@@ -16,13 +16,13 @@ from typing import Any
 
 import structlog
 
-from exporter.fetcher import Fetcher, Target
-from exporter.image_store import ImageStore
-from exporter.snapshot import Publisher
-from exporter.telemetry import Telemetry
+from exporter.metrics.image_store import ImageStore
+from exporter.metrics.snapshot import Publisher
+from exporter.metrics.telemetry import Telemetry
+from exporter.polling.fetcher import Fetcher, Target
 from exporter.vocabulary import ImageKey, Targets
 
-log = structlog.get_logger("exporter.scheduler")
+log = structlog.get_logger("exporter.polling.scheduler")
 
 
 def _polled(targets: Targets) -> tuple[Target, ...]:

@@ -22,14 +22,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.client import GcoreClient
-from exporter.families import CACHED_HELP, encodable
-from exporter.models import Project, Region
-from exporter.scope_health import AccountEndpoint, account_up
-from exporter.telemetry import Telemetry
+from exporter.gcore.client import GcoreClient
+from exporter.gcore.models import Project, Region
+from exporter.metrics.families import CACHED_HELP, encodable
+from exporter.metrics.scope_health import AccountEndpoint, account_up
+from exporter.metrics.telemetry import Telemetry
 from exporter.vocabulary import FetchError, Kind, Scope, Targets
 
-log = structlog.get_logger("exporter.discovery")
+log = structlog.get_logger("exporter.polling.discovery")
 
 Listed = TypeVar("Listed", Project, Region)
 

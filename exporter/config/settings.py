@@ -35,7 +35,7 @@ from pydantic_settings import (
 )
 from yarl import URL
 
-from exporter.keys import KeyFile, KeySource, clean_key
+from exporter.config.keys import KeyFile, KeySource, clean_key
 from exporter.sharding import Shard, ordinal_from_pod_name
 from exporter.vocabulary import ImageKey, Kind, Scope, Targets, Wildcard
 

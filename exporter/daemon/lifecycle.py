@@ -20,11 +20,9 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from exporter.config import ConfigError, Settings
-from exporter.keys import KeyFile, KeySource
-from exporter.logs import set_level
-from exporter.poller import Poller
-from exporter.runtime import (
+from exporter.config.keys import KeyFile, KeySource
+from exporter.config.settings import ConfigError, Settings
+from exporter.daemon.wiring import (
     Monitor,
     Upstream,
     new_monitor,
@@ -32,12 +30,14 @@ from exporter.runtime import (
     polled_targets,
     upstream_for,
 )
-from exporter.scheduler import Scheduler
-from exporter.transport import RateGate
-from exporter.web import create_app
-from exporter.webguard import WebGuard
+from exporter.gcore.transport import RateGate
+from exporter.logs import set_level
+from exporter.polling.cadences import Poller
+from exporter.polling.scheduler import Scheduler
+from exporter.web.app import create_app
+from exporter.web.guard import WebGuard
 
-log = structlog.get_logger("exporter.polling")
+log = structlog.get_logger("exporter.daemon.lifecycle")
 
 RESTART_ONLY: Final = (
     "listen",

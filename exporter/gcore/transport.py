@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -26,13 +26,12 @@ import structlog
 from pydantic import SecretStr
 from yarl import URL
 
-from exporter.keys import KeySource
-from exporter.models import clean_text
-from exporter.telemetry import Telemetry
+from exporter.config.keys import KeySource
+from exporter.gcore.models import clean_text
 from exporter.vocabulary import Endpoint, FetchError, Reason
 
 Params = Mapping[str, int] | Sequence[tuple[str, str | int]]
-log = structlog.get_logger("exporter.transport")
+log = structlog.get_logger("exporter.gcore.transport")
 _ERROR_BODY: Final = 64 * 1024  # an error body is read this far: only its message is wanted
 
 
@@ -78,6 +77,17 @@ class _Answer:
     headers: Mapping[str, str]
 
 
+class ApiObserver(Protocol):
+    """Who counts the requests (the exporter's telemetry); named here so that this package
+    depends on no metrics code."""
+
+    def request_done(self, endpoint: Endpoint, code: str, seconds: float) -> None: ...
+
+    def request_retried(self, endpoint: Endpoint) -> None: ...
+
+    def rate_limit_pause_started(self) -> None: ...
+
+
 class Transport:
     def __init__(
         self,
@@ -88,7 +98,7 @@ class Transport:
         timeout: float,
         concurrency: int,
         max_response_size: int,
-        telemetry: Telemetry,
+        telemetry: ApiObserver,
         retry: RetryPolicy | None = None,
         gate: RateGate | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -133,7 +143,7 @@ class Transport:
             delay = 0.0 if error.reason == "rate_limited" else self._backoff(attempt)
             if time.monotonic() - started + delay + self.gate.remaining > policy.budget:
                 raise error
-            self._telemetry.api_retries.labels(endpoint).inc()
+            self._telemetry.request_retried(endpoint)
             await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -161,10 +171,7 @@ class Transport:
             except aiohttp.ClientError as exc:
                 raise FetchError("connection", f"{type(exc).__name__}: {exc}") from None
             finally:
-                self._telemetry.api_requests.labels(endpoint, code).inc()
-                self._telemetry.api_request_duration.labels(endpoint).observe(
-                    time.monotonic() - started
-                )
+                self._telemetry.request_done(endpoint, code, time.monotonic() - started)
 
     def _pause(self, headers: Mapping[str, str], attempt: int) -> None:
         seconds = _server_delay(headers)
@@ -177,7 +184,7 @@ class Transport:
             seconds = self._backoff(attempt + 1)
         # at least a second: a Retry-After of 0 or in the past must not turn into a tight loop
         self.gate.pause(min(max(seconds, 1.0), self._retry.max_pause))
-        self._telemetry.rate_limit_pauses.inc()
+        self._telemetry.rate_limit_pause_started()
 
     def _backoff(self, attempt: int) -> float:
         ceiling: float = min(

@@ -15,7 +15,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from exporter.fakeapi import FakeGcore, make_image, make_project, make_region, make_task
+from exporter.demo.fake_gcore import FakeGcore, make_image, make_project, make_region, make_task
 
 DEMO_API_KEY = "demo-key"
 PROJECT = 1

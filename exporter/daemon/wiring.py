@@ -15,22 +15,22 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from exporter import __version__
-from exporter.client import GcoreClient
-from exporter.config import Settings
-from exporter.demo import DEMO_API_KEY, TARGETS, DemoWorld, animate
-from exporter.discovery import Discovery
-from exporter.failed_tasks import FailedTasks
-from exporter.fakeapi import FakeGcore
-from exporter.fetcher import NO_TARGETS, Fetcher
-from exporter.image_store import ImageStore
-from exporter.keys import KeySource
-from exporter.poller import Poller
-from exporter.scheduler import Scheduler
-from exporter.scope_health import ScopeHealth
-from exporter.snapshot import Publisher
-from exporter.task_cache import TaskCache
-from exporter.telemetry import Telemetry
-from exporter.transport import RateGate, RetryPolicy, Transport
+from exporter.config.keys import KeySource
+from exporter.config.settings import Settings
+from exporter.demo.fake_gcore import FakeGcore
+from exporter.demo.world import DEMO_API_KEY, TARGETS, DemoWorld, animate
+from exporter.gcore.client import GcoreClient
+from exporter.gcore.transport import RateGate, RetryPolicy, Transport
+from exporter.metrics.image_store import ImageStore
+from exporter.metrics.scope_health import ScopeHealth
+from exporter.metrics.snapshot import Publisher
+from exporter.metrics.telemetry import Telemetry
+from exporter.polling.cadences import Poller
+from exporter.polling.discovery import Discovery
+from exporter.polling.failed_tasks import FailedTasks
+from exporter.polling.fetcher import NO_TARGETS, Fetcher
+from exporter.polling.scheduler import Scheduler
+from exporter.polling.task_cache import TaskCache
 from exporter.vocabulary import Targets
 
 

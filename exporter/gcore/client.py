@@ -15,8 +15,8 @@ from typing import Final, Literal, TypeVar
 
 from pydantic import ValidationError
 
-from exporter.models import Image, ImagePage, Listing, Project, Region, Task, clean_text
-from exporter.transport import RateGate, Transport, shown
+from exporter.gcore.models import Image, ImagePage, Listing, Project, Region, Task, clean_text
+from exporter.gcore.transport import RateGate, Transport, shown
 from exporter.vocabulary import YIELD_EVERY, Endpoint, FetchError, ImageKey, Scope
 
 __all__ = ["GcoreClient", "Page"]

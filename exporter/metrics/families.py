@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Final, Generic, Literal, TypeVar
 
 from exporter.alerting import KNOWN_STATUSES
-from exporter.models import Image, Task
+from exporter.gcore.models import Image, Task
 from exporter.vocabulary import ImageKey, Kind, Reason
 
 CACHED_HELP: Final = "Cached from the last poll. "

@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from exporter.models import Image, Task
+from exporter.gcore.models import Image, Task
 from exporter.vocabulary import FetchError
 
-log = structlog.get_logger("exporter.task_cache")
+log = structlog.get_logger("exporter.polling.task_cache")
 
 
 class TaskCache:

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from exporter.logs import redact
 
-log = structlog.get_logger("exporter.keys")
+log = structlog.get_logger("exporter.config.keys")
 
 MAX_KEY_BYTES: Final = 8192
 """A key file larger than this is refused: `/dev/zero` must not eat the memory."""

@@ -13,14 +13,14 @@ from typing import Final, Literal
 
 import structlog
 
-from exporter.client import GcoreClient
-from exporter.image_store import ImageStore
-from exporter.scope_health import ScopeHealth
+from exporter.gcore.client import GcoreClient
+from exporter.metrics.image_store import ImageStore
+from exporter.metrics.scope_health import ScopeHealth
+from exporter.polling.task_cache import TaskCache
 from exporter.sharding import EVERYTHING, Shard
-from exporter.task_cache import TaskCache
 from exporter.vocabulary import FetchError, ImageKey, Scope, Targets
 
-log = structlog.get_logger("exporter.fetcher")
+log = structlog.get_logger("exporter.polling.fetcher")
 RENDER_EVERY: Final = 50  # images rendered between two yields: about 3 ms at ~65 us an image
 
 Target = ImageKey | Scope

@@ -13,13 +13,13 @@ from typing import Any
 
 import structlog
 
-from exporter.discovery import Discovery
-from exporter.failed_tasks import FailedTasks
-from exporter.scheduler import Scheduler
-from exporter.snapshot import Publisher
+from exporter.metrics.snapshot import Publisher
+from exporter.polling.discovery import Discovery
+from exporter.polling.failed_tasks import FailedTasks
+from exporter.polling.scheduler import Scheduler
 from exporter.vocabulary import Scope
 
-log = structlog.get_logger("exporter.poller")
+log = structlog.get_logger("exporter.polling.cadences")
 
 
 class Poller:

@@ -22,10 +22,10 @@ from typing import Any
 import bcrypt
 import structlog
 
-from exporter.config import ConfigError
-from exporter.webconfig import LoadedWebConfig, WebConfig, allowed_sans, load_web_config
+from exporter.config.settings import ConfigError
+from exporter.web.config_file import LoadedWebConfig, WebConfig, allowed_sans, load_web_config
 
-log = structlog.get_logger("exporter.webguard")
+log = structlog.get_logger("exporter.web.guard")
 
 
 class BasicAuth:

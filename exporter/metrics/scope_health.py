@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Final, Literal, get_args
 
-from exporter.telemetry import Telemetry
+from exporter.metrics.telemetry import Telemetry
 from exporter.vocabulary import Scope
 
 State = Literal["ok", "failing", "unavailable"]

@@ -28,8 +28,9 @@ from types import MappingProxyType
 
 import structlog
 
-from exporter.blocks import Block, Blocks
-from exporter.families import (
+from exporter.gcore.models import Image, Task
+from exporter.metrics.blocks import Block, Blocks
+from exporter.metrics.families import (
     FAMILIES,
     NO_VALUES,
     VALUE_FAMILIES,
@@ -37,10 +38,9 @@ from exporter.families import (
     render_values,
     status_of,
 )
-from exporter.models import Image, Task
 from exporter.vocabulary import FetchError, ImageKey, Reason, Scope, Targets
 
-log = structlog.get_logger("exporter.image_store")
+log = structlog.get_logger("exporter.metrics.image_store")
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.config import ConfigError
+from exporter.config.settings import ConfigError
 
 TLS_VERSIONS: Final = {
     "TLS10": ssl.TLSVersion.TLSv1,

@@ -25,14 +25,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.client import GcoreClient
-from exporter.families import CACHED_HELP, encodable, truncate
-from exporter.models import Task
-from exporter.scope_health import account_up
-from exporter.telemetry import Telemetry
+from exporter.gcore.client import GcoreClient
+from exporter.gcore.models import Task
+from exporter.metrics.families import CACHED_HELP, encodable, truncate
+from exporter.metrics.scope_health import account_up
+from exporter.metrics.telemetry import Telemetry
 from exporter.vocabulary import FetchError, Scope
 
-log = structlog.get_logger("exporter.failed_tasks")
+log = structlog.get_logger("exporter.polling.failed_tasks")
 
 LOOKBACK: Final = 86400.0  # how much longer than the window a task may have run before failing
 _TYPES_LOGGED: Final = 256  # a bound on the task types remembered for logging

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from exporter.families import FAMILIES
-from exporter.snapshot import OPENMETRICS_EOF, Snapshot
+from exporter.metrics.families import FAMILIES
+from exporter.metrics.snapshot import OPENMETRICS_EOF, Snapshot
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"

@@ -17,7 +17,7 @@ from prometheus_client import (
 )
 
 from exporter import __version__
-from exporter.families import CACHED_HELP
+from exporter.metrics.families import CACHED_HELP
 from exporter.sharding import EVERYTHING, Shard
 from exporter.vocabulary import Endpoint, Reason
 
@@ -142,3 +142,13 @@ class Telemetry:
             ["project_id", "region_id", "kind", "endpoint"],
             registry=r,
         )
+
+    def request_done(self, endpoint: Endpoint, code: str, seconds: float) -> None:
+        self.api_requests.labels(endpoint, code).inc()
+        self.api_request_duration.labels(endpoint).observe(seconds)
+
+    def request_retried(self, endpoint: Endpoint) -> None:
+        self.api_retries.labels(endpoint).inc()
+
+    def rate_limit_pause_started(self) -> None:
+        self.rate_limit_pauses.inc()
