@@ -323,9 +323,9 @@ def test_descriptions_point_at_other_panels(dashboard: dict[str, Any]) -> None:
 
 
 def test_docs_describe_every_panel(dashboard: dict[str, Any]) -> None:
-    docs = (REPO / "README.md").read_text(encoding="utf-8")
+    docs = (REPO / "docs" / "dashboard.md").read_text(encoding="utf-8")
     for panel in _panels(dashboard):
-        assert panel["title"] in docs, f"README.md lacks panel {panel['title']!r}"
+        assert panel["title"] in docs, f"docs/dashboard.md lacks panel {panel['title']!r}"
 
 
 def test_provisioning_points_grafana_at_the_dashboard() -> None:
