@@ -11,7 +11,7 @@ import pytest
 from exporter.metrics import exposition
 from exporter.metrics.exposition import ExpositionCache, render
 from exporter.metrics.families import FAMILIES
-from exporter.metrics.snapshot import Snapshot
+from exporter.metrics.snapshot import Snapshot, by_family
 
 OWN = b"# HELP gcore_exporter_images Images.\n# TYPE gcore_exporter_images gauge\n"
 
@@ -28,7 +28,7 @@ def block(tag: str, images: int = 50) -> tuple[bytes, ...]:
 
 
 def snapshot(version: int, *blocks: tuple[bytes, ...], published: float = 0.0) -> Snapshot:
-    return Snapshot(version, blocks, OWN, OWN, ready=True, published=published)
+    return Snapshot(version, by_family(blocks), OWN, OWN, ready=True, published=published)
 
 
 def single_member(data: bytes) -> bytes:
@@ -54,7 +54,7 @@ async def test_gzip_body_is_one_member_holding_the_text_body(openmetrics: bool) 
 async def test_text_bodies_are_the_snapshots_own_bytes() -> None:
     current = snapshot(1, block("a"), block("b"))
     body = await ExpositionCache().get(current, openmetrics=False, gzipped=False)
-    lines = {id(part) for parts in current.blocks for part in parts}
+    lines = {id(part) for _, parts in current.families for part in parts}
     assert lines <= {id(part) for part in body.parts}  # referenced, never copied
     assert len(body.parts) == 1 + len(FAMILIES) * 3  # own, then a header and a part per block
 

@@ -14,8 +14,8 @@ from tooling import require_tool
 
 from exporter.gcore.models import Image, Task
 from exporter.metrics.exposition import render, wants_gzip, wants_openmetrics
-from exporter.metrics.families import NO_VALUES, render_health, render_values
-from exporter.metrics.snapshot import Snapshot
+from exporter.metrics.families import FAMILIES, NO_VALUES, render_health, render_values
+from exporter.metrics.snapshot import Snapshot, by_family
 from exporter.vocabulary import ImageKey, Scope
 
 GOLDEN = Path(__file__).parent / "golden" / "images.prom"
@@ -88,7 +88,7 @@ def rendered() -> list[tuple[bytes, ...]]:
 def snapshot() -> Snapshot:
     own = b"# HELP gcore_exporter_images Images.\n# TYPE gcore_exporter_images gauge\n"
     own += b"gcore_exporter_images 4.0\n"
-    return Snapshot(1, tuple(rendered()), own_text=own, own_openmetrics=own, ready=True)
+    return Snapshot(1, by_family(rendered()), own_text=own, own_openmetrics=own, ready=True)
 
 
 def test_exposition_matches_golden_file() -> None:
@@ -126,6 +126,27 @@ def test_rendered_values_follow_the_views() -> None:
         "gcore_gpu_image_last_error_info",
         "gcore_gpu_image_up",
     ]
+
+
+def test_a_snapshot_names_the_families_it_carries() -> None:
+    """The body follows the families the snapshot carries, each with its own lines: no list of
+    families elsewhere decides what a block's part is."""
+    blocks = rendered()
+    up, errors = (
+        [f.name for f in FAMILIES].index(name)
+        for name in ("gcore_gpu_image_up", "gcore_gpu_image_fetch_errors_total")
+    )
+    families = by_family(blocks)
+    chosen = (families[errors], families[up])  # two families, in another order than FAMILIES
+    text = render(Snapshot(1, chosen, b"", b"", ready=True), openmetrics=False).decode()
+    helps = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP")]
+    assert helps == ["gcore_gpu_image_fetch_errors_total", "gcore_gpu_image_up"]
+    assert text.split("# HELP gcore_gpu_image_up")[1].count("gcore_gpu_image_up{") == 4
+
+
+def test_blocks_of_another_shape_than_their_families_are_refused() -> None:
+    with pytest.raises(AssertionError, match="one per family"):
+        by_family([rendered()[0][:-1]])
 
 
 def test_lone_surrogate_in_a_name_does_not_break_rendering() -> None:

@@ -32,7 +32,7 @@ from exporter.metrics.exposition import render
 from exporter.metrics.families import format_value, render_health, render_values
 from exporter.metrics.image_store import ImageStore
 from exporter.metrics.scope_health import ScopeHealth
-from exporter.metrics.snapshot import Snapshot
+from exporter.metrics.snapshot import Snapshot, by_family
 from exporter.metrics.telemetry import Telemetry
 from exporter.polling.fetcher import Fetcher
 from exporter.polling.task_cache import TaskCache
@@ -181,7 +181,7 @@ TROUBLES = [
 
 
 def exposition(rendered: Rendered, *, openmetrics: bool) -> str:
-    snapshot = Snapshot(1, rendered, own_text=b"", own_openmetrics=b"", ready=True)
+    snapshot = Snapshot(1, by_family(rendered), own_text=b"", own_openmetrics=b"", ready=True)
     return render(snapshot, openmetrics=openmetrics).decode("utf-8")
 
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from exporter.logs import configure_logging
 from exporter.metrics.families import FAMILIES
-from exporter.metrics.snapshot import Snapshot
+from exporter.metrics.snapshot import Snapshot, by_family
 from exporter.web.app import GUARD, server_options
 
 OWN = b"# HELP gcore_exporter_build_info Build.\n# TYPE gcore_exporter_build_info gauge\n"
@@ -29,7 +29,7 @@ class StaticSource:
 def snapshot(body: bytes = b"", *, ready: bool = True) -> Snapshot:
     """A snapshot whose exposition is `body` (one image's first family), after the own metrics."""
     image = (body,) + (b"",) * (len(FAMILIES) - 1)
-    return Snapshot(1, (image,) if body else (), OWN, OWN, ready=ready)
+    return Snapshot(1, by_family((image,) if body else ()), OWN, OWN, ready=ready)
 
 
 @asynccontextmanager

@@ -107,7 +107,7 @@ class Monitor:
 
 def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time) -> Monitor:
     telemetry = Telemetry(shard=settings.shard_assignment())
-    publisher = Publisher(lambda: store.blocks(), telemetry.registry)
+    publisher = Publisher(lambda: store.lines(), telemetry.registry)
     store = ImageStore(
         stale_after=settings.effective_stale_after, clock=wall_clock, on_change=publisher.mark_dirty
     )

@@ -28,7 +28,8 @@ def _assume_utc(value: datetime) -> datetime:
 
 
 def clean_text(value: str) -> str:
-    """`value` with lone surrogates (JSON allows `\\ud800`) replaced by `?`, as rendering does."""
+    """`value` with lone surrogates (JSON allows `\\ud800`) replaced by `?`, as rendering does: the
+    one helper for text from Gcore that becomes a label, where one bad character fails a scrape."""
     if value.isascii():
         return value
     return value.encode("utf-8", "replace").decode("utf-8")

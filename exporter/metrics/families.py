@@ -74,15 +74,15 @@ class Health:
 @dataclass(frozen=True, slots=True)
 class Family(Generic[Source]):
     name: str
-    kind: Literal["gauge", "counter"]
+    metric_type: Literal["gauge", "counter"]
     help: str
     samples: Callable[[Source], Iterator[Sample]]
 
     def header(self, *, openmetrics: bool) -> bytes:
-        name = self.name
-        if openmetrics and self.kind == "counter":
+        name, metric_type = self.name, self.metric_type
+        if openmetrics and metric_type == "counter":
             name = name.removesuffix("_total")
-        text = f"# HELP {name} {CACHED_HELP}{escape_help(self.help)}\n# TYPE {name} {self.kind}\n"
+        text = f"# HELP {name} {CACHED_HELP}{escape_help(self.help)}\n# TYPE {name} {metric_type}\n"
         return text.encode()
 
     def render(self, identity: str, source: Source) -> bytes:
@@ -295,14 +295,9 @@ HEALTH_FAMILIES: Final[tuple[Family[Health], ...]] = (
         _last_error,
     ),
 )
-FAMILIES: Final[tuple[Family[Fetched] | Family[Health], ...]] = VALUE_FAMILIES + HEALTH_FAMILIES
+AnyFamily = Family[Fetched] | Family[Health]
+FAMILIES: Final[tuple[AnyFamily, ...]] = VALUE_FAMILIES + HEALTH_FAMILIES
 NO_VALUES: Final = (b"",) * len(VALUE_FAMILIES)
-
-
-def encodable(text: str) -> str:
-    """`text` with what UTF-8 cannot encode (lone surrogates from JSON) replaced: for label values
-    that prometheus_client renders, where one bad character would fail the whole scrape."""
-    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def truncate(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:

@@ -16,7 +16,8 @@ Transitions, with `now` from the injected clock:
 survives restarts of the exporter), then the time a new status was first seen; never after now.
 
 It keeps rendered bytes, not the API's models: at 50,000 images, models cost memory and
-garbage-collector time that no scrape needs. The bytes live in `Blocks`, family-major, once.
+garbage-collector time that no scrape needs. The bytes live in `Blocks`, family-major, once; the
+store alone decides when staged lines are folded into them (`after_fetch`, `after_page`, `lines`).
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from exporter.metrics.families import (
     render_values,
     status_of,
 )
+from exporter.metrics.snapshot import FamilyLines, by_family
 from exporter.vocabulary import FetchError, ImageKey, Reason, Scope, Targets
 
-log = structlog.get_logger("exporter.metrics.image_store")
+log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -115,15 +117,7 @@ class ImageStore:
         if state.block is None:  # a twin: not exported
             return
         now = self._now()
-        status = status_of(image)
-        if state.status is None:  # updated_at bounds the change, when Gcore sends it
-            first = image.updated_at.timestamp() if image.updated_at is not None else now
-            state.status, state.status_since = status, first
-        elif status != state.status:
-            state.status, state.status_since = status, now
-        if image.task_id != state.lock_task_id:
-            state.lock_task_id = image.task_id
-            state.lock_seen = now if image.task_id is not None else None
+        _observe(state, image, now)
         lock_started = state.lock_seen
         if task is not None and task.created_on is not None:
             lock_started = task.created_on.timestamp()
@@ -188,18 +182,25 @@ class ImageStore:
     def failing(self) -> int:
         return sum(1 for state in self._states.values() if not state.up)
 
-    async def settle(self, *, ripe_only: bool = False) -> None:
-        """Fold what was staged into the blocks, letting the event loop run in between;
-        `ripe_only`: just the blocks whose every image was re-rendered (see `Blocks.settle`)."""
-        await self._blocks.settle(ripe_only=ripe_only)
+    async def after_fetch(self) -> None:
+        """An image's fetch ended: fold the blocks a round has re-rendered whole (a plain join),
+        unless a fold is running; so no block's staged chunks pile up between snapshots."""
+        await self._blocks.settle(ripe_only=True)
 
-    async def blocks(self) -> tuple[tuple[bytes, ...], ...]:
-        """Every block's lines, indexed like `FAMILIES`, images in a stable order."""
+    async def after_page(self) -> None:
+        """A listing's page is in: fold everything it staged, so a long listing piles up no
+        chunks."""
         await self._blocks.settle()
-        return self._blocks.view()
+
+    async def lines(self) -> tuple[FamilyLines, ...]:
+        """Every family with its lines, all staged lines folded in first; images in a stable
+        order."""
+        await self._blocks.settle()
+        return by_family(self._blocks.view(), FAMILIES)
 
     def rendered(self) -> tuple[tuple[bytes, ...], ...]:
-        """`blocks()` folded at once: for small stores and tests."""
+        """Every block's lines, one part per family of `FAMILIES`, folded at once: for small
+        stores and tests."""
         self._blocks.settle_now()
         return self._blocks.view()
 
@@ -226,6 +227,19 @@ class ImageStore:
             kept = (None,) * len(VALUE_FAMILIES) if values is None else values
             self._blocks.stage(state.block, state.key, kept + health)
         self._on_change()
+
+
+def _observe(state: ImageState, image: Image, now: float) -> None:
+    """Follow the image's status and lock: when each was first seen as it is now."""
+    status = status_of(image)
+    if state.status is None:  # updated_at bounds the change, when Gcore sends it
+        first = image.updated_at.timestamp() if image.updated_at is not None else now
+        state.status, state.status_since = status, first
+    elif status != state.status:
+        state.status, state.status_since = status, now
+    if image.task_id != state.lock_task_id:
+        state.lock_task_id = image.task_id
+        state.lock_seen = now if image.task_id is not None else None
 
 
 def _has_twin(states: Collection[ImageKey], logged: set[ImageKey], key: ImageKey) -> bool:

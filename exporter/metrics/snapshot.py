@@ -8,27 +8,44 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from exporter.metrics.families import FAMILIES, AnyFamily
+
 OPENMETRICS_EOF: Final = b"# EOF\n"
+
+FamilyLines = tuple[AnyFamily, tuple[bytes, ...]]
+"""A per-image family and its lines: one bytes object per block of images, in exposition order."""
+
+
+def by_family(
+    blocks: Sequence[Sequence[bytes]], families: Sequence[AnyFamily] = FAMILIES
+) -> tuple[FamilyLines, ...]:
+    """Blocks' parts (each block's lines of `families`, in that order) as each family with its
+    lines: where the blocks' order of families meets their names, once."""
+    for parts in blocks:
+        assert len(parts) == len(families), "a block's parts are one per family"
+    return tuple(
+        (family, tuple(parts[index] for parts in blocks)) for index, family in enumerate(families)
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     version: int
-    blocks: tuple[tuple[bytes, ...], ...]  # a block of images' lines per family, like `FAMILIES`
+    families: tuple[FamilyLines, ...]  # what the images export, family by family
     own_text: bytes
     own_openmetrics: bytes  # without the final `# EOF`: the images' families follow it
     ready: bool
     published: float = 0.0  # time.monotonic() when published
 
 
-EMPTY_SNAPSHOT: Final = Snapshot(0, (), b"", b"", ready=False)
+EMPTY_SNAPSHOT: Final = Snapshot(0, by_family(()), b"", b"", ready=False)
 
 
 class SnapshotSource(Protocol):
@@ -41,13 +58,13 @@ class Publisher:
 
     def __init__(
         self,
-        blocks: Callable[[], Awaitable[tuple[tuple[bytes, ...], ...]]],
+        lines: Callable[[], Awaitable[tuple[FamilyLines, ...]]],
         registry: CollectorRegistry,
         *,
         refresh: Callable[[], None] = lambda: None,
         gap: float = 1.0,
     ) -> None:
-        self._blocks = blocks
+        self._lines = lines
         self._registry = registry
         self._refresh = refresh  # updates gauges that are read, not counted, before each snapshot
         self._gap = gap
@@ -66,11 +83,11 @@ class Publisher:
         """Publish now; once `ready` has been given, every later snapshot is ready."""
         self._dirty.clear()
         self._ready = self._ready or ready
-        blocks = await self._blocks()  # what was staged is folded first, in slices
+        families = await self._lines()  # what was staged is folded first, in slices
         self._refresh()
         self._current = Snapshot(
             version=self._current.version + 1,
-            blocks=blocks,
+            families=families,
             own_text=generate_latest(self._registry),
             own_openmetrics=generate_openmetrics(self._registry).removesuffix(OPENMETRICS_EOF),  # type: ignore[no-untyped-call]
             ready=self._ready,

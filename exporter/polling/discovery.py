@@ -23,8 +23,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter.gcore.client import GcoreClient
-from exporter.gcore.models import Project, Region
-from exporter.metrics.families import CACHED_HELP, encodable
+from exporter.gcore.models import Project, Region, clean_text
+from exporter.metrics.families import CACHED_HELP
 from exporter.metrics.scope_health import AccountEndpoint, account_up
 from exporter.metrics.telemetry import Telemetry
 from exporter.vocabulary import FetchError, Kind, Scope, Targets
@@ -156,10 +156,10 @@ class Discovery:
             regions = await self._list("regions", self._client.list_regions)
             if projects is not None:
                 self._projects = projects
-                self._info.projects = {p.id: encodable(p.name) for p in projects}
+                self._info.projects = {p.id: clean_text(p.name) for p in projects}
             if regions is not None:
                 self._regions = regions
-                self._info.regions = {r.id: encodable(r.display_name) for r in regions}
+                self._info.regions = {r.id: clean_text(r.display_name) for r in regions}
             targets = expand(self._config, self._projects, self._regions)
             if targets != self.targets:
                 before = set(self.targets.discovered)

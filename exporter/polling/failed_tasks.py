@@ -26,8 +26,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter.gcore.client import GcoreClient
-from exporter.gcore.models import Task
-from exporter.metrics.families import CACHED_HELP, encodable, truncate
+from exporter.gcore.models import Task, clean_text
+from exporter.metrics.families import CACHED_HELP, truncate
 from exporter.metrics.scope_health import account_up
 from exporter.metrics.telemetry import Telemetry
 from exporter.vocabulary import FetchError, Scope
@@ -58,10 +58,10 @@ def failed_task(task: Task, first_seen: float) -> FailedTask | None:
     return FailedTask(
         project_id=task.project_id,
         region_id=task.region_id,
-        task_id=encodable(task.id),
-        task_type=encodable(task.task_type or ""),
-        image_id=encodable(images[0]) if images else "",
-        error=truncate(encodable(task.error or "")),
+        task_id=clean_text(task.id),
+        task_type=clean_text(task.task_type or ""),
+        image_id=clean_text(images[0]) if images else "",
+        error=truncate(clean_text(task.error or "")),
         finished=when.timestamp() if when is not None else first_seen,
     )
 

@@ -20,11 +20,11 @@ from exporter.polling.task_cache import TaskCache
 from exporter.sharding import EVERYTHING, Shard
 from exporter.vocabulary import FetchError, ImageKey, Scope, Targets
 
-log = structlog.get_logger("exporter.polling.fetcher")
+log = structlog.get_logger(__name__)
 RENDER_EVERY: Final = 50  # images rendered between two yields: about 3 ms at ~65 us an image
 
 Target = ImageKey | Scope
-Listing = Literal["complete", "moved", "stuck", "bounded"]
+ListingOutcome = Literal["complete", "moved", "stuck", "bounded"]
 """How one read of a listing went: whole, `count` moved between its pages (the list changed
 under them), or cut short by a server that ignores `offset` or by the page limit."""
 NO_TARGETS: Final = Targets((), ())
@@ -106,7 +106,7 @@ class Fetcher:
         else:
             self._store.succeeded(key, image, await self._tasks.lock_of(image))
             fetched = True
-        await self._store.settle(ripe_only=True)  # a block all fetched: no chunk piles up
+        await self._store.after_fetch()
         return fetched
 
     async def _discover(self, scope: Scope) -> bool:
@@ -159,11 +159,11 @@ class Fetcher:
             )
         return True
 
-    async def _absorb_listing(self, scope: Scope, seen: set[ImageKey]) -> Listing:
+    async def _absorb_listing(self, scope: Scope, seen: set[ImageKey]) -> ListingOutcome:
         """Take in every page of a scope's list; complete if its pages ran out and `count` held
         still, whatever it said: a `count` that lies must not keep a deleted image forever."""
         counts: set[int] = set()
-        outcome: Listing = "complete"
+        outcome: ListingOutcome = "complete"
         owns = self._shard.owns  # every shard pages the list; its own images get the rest
         async for page in self._client.list_pages(scope):
             counts.add(page.count)
@@ -179,7 +179,7 @@ class Fetcher:
                 self._store.succeeded(key, image, tasks.get(image.id))
                 if number % RENDER_EVERY == 0:
                     await asyncio.sleep(0)  # let scrapes in between
-            await self._store.settle()  # a page's chunks into their blocks: none pile up
+            await self._store.after_page()
             for image_id, problem in page.invalid:
                 if image_id is not None and not owns(image_id):
                     continue  # its own shard reports it
