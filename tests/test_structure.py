@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Final
 
 import pytest
 from tooling import ROOT
@@ -118,3 +119,24 @@ def test_no_class_grows_past_about_150_lines() -> None:
             if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
                 length = node.end_lineno - node.lineno + 1
                 assert length <= 170, f"{path.name}: class {node.name} has {length} lines"
+
+
+FOLDING: Final = frozenset({"settle", "settle_now", "ripe_only"})
+"""How `Blocks` folds staged lines: the image store's business alone."""
+
+
+def names_used(path: Path) -> set[str]:
+    """The attributes and keyword arguments `path` names."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    attributes = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    keywords = {node.arg for node in ast.walk(tree) if isinstance(node, ast.keyword) and node.arg}
+    return attributes | keywords
+
+
+def test_only_the_metrics_decide_when_blocks_fold() -> None:
+    """Polling says what happened (`after_fetch`, `after_page`); the image store decides what
+    folds."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).parts[0] != "metrics":
+            assert not names_used(path) & FOLDING, path.relative_to(ROOT)
+    assert names_used(PACKAGE / "polling" / "fetcher.py") >= {"after_fetch", "after_page"}

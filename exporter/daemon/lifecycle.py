@@ -174,7 +174,6 @@ class Polling:
                     settings, upstream, self.monitor, self._now, gate=self._gate, previous=previous
                 )
             )
-            await self.monitor.publisher.publish()  # what the new targets dropped is gone at once
             stack.push_async_callback(_cancel, asyncio.create_task(poller.run()))
         except BaseException:
             await stack.aclose()

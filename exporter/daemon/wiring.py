@@ -126,7 +126,7 @@ async def open_poller(
     previous: Poller | None = None,
 ) -> AsyncIterator[Poller]:
     """Discovery, scheduler and failed-task poll with their own HTTP session, feeding `monitor`;
-    not yet running.
+    not yet running, its targets registered and published.
 
     `previous` is the poller this one replaces (a reload): its discovered scopes and failed tasks
     are taken over, so images that stay keep their series without a gap. `gate` is its rate-limit
@@ -189,13 +189,13 @@ async def open_poller(
                 fetcher,
                 discovery.targets,
                 store=monitor.store,
-                publisher=monitor.publisher,
+                publish_round=lambda: poller.publish(ready=True),
                 telemetry=telemetry,
                 interval=settings.interval,
                 workers=settings.concurrency,
                 wall_clock=wall_clock,
             )
-            yield Poller(
+            poller = Poller(
                 scheduler,
                 discovery,
                 failed_tasks,
@@ -203,6 +203,8 @@ async def open_poller(
                 discovery_interval=settings.discovery_interval,
                 task_interval=settings.effective_task_interval,
             )
+            await poller.publish()
+            yield poller
         finally:
             discovery.close()
             failed_tasks.close()

@@ -1,4 +1,5 @@
-"""Everything that polls, each on its own cadence: discovery, image rounds, failed tasks.
+"""Everything that polls, each on its own cadence: discovery, image rounds, failed tasks; and the
+one path by which what they found is published (`Poller.publish`).
 
 Discovery refreshes the scope set every `discovery_interval` and hands it to the scheduler,
 which polls it from its next round; the failed-task poll runs every `task_interval`. The first
@@ -19,7 +20,7 @@ from exporter.polling.failed_tasks import FailedTasks
 from exporter.polling.scheduler import Scheduler
 from exporter.vocabulary import Scope
 
-log = structlog.get_logger("exporter.polling.cadences")
+log = structlog.get_logger(__name__)
 
 
 class Poller:
@@ -45,24 +46,33 @@ class Poller:
         targets = self.discovery.targets
         return {*targets.scopes, *targets.discovered, *(key.scope for key in targets.images)}
 
+    async def publish(self, *, ready: bool = False) -> None:
+        """Publish a snapshot now: the one path polling publishes by. It runs when the poller is
+        opened (what new targets dropped is gone at once), after each discovery refresh and
+        failed-task poll, and after each round (`ready`: every later snapshot is ready); between
+        rounds, `run` publishes what changes at most every second."""
+        await self._publisher.publish(ready=ready)
+
     async def refresh(self) -> bool:
         """One discovery refresh, published; new scopes are polled from the next round."""
         try:
             return await self.discovery.refresh()
         finally:
-            await self._publisher.publish()
+            await self.publish()
 
     async def poll_tasks(self) -> bool:
         """One poll of the failed tasks of every watched scope, published."""
         try:
             return await self.failed_tasks.poll(self.watched())
         finally:
-            await self._publisher.publish()
+            await self.publish()
 
     async def run(self) -> None:
-        """Discover, then poll on every cadence until cancelled."""
+        """Discover, then poll on every cadence, and publish changes between rounds, until
+        cancelled."""
         await _guarded(self.refresh)
         loops: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self._publisher.run()),
             asyncio.create_task(self.scheduler.run()),
             asyncio.create_task(_every(self._discovery_interval, self.refresh, wait_first=True)),
             asyncio.create_task(_every(self._task_interval, self.poll_tasks, wait_first=False)),

@@ -1,8 +1,8 @@
 """Runs poll rounds: one job per target, so a slow or failing one never delays the others.
 
 A round starts every `interval`. A target (an explicit image, or a project/region to list) still
-running from the previous round is skipped, not doubled. Results go to the image store; the
-publisher snapshots it after each round.
+running from the previous round is skipped, not doubled. Results go to the image store; each
+round ends with `publish_round` (the poller's publishing path), before it counts as done.
 """
 
 from __future__ import annotations
@@ -10,19 +10,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from exporter.metrics.image_store import ImageStore
-from exporter.metrics.snapshot import Publisher
 from exporter.metrics.telemetry import Telemetry
 from exporter.polling.fetcher import Fetcher, Target
 from exporter.vocabulary import ImageKey, Targets
 
-log = structlog.get_logger("exporter.polling.scheduler")
+log = structlog.get_logger(__name__)
 
 
 def _polled(targets: Targets) -> tuple[Target, ...]:
@@ -46,7 +45,7 @@ class Scheduler:
         targets: Targets,
         *,
         store: ImageStore,
-        publisher: Publisher,
+        publish_round: Callable[[], Awaitable[object]],
         telemetry: Telemetry,
         interval: float,
         workers: int = 8,
@@ -56,7 +55,7 @@ class Scheduler:
         self._targets = targets
         self._wanted = frozenset(_polled(targets))
         self._store = store  # read for the round's log line
-        self._publisher = publisher
+        self._publish_round = publish_round
         self._telemetry = telemetry
         self._interval = interval
         self._now = wall_clock
@@ -71,9 +70,7 @@ class Scheduler:
         return self._targets
 
     async def run(self) -> None:
-        """Start a round every interval, and publish progress between rounds, until cancelled."""
-        await self._publisher.publish()  # explicit images are down until their first fetch
-        publishing = asyncio.create_task(self._publisher.run())
+        """Start a round every interval, until cancelled."""
         try:
             started = time.monotonic()
             while True:
@@ -81,7 +78,7 @@ class Scheduler:
                 started += self._interval
                 await asyncio.sleep(max(0.0, started - time.monotonic()))
         finally:
-            pending: list[asyncio.Future[Any]] = [publishing, *self._rounds]
+            pending: list[asyncio.Future[Any]] = [*self._rounds]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -179,7 +176,7 @@ class Scheduler:
         telemetry.poll_duration.set(result.duration)
         telemetry.last_poll.set(self._now())
         self.rounds_completed += 1
-        await self._publisher.publish(ready=True)
+        await self._publish_round()
         self._freeze_survivors()
         log.info(
             "poll done",
