@@ -65,6 +65,16 @@ class ImageState:
         assert self.block is not None
         return self.block.chunks(self.key)[: len(VALUE_FAMILIES)]
 
+    def health(self) -> tuple[bytes, ...]:
+        """The lines of its health families, as of now."""
+        return render_health(
+            self.key,
+            up=self.up,
+            last_success=self.last_success,
+            errors=MappingProxyType(self.errors),
+            last_error=self.last_error,
+        )
+
 
 class ImageStore:
     def __init__(
@@ -117,14 +127,7 @@ class ImageStore:
         if state.block is None:  # a twin: not exported
             return
         now = self._now()
-        _observe(state, image, now)
-        lock_started = state.lock_seen
-        if task is not None and task.created_on is not None:
-            lock_started = task.created_on.timestamp()
-        since = min(state.status_since, now) if state.status_since is not None else None
-        values = render_values(
-            key, image, now=now, task=task, lock_started=lock_started, status_since=since
-        )
+        values = _observe(state, image, task, now)
         state.up, state.last_success, state.last_error = True, now, None
         self._render(state, values)
 
@@ -188,13 +191,11 @@ class ImageStore:
         await self._blocks.settle(ripe_only=True)
 
     async def after_page(self) -> None:
-        """A listing's page is in: fold everything it staged, so a long listing piles up no
-        chunks."""
+        """A listing's page is in: fold all it staged, so a long listing piles up no chunks."""
         await self._blocks.settle()
 
     async def lines(self) -> tuple[FamilyLines, ...]:
-        """Every family with its lines, all staged lines folded in first; images in a stable
-        order."""
+        """Each family with its lines, what was staged folded first; images in a stable order."""
         await self._blocks.settle()
         return by_family(self._blocks.view(), FAMILIES)
 
@@ -213,13 +214,7 @@ class ImageStore:
 
     def _render(self, state: ImageState, values: tuple[bytes, ...] | None) -> None:
         """Render health; stage it with `values` (None: keep the values as they are)."""
-        health = render_health(
-            state.key,
-            up=state.up,
-            last_success=state.last_success,
-            errors=MappingProxyType(state.errors),
-            last_error=state.last_error,
-        )
+        health = state.health()
         if state.block is None:
             assert values is not None
             state.block = self._blocks.place(state.key, values + health)
@@ -229,8 +224,8 @@ class ImageStore:
         self._on_change()
 
 
-def _observe(state: ImageState, image: Image, now: float) -> None:
-    """Follow the image's status and lock: when each was first seen as it is now."""
+def _observe(state: ImageState, image: Image, task: Task | None, now: float) -> tuple[bytes, ...]:
+    """Follow the image's status and lock (when each was first seen as it is now); its values."""
     status = status_of(image)
     if state.status is None:  # updated_at bounds the change, when Gcore sends it
         first = image.updated_at.timestamp() if image.updated_at is not None else now
@@ -240,6 +235,13 @@ def _observe(state: ImageState, image: Image, now: float) -> None:
     if image.task_id != state.lock_task_id:
         state.lock_task_id = image.task_id
         state.lock_seen = now if image.task_id is not None else None
+    lock_started = state.lock_seen
+    if task is not None and task.created_on is not None:
+        lock_started = task.created_on.timestamp()
+    since = min(state.status_since, now) if state.status_since is not None else None
+    return render_values(
+        state.key, image, now=now, task=task, lock_started=lock_started, status_since=since
+    )
 
 
 def _has_twin(states: Collection[ImageKey], logged: set[ImageKey], key: ImageKey) -> bool:

@@ -9,6 +9,7 @@ get a GET, a task lookup and series.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Iterator
 from typing import Final, Literal
 
 import structlog
@@ -48,11 +49,9 @@ class Fetcher:
         self._discovered: frozenset[Scope] = frozenset()
 
     def register(self, targets: Targets, previous: Targets = NO_TARGETS) -> None:
-        """Follow `targets` instead of `previous`: the store keeps only the images they cover.
-
-        Explicit images exist (down) and new scopes are undiscovered until their first fetch;
-        scopes that stay keep their listing state, and those of `previous` that left lose theirs.
-        """
+        """Follow `targets` instead of `previous`: the store keeps only the images they cover,
+        explicit images exist (down) and new scopes are undiscovered until their first fetch;
+        scopes that stay keep their listing state, and those of `previous` that left lose theirs."""
         self._store.follow(targets)
         watched = {*targets.scopes, *targets.discovered}
         for scope in {*previous.scopes, *previous.discovered} - watched:
@@ -94,11 +93,10 @@ class Fetcher:
             image = await self._client.get_image(key)
         except FetchError as exc:
             self._store.failed(key, exc)
-            scope = key.scope
             log.warning(
                 "fetch failed",
-                project_id=scope.project_id,
-                region_id=scope.region_id,
+                project_id=key.scope.project_id,
+                region_id=key.scope.region_id,
                 image_id=key.image_id,
                 **exc.log_fields(),
             )
@@ -180,22 +178,29 @@ class Fetcher:
                 if number % RENDER_EVERY == 0:
                     await asyncio.sleep(0)  # let scrapes in between
             await self._store.after_page()
-            for image_id, problem in page.invalid:
-                if image_id is not None and not owns(image_id):
-                    continue  # its own shard reports it
-                log.warning(
-                    "invalid image in listing",
-                    project_id=scope.project_id,
-                    region_id=scope.region_id,
-                    image_id=image_id,
-                    problem=problem,
-                )
-                if image_id is None:
-                    continue
-                key = ImageKey(scope, image_id)
-                seen.add(key)
-                self._store.failed(key, FetchError("invalid_response", problem))
+            seen.update(_refuse(self._store, self._shard, scope, page.invalid))
         return "moved" if len(counts) > 1 else outcome
+
+
+def _refuse(
+    store: ImageStore, shard: Shard, scope: Scope, invalid: Iterable[tuple[str | None, str]]
+) -> Iterator[ImageKey]:
+    """Log this shard's invalid images of a listing's page and count each as a failed fetch;
+    the keys of those with an id."""
+    for image_id, problem in invalid:
+        if image_id is not None and not shard.owns(image_id):
+            continue  # its own shard reports it
+        log.warning(
+            "invalid image in listing",
+            project_id=scope.project_id,
+            region_id=scope.region_id,
+            image_id=image_id,
+            problem=problem,
+        )
+        if image_id is not None:
+            key = ImageKey(scope, image_id)
+            store.failed(key, FetchError("invalid_response", problem))
+            yield key
 
 
 def _unexpected(exc: Exception) -> FetchError:

@@ -178,18 +178,22 @@ class Scheduler:
         self.rounds_completed += 1
         await self._publish_round()
         self._freeze_survivors()
-        log.info(
-            "poll done",
-            round=number,
-            ok=result.ok,
-            failed=result.failed,
-            skipped=result.skipped,
-            images=len(self._store),
-            images_failing=self._store.failing(),
-            duration=round(result.duration, 3),
-        )
-        # What a soak watches for leaks: tasks must not pile up round after round.
-        log.debug("event loop", tasks=len(asyncio.all_tasks()))
+        _log_round(result, self._store)
         async with self._round_done:
             self._round_done.notify_all()
         return result
+
+
+def _log_round(result: RoundResult, store: ImageStore) -> None:
+    log.info(
+        "poll done",
+        round=result.number,
+        ok=result.ok,
+        failed=result.failed,
+        skipped=result.skipped,
+        images=len(store),
+        images_failing=store.failing(),
+        duration=round(result.duration, 3),
+    )
+    # What a soak watches for leaks: tasks must not pile up round after round.
+    log.debug("event loop", tasks=len(asyncio.all_tasks()))
