@@ -43,7 +43,7 @@ from exporter.web.guard import WebGuard
 
 EXIT_OK, EXIT_FETCH_FAILED, EXIT_CONFIG, EXIT_LISTEN = 0, 1, 2, 3
 
-log = structlog.get_logger("exporter.cli")
+log = structlog.get_logger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:

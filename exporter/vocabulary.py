@@ -1,7 +1,10 @@
-"""Words every layer shares: what is watched (scopes, image keys, targets) and why a fetch failed.
+"""Words every layer shares: what is watched (scopes, image keys, targets), which endpoint was
+called and why a fetch failed.
 
-Plain data and one exception, no I/O: settings, the HTTP client, the image store and the renderer
-all import it, so none of them has to import another only to borrow a type.
+Plain data and one exception, no I/O, and nothing of the exporter imported: settings, the Gcore
+client, polling and the metrics all import it, so the words they share belong to none of them.
+A name that one layer owns and others use is imported from its owner (the web config raises
+`config.settings.ConfigError`, polling's collectors take `CACHED_HELP` from `metrics.families`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 Endpoint = Literal["images", "image", "task", "projects", "regions", "tasks"]
-"""The Gcore API endpoints the client calls: a scope's list, one image, one task."""
+"""The Gcore API endpoints the client calls: a scope's image list, one image, one task, the
+projects, the regions and the Tasks list; the `endpoint` label of the API request metrics."""
 
 Reason = Literal[
     "not_found",
@@ -104,4 +108,5 @@ class FetchError(Exception):
 
 
 YIELD_EVERY: Final = 250
-"""Items of CPU-bound work (validating, rendering) between two yields to the event loop."""
+"""Items of an answer validated between two yields to the event loop (rendering images yields
+every `polling.fetcher.RENDER_EVERY`)."""

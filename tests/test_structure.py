@@ -26,8 +26,13 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "web": frozenset({"polling", "gcore", "daemon", "demo", "cli"}),
     "demo": frozenset({"config", "gcore", "polling", "metrics", "web", "daemon", "cli"}),
     "daemon": frozenset({"cli"}),
+    "vocabulary": frozenset(
+        {"config", "gcore", "polling", "metrics", "web", "daemon", "demo", "cli"}
+        | {"alerting", "logs", "sharding"}
+    ),
 }
-"""`metrics` may read `gcore.models` (the typed answers it renders), never the client."""
+"""`metrics` may read `gcore.models` (the typed answers it renders), never the client; the shared
+words of `vocabulary` belong to no layer, so it imports none."""
 
 
 def exporter_imports(path: Path) -> set[str]:

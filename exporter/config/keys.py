@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from exporter.logs import redact
 
-log = structlog.get_logger("exporter.config.keys")
+log = structlog.get_logger(__name__)
 
 MAX_KEY_BYTES: Final = 8192
 """A key file larger than this is refused: `/dev/zero` must not eat the memory."""

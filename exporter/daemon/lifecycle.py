@@ -37,7 +37,7 @@ from exporter.polling.scheduler import Scheduler
 from exporter.web.app import create_app
 from exporter.web.guard import WebGuard
 
-log = structlog.get_logger("exporter.daemon.lifecycle")
+log = structlog.get_logger(__name__)
 
 RESTART_ONLY: Final = (
     "listen",

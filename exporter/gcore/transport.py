@@ -31,7 +31,7 @@ from exporter.gcore.models import clean_text
 from exporter.vocabulary import Endpoint, FetchError, Reason
 
 Params = Mapping[str, int] | Sequence[tuple[str, str | int]]
-log = structlog.get_logger("exporter.gcore.transport")
+log = structlog.get_logger(__name__)
 _ERROR_BODY: Final = 64 * 1024  # an error body is read this far: only its message is wanted
 
 

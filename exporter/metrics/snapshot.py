@@ -54,7 +54,8 @@ class SnapshotSource(Protocol):
 
 
 class Publisher:
-    """Publishes on demand (after each round) and, while anything changes, at most every `gap`."""
+    """Publishes on demand (the poller's `publish`: its one path) and, while anything changes,
+    at most every `gap` (`run`)."""
 
     def __init__(
         self,

@@ -29,7 +29,7 @@ from exporter.metrics.scope_health import AccountEndpoint, account_up
 from exporter.metrics.telemetry import Telemetry
 from exporter.vocabulary import FetchError, Kind, Scope, Targets
 
-log = structlog.get_logger("exporter.polling.discovery")
+log = structlog.get_logger(__name__)
 
 Listed = TypeVar("Listed", Project, Region)
 

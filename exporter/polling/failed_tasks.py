@@ -32,7 +32,7 @@ from exporter.metrics.scope_health import account_up
 from exporter.metrics.telemetry import Telemetry
 from exporter.vocabulary import FetchError, Scope
 
-log = structlog.get_logger("exporter.polling.failed_tasks")
+log = structlog.get_logger(__name__)
 
 LOOKBACK: Final = 86400.0  # how much longer than the window a task may have run before failing
 _TYPES_LOGGED: Final = 256  # a bound on the task types remembered for logging

@@ -15,7 +15,7 @@ import structlog
 from exporter.gcore.models import Image, Task
 from exporter.vocabulary import FetchError
 
-log = structlog.get_logger("exporter.polling.task_cache")
+log = structlog.get_logger(__name__)
 
 
 class TaskCache:

@@ -32,7 +32,7 @@ DEFAULT_IDLE_TIMEOUT: Final = 75.0  # above the usual 60 s scrape interval, so s
 PIECE: Final = 128 * 1024  # bytes per write: each is above aiohttp's 64 KiB mark, so it drains
 PROBES: Final = frozenset({"/healthz", "/readyz"})
 
-log = structlog.get_logger("exporter.web.app")
+log = structlog.get_logger(__name__)
 
 _LANDING = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Gcore GPU image exporter</title></head>

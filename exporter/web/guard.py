@@ -25,7 +25,7 @@ import structlog
 from exporter.config.settings import ConfigError
 from exporter.web.config_file import LoadedWebConfig, WebConfig, allowed_sans, load_web_config
 
-log = structlog.get_logger("exporter.web.guard")
+log = structlog.get_logger(__name__)
 
 
 class BasicAuth:
