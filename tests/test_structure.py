@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,13 @@ def test_only_the_metrics_decide_when_blocks_fold() -> None:
         if path.relative_to(PACKAGE).parts[0] != "metrics":
             assert not names_used(path) & FOLDING, path.relative_to(ROOT)
     assert names_used(PACKAGE / "polling" / "fetcher.py") >= {"after_fetch", "after_page"}
+
+
+def test_the_architecture_page_names_every_module_once() -> None:
+    """docs/architecture.md has one line per module: a module added, moved or removed shows."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    listed = re.findall(r"^\| `(exporter/[\w/]+\.py)` \|", page, re.M)
+    modules = sorted(
+        str(path.relative_to(ROOT)) for path in PACKAGE.rglob("*.py") if path.name != "__init__.py"
+    )
+    assert sorted(listed) == modules
