@@ -15,7 +15,7 @@ from typing import Final, Literal, TypeVar
 
 from pydantic import ValidationError
 
-from exporter.gcore.models import Image, ImagePage, Listing, Project, Region, Task, clean_text
+from exporter.gcore.models import Image, Listing, Project, Region, Task, clean_text
 from exporter.gcore.transport import RateGate, Transport, shown
 from exporter.vocabulary import YIELD_EVERY, Endpoint, FetchError, ImageKey, Scope
 
@@ -79,7 +79,7 @@ class GcoreClient:
             params = {"limit": PAGE_SIZE, "offset": pager.offset}
             data = await self._transport.get_json("images", url, params)
             try:
-                page = ImagePage.model_validate(data)
+                page = Listing.model_validate(data)
             except ValidationError as exc:
                 raise FetchError("invalid_response", f"image list: {_summary(exc)}") from None
             images: list[Image] = []

@@ -95,13 +95,6 @@ class Image(_Model):
     cuda_toolkit_version: str | None = None
 
 
-class ImagePage(_Model):
-    """One page of the list endpoint; items stay raw so one bad image cannot sink the page."""
-
-    count: int
-    results: tuple[object, ...]
-
-
 def _strings(value: Any) -> tuple[str, ...]:
     return tuple(item for item in value if isinstance(item, str)) if isinstance(value, list) else ()
 
@@ -124,7 +117,8 @@ class Task(_Model):
 
 
 class Listing(_Model):
-    """Any `{count, results}` answer; items stay raw so that each is validated on its own."""
+    """Any `{count, results}` answer (a page of images, projects, regions, tasks); items stay raw so
+    that each is validated on its own: one bad item cannot sink the page."""
 
     count: int
     results: tuple[object, ...]
