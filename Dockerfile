@@ -20,6 +20,8 @@ ARG VERSION=0.1.0
 # The source revision (git commit), shown by gcore_exporter_build_info{revision}:
 # `docker build --build-arg REVISION="$(git rev-parse HEAD)" .` (the release workflow passes it).
 ARG REVISION=unknown
+# The build date, shown by `--version` and the landing page (the release workflow passes it).
+ARG BUILD_DATE=unknown
 LABEL org.opencontainers.image.title="gcore-gpu-image-exporter" \
       org.opencontainers.image.description="Prometheus exporter for Gcore Cloud virtual GPU images" \
       org.opencontainers.image.source="https://github.com/gcore-gpu-image-exporter/gcore-gpu-image-exporter" \
@@ -36,10 +38,11 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    GCORE_EXPORTER_REVISION=${REVISION}
+    GCORE_EXPORTER_REVISION=${REVISION} \
+    GCORE_EXPORTER_BUILD_DATE=${BUILD_DATE}
 USER 10001:10001
 EXPOSE 10150
-# Probes the port of GCORE_EXPORTER_LISTEN (default 10150) without curl.
+# Probes the port of GCORE_EXPORTER_LISTEN's first address (default 10150) without curl.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('GCORE_EXPORTER_LISTEN', ':10150').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('GCORE_EXPORTER_LISTEN', ':10150').split(',')[0].rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 ENTRYPOINT ["gcore-gpu-image-exporter"]

@@ -43,7 +43,7 @@ async def main(images: int, locked_every: int) -> None:
         "--once",
         "--target",
         "1/10",
-        "--log-format",
+        "--log.format",
         "json",
         env=env,
         stdout=asyncio.subprocess.PIPE,

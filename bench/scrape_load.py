@@ -123,12 +123,12 @@ async def _exporter(
         "GCORE_API_KEY": KEY,
         "GCORE_BASE_URL": f"http://127.0.0.1:{api_port}",
     }
-    secure = ["--web-config-file", str(web_config)] if web_config else []
+    secure = ["--web.config.file", str(web_config)] if web_config else []
     with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "exporter", "--listen", f"127.0.0.1:{port}"),
+            *(sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}"),
             *("--target", "1/10", "--interval", "1h", "--timeout", "60s"),
-            *("--log-format", "json", "--log-level", "warning", *secure),
+            *("--log.format", "json", "--log.level", "warn", *secure),
             env=env,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=output,

@@ -113,10 +113,10 @@ class Daemon:
             except ValueError:
                 self.stray.append(line[:300])
                 continue
-            self.events[event["event"]] += 1
-            if event.get("level") == "error" and event["event"] != REFUSED:
-                self.errors.append(str(event["event"])[:300])
-            if event["event"] == "event loop":
+            self.events[event["msg"]] += 1
+            if event.get("level") == "error" and event["msg"] != REFUSED:
+                self.errors.append(str(event["msg"])[:300])
+            if event["msg"] == "event loop":
                 self.tasks = int(event["tasks"])
 
     def sample(self) -> Sample:
@@ -305,9 +305,9 @@ async def soak(seconds: float, images: int, seed: int) -> Report:
             "exporter",
             "--config",
             str(files.config),
-            "--listen",
+            "--web.listen-address",
             f"127.0.0.1:{port}",
-            "--log-format",
+            "--log.format",
             "json",
             env=env,
             stdout=asyncio.subprocess.DEVNULL,

@@ -165,7 +165,7 @@ class Exporter:
                 event = json.loads(line)
             except ValueError:
                 continue
-            if event.get("event") != "poll done":
+            if event.get("msg") != "poll done":
                 continue
             cpu = self.process.cpu_seconds()
             async with http.get(self._stats_url) as response:
@@ -285,10 +285,10 @@ async def run_exporter(
     seconds, interval = options.seconds, options.interval_for(scenario)
     env = {**os.environ, "GCORE_API_KEY": KEY, "GCORE_BASE_URL": api_url}
     config = config_file(directory, scenario, interval)
-    args = ["-m", "exporter", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
+    args = ["-m", "exporter", "--config", str(config), "--web.listen-address", f"127.0.0.1:{port}"]
     row = Row(scenario.name, "exporter")
     async with (
-        child(*args, "--log-format", "json", env=env) as process,
+        child(*args, "--log.format", "json", env=env) as process,
         aiohttp.ClientSession(auto_decompress=False) as http,
     ):
         exporter = Exporter(process, f"http://127.0.0.1:{port}/metrics", stats_url)

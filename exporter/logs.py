@@ -1,4 +1,5 @@
-"""Structured logs: JSON for machines, readable lines on a terminal, and never the API key."""
+"""Structured logs as Prometheus' Go exporters write them (promslog: logfmt or JSON with `time`,
+`level`, `source`, `msg`), or readable lines on a terminal; never the API key."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from collections.abc import Iterable
 
 import structlog
+from structlog.processors import CallsiteParameter
 from structlog.types import EventDict, Processor, WrappedLogger
 
 REDACTED = "**********"
@@ -45,27 +47,51 @@ def redact(secret: str) -> None:
     _REDACTOR.learn(secret)
 
 
+# promslog's four levels; Python's `warning` and `critical` are spelled as it spells them.
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
+_PROMSLOG_LEVEL = {"warning": "warn", "critical": "error"}
+_FIRST = ("time", "level", "source", "msg")
+
+
 def set_level(level: str) -> None:
     """Change the log level of the running process (a reloaded configuration)."""
-    logging.getLogger().setLevel(level.upper())
+    logging.getLogger().setLevel(_LEVELS.get(level, logging.ERROR))
 
 
-def configure_logging(level: str, fmt: str | None, secrets: Iterable[str] = ()) -> None:
-    if fmt is None:
-        fmt = "console" if sys.stderr.isatty() else "json"
+def _promslog_keys(logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+    """promslog's level names, `source` as FILE:LINE, and its four keys first."""
+    event["level"] = _PROMSLOG_LEVEL.get(event["level"], event["level"])
+    filename, lineno = event.pop("filename", None), event.pop("lineno", None)
+    if filename is not None:
+        event["source"] = f"{filename}:{lineno}"
+    first = {key: event[key] for key in _FIRST if key in event}
+    first.update(event)
+    return first
+
+
+def configure_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
+    """Log at `level` to stderr as `fmt`: `logfmt`, `json` or `console`."""
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        # Tracebacks become text before the redactor sees the event, in both formats.
+        structlog.processors.CallsiteParameterAdder(
+            [CallsiteParameter.FILENAME, CallsiteParameter.LINENO]
+        ),
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+        structlog.processors.EventRenamer("msg"),
+        # Tracebacks become text before the redactor sees the event, in every format.
         structlog.processors.format_exc_info,
     ]
     renderer: Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
+    elif fmt == "logfmt":
+        renderer = structlog.processors.LogfmtRenderer(bool_as_flag=False)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), event_key="msg", timestamp_key="time"
+        )
     for secret in secrets:
         redact(secret)
     handler = logging.StreamHandler(sys.stderr)
@@ -74,6 +100,7 @@ def configure_logging(level: str, fmt: str | None, secrets: Iterable[str] = ()) 
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _promslog_keys,
                 _REDACTOR,
                 renderer,
             ],

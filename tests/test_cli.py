@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import signal
 import socket
 import sys
@@ -56,8 +57,10 @@ async def serving(
         sys.executable,
         "-m",
         "exporter",
-        "--listen",
+        "--web.listen-address",
         f"127.0.0.1:{port}",
+        "--log.format",
+        "json",
         *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -95,8 +98,8 @@ async def test_once_exits_1_when_a_fetch_fails(fake: FakeGcore, fake_url: str) -
     code, out, err = await run("--once", *targets, env=env_for(fake_url))
     assert code == 1
     assert value(parse_samples(out), "gcore_gpu_image_up", image_id=missing) == 0
-    assert '"reason": "not_found"' in err
-    assert '"request_id"' in err
+    assert "reason=not_found" in err
+    assert "request_id=" in err
 
 
 async def test_once_with_star_discovers_polls_and_exits_0(fake: FakeGcore, fake_url: str) -> None:
@@ -217,7 +220,7 @@ async def test_api_key_never_appears_in_logs_at_debug(fake: FakeGcore, fake_url:
     fake.inject("/tasks/", 500, times=None)
     fake.put_task(make_task("t-1"))
     targets = ["--target", f"{P}/{R}/{IMG}", "--target", f"{P}/{R + 1}"]
-    code, out, err = await run("--once", "--log-level", "debug", *targets, env=env_for(fake_url))
+    code, out, err = await run("--once", "--log.level", "debug", *targets, env=env_for(fake_url))
     assert code == 1
     assert "unauthorized" in err
     assert API_KEY not in out + err
@@ -276,9 +279,16 @@ async def test_demo_once_covers_the_whole_simulated_account() -> None:
     assert series(samples, "gcore_gpu_image_task_failed_info") != []
 
 
-async def test_version_prints_the_package_version() -> None:
-    code, out, _ = await run("--version")
-    assert (code, out.strip()) == (0, f"gcore-gpu-image-exporter {__version__}")
+async def test_version_prints_version_revision_build_date_and_python() -> None:
+    env = env_for("https://api.gcore.com", GCORE_EXPORTER_REVISION="abc123")
+    code, out, _ = await run("--version", env={**env, "GCORE_EXPORTER_BUILD_DATE": "2025-01-02"})
+    assert code == 0
+    assert out.splitlines() == [
+        f"gcore-gpu-image-exporter, version {__version__} (revision: abc123)",
+        "  build date:       2025-01-02",
+        f"  python version:   {platform.python_version()}",
+        f"  platform:         {platform.system().lower()}/{platform.machine()}",
+    ]
 
 
 async def test_once_and_check_config_exclude_each_other() -> None:
@@ -302,11 +312,17 @@ async def test_a_port_in_use_is_one_line_and_exit_3(fake: FakeGcore, fake_url: s
         taken.listen()
         port = taken.getsockname()[1]
         code, out, err = await run(
-            "--target", f"{P}/{R}/{IMG}", "--listen", f"127.0.0.1:{port}", env=env_for(fake_url)
+            "--target",
+            f"{P}/{R}/{IMG}",
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--log.format",
+            "json",
+            env=env_for(fake_url),
         )
     assert code == 3
     (event,) = error_events(err)
-    assert event["event"] == "cannot listen"
+    assert event["msg"] == "cannot listen"
     assert event["listen"] == f"127.0.0.1:{port}"
     assert event["problem"] == "Address already in use"
     assert out == ""
@@ -314,11 +330,17 @@ async def test_a_port_in_use_is_one_line_and_exit_3(fake: FakeGcore, fake_url: s
 
 async def test_a_host_that_does_not_resolve_is_one_line_and_exit_3(fake_url: str) -> None:
     code, _, err = await run(
-        "--target", f"{P}/{R}", "--listen", "no-such-host.invalid:10150", env=env_for(fake_url)
+        "--target",
+        f"{P}/{R}",
+        "--web.listen-address",
+        "no-such-host.invalid:10150",
+        "--log.format",
+        "json",
+        env=env_for(fake_url),
     )
     assert code == 3
     (event,) = error_events(err)  # nothing was polled: the address was checked first
-    assert event["event"] == "cannot listen"
+    assert event["msg"] == "cannot listen"
     assert str(event["problem"]).startswith("no-such-host.invalid: ")
 
 
@@ -372,7 +394,7 @@ class Lines:
 
     def events(self, name: str) -> list[dict[str, object]]:
         found = [json.loads(line) for line in self.lines if line.startswith("{")]
-        return [event for event in found if event["event"] == name]
+        return [event for event in found if event["msg"] == name]
 
     async def close(self) -> None:
         await asyncio.wait_for(self._task, 10)

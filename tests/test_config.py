@@ -709,9 +709,27 @@ def test_concurrency_out_of_bounds_is_refused(keyed: None, value: Any) -> None:
     assert f"(got {value!r})" in line
 
 
-@pytest.mark.parametrize("value", ["DEBUG", "Warning", "error", "Info"])
+@pytest.mark.parametrize("value", ["DEBUG", "Warn", "error", "Info"])
 def test_log_level_is_case_insensitive(keyed: None, value: str) -> None:
     assert valid(log_level=value).log_level == value.lower()
+
+
+@pytest.mark.parametrize("value", ["warning", "WARNING", "warn"])
+def test_log_level_warning_is_promslogs_warn(keyed: None, value: str) -> None:
+    assert valid(log_level=value).log_level == "warn"
+
+
+def test_several_listen_addresses_from_the_environment(
+    keyed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GCORE_EXPORTER_LISTEN", "127.0.0.1:1, [::1]:2")
+    assert valid().listen == ("127.0.0.1:1", "[::1]:2")
+
+
+@pytest.mark.parametrize("path", ["metrics", "/", "/healthz", "/readyz", "/a b", "/a?b", ""])
+def test_a_telemetry_path_that_is_no_path_of_its_own_is_refused(keyed: None, path: str) -> None:
+    (line,) = problems(targets=["7/11"], telemetry_path=path)
+    assert line.startswith("telemetry_path: not a path of its own")
 
 
 def test_log_level_from_environment_is_case_insensitive(

@@ -192,7 +192,8 @@ def test_config_and_secret_reach_the_exporter(rendered: dict[str, Objects], tmp_
     assert sorted(settings["targets"]) == sorted(config["targets"])
     assert settings["interval"] == 60
     assert settings["log_format"] == "json"
-    assert settings["listen"].endswith(f":{DEFAULT_PORT}")
+    (listen,) = settings["listen"]
+    assert listen.endswith(f":{DEFAULT_PORT}")
 
 
 def _documented_overlay(tmp_path: Path) -> Path:

@@ -20,7 +20,7 @@ import yaml
 from tooling import ROOT, free_port, require_tool
 
 from exporter.config.settings import DEFAULT_PORT
-from exporter.metrics.telemetry import REVISION_ENV
+from exporter.identity import BUILD_DATE_ENV, REVISION_ENV
 
 DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -214,3 +214,13 @@ def test_the_image_tells_its_revision_to_build_info() -> None:
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
     (build,) = [s for s in workflow["jobs"]["image"]["steps"] if s.get("id") == "build"]
     assert "REVISION=${{ github.sha }}" in build["with"]["build-args"].splitlines()
+
+
+def test_the_image_tells_its_build_date_to_version() -> None:
+    """BUILD_DATE (the release workflow passes the image's creation time) reaches the variable
+    that `--version` and the landing page read; "unknown" by default."""
+    assert _arg_default("BUILD_DATE") == "unknown"
+    assert _env(FINAL)[BUILD_DATE_ENV] == "${BUILD_DATE}"
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+    (build,) = [s for s in workflow["jobs"]["image"]["steps"] if s.get("id") == "build"]
+    assert any(a.startswith("BUILD_DATE=${{") for a in build["with"]["build-args"].splitlines())

@@ -190,7 +190,7 @@ async def test_listen_needs_a_restart(account: FakeGcore, exporter: ExporterFact
         polling = polling_of(running)
         with capture_logs() as logs:
             await polling.reload(settings(targets=[f"{P}/{R}"], listen="127.0.0.1:9999"))
-        assert polling.settings.listen == "127.0.0.1:0"
+        assert polling.settings.listen == ("127.0.0.1:0",)
         (warning,) = [e for e in logs if e["log_level"] == "warning"]
         assert warning["event"] == "configuration needs a restart to apply"
         assert warning["settings"] == ["listen"]

@@ -62,10 +62,10 @@ class Logs:
         return self._events
 
     def has(self, event: str) -> bool:
-        return any(event in str(e.get("event")) for e in self.events)
+        return any(event in str(e.get("msg")) for e in self.events)
 
     def at_least(self, level: str) -> list[dict[str, Any]]:
-        order = ["debug", "info", "warning", "error", "critical"]
+        order = ["debug", "info", "warn", "error"]
         return [e for e in self.events if order.index(e["level"]) >= order.index(level)]
 
 

@@ -36,6 +36,7 @@ from pydantic_settings import (
 from yarl import URL
 
 from exporter.config.keys import KeyFile, KeySource, clean_key
+from exporter.config.options import Option, Reload, env_name, named
 from exporter.sharding import Shard, ordinal_from_pod_name
 from exporter.vocabulary import ImageKey, Kind, Scope, Targets, Wildcard
 
@@ -54,6 +55,7 @@ _PROM_DURATION = re.compile(
 )
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _TARGET = re.compile(rf"^(?:(baremetal):)?(?:(\d+|\*)/(\d+|\*)(?:/({_ID}))?/?|({_ID})|(\*))$")
+_PATH = re.compile(r"^(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$")
 _TARGET_FORMS = (
     "not a target: write PROJECT/REGION/IMAGE_ID, PROJECT/REGION or IMAGE_ID, "
     "or *, PROJECT/* or */REGION, each optionally after baremetal:"
@@ -146,47 +148,161 @@ TargetSpec = Annotated[
 ]
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GCORE_EXPORTER_", extra="forbid", frozen=True)
+_POLLING, _WEB = "Polling", "Web server"
+_IN_PLACE, _NEW_POLLER = Reload.IN_PLACE, Reload.NEW_POLLER
+_RESTART, _ENV = Reload.RESTART, Reload.ENVIRONMENT
 
-    config: Path | None = None
-    targets: Annotated[tuple[TargetSpec, ...], NoDecode] = ()
-    interval: Duration = 60.0
-    timeout: Duration | None = None
-    concurrency: int = Field(8, ge=1, le=256)
-    stale_after: Duration | None = None
-    max_response_size: Size = ByteSize(32 * 2**20)
-    listen: str = f":{DEFAULT_PORT}"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] | None = None
-    demo: bool = False
-    web_config_file: Path | None = None
-    protect_probes: bool = False
-    api_key: SecretStr | None = Field(None, validation_alias="GCORE_API_KEY")
-    api_key_file: Path | None = Field(None, validation_alias="GCORE_API_KEY_FILE")
-    base_url: str = Field(DEFAULT_BASE_URL, validation_alias="GCORE_BASE_URL")
-    project_id: int | None = Field(None, validation_alias="GCORE_CLOUD_PROJECT_ID", ge=1)
-    region_id: int | None = Field(None, validation_alias="GCORE_CLOUD_REGION_ID", ge=1)
-    discovery_interval: Duration = 600.0
-    task_interval: Duration | None = None
-    failed_task_window: Duration = 86400.0
-    image_task_pattern: str = "image"
-    shard: int | None = Field(None, ge=0)
-    total_shards: int = Field(1, ge=1, le=10_000)
-    pod_name: str | None = Field(None, validation_alias="POD_NAME")  # Kubernetes' downward API
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = init_settings().get("config") or os.environ.get(CONFIG_ENV)
-        yaml_values = _read_yaml(Path(path)) if path else {}
-        return init_settings, env_settings, InitSettingsSource(settings_cls, yaml_values)
+class _General(BaseSettings):
+    """The mode and where the rest comes from."""
+
+    config: Annotated[
+        Path | None,
+        Option(
+            _ENV,
+            "YAML file with any of the settings below (at most 1 MiB; read again on SIGHUP)",
+            flag="--config",
+            group="General",
+            metavar="FILE",
+        ),
+    ] = None
+    demo: Annotated[
+        bool,
+        Option(
+            _ENV,
+            "run against a built-in simulated Gcore API (no key needed; its own targets)",
+            flag="--demo",
+            group="General",
+            switch=True,
+        ),
+    ] = False
+
+
+class _Polling(BaseSettings):
+    """What is polled and how often: a change takes a new poller."""
+
+    targets: Annotated[
+        tuple[TargetSpec, ...],
+        NoDecode,
+        Option(
+            _NEW_POLLER,
+            "PROJECT/REGION/IMAGE_ID, PROJECT/REGION (every image there), IMAGE_ID, * (every GPU "
+            "region of every project), PROJECT/* or */REGION; baremetal: before any of them for "
+            "bare-metal GPU images; repeatable (comma-separated in the environment)",
+            "required",
+            flag="--target",
+            group=_POLLING,
+            metavar="SPEC",
+            repeatable=True,
+            doc="what to watch, see [Targets](#targets); repeatable, comma-separated in the "
+            "environment, a list in YAML",
+        ),
+    ] = ()
+    interval: Annotated[
+        Duration,
+        Option(
+            _NEW_POLLER,
+            "time between polls: seconds or a Prometheus duration (30s, 5m, 1h30m)",
+            "`60s`",
+            flag="--interval",
+            group=_POLLING,
+            metavar="DURATION",
+        ),
+    ] = 60.0
+    timeout: Annotated[
+        Duration | None,
+        Option(
+            _NEW_POLLER,
+            "timeout of one API request; at most the interval",
+            "`10s`, or the interval if shorter",
+            flag="--timeout",
+            group=_POLLING,
+            metavar="DURATION",
+        ),
+    ] = None
+    concurrency: Annotated[
+        int,
+        Field(ge=1, le=256),
+        Option(
+            _NEW_POLLER,
+            "most requests in flight to the API (1 to 256)",
+            "`8`",
+            flag="--concurrency",
+            group=_POLLING,
+            metavar="N",
+        ),
+    ] = 8
+    stale_after: Annotated[
+        Duration | None,
+        Option(
+            _IN_PLACE,
+            "how long last known values outlive failed fetches; at least the interval",
+            "5 x interval",
+            flag="--stale-after",
+            group=_POLLING,
+            metavar="DURATION",
+        ),
+    ] = None
+    max_response_size: Annotated[
+        Size,
+        Option(
+            _NEW_POLLER,
+            "largest API answer read, decoded: bytes or a size like 32MiB, 512KiB, 1GB",
+            "`32MiB`",
+            flag="--max-response-size",
+            group=_POLLING,
+            metavar="SIZE",
+            doc="largest API answer read, counted after gzip decoding: bytes or a size such as "
+            "`32MiB`, `512KiB`, `1GB`; a larger answer fails that fetch as `invalid_response`. A "
+            "`PROJECT/REGION` of an API that ignores `limit` sends every image in one answer "
+            "(about 1 KiB each): raise it then",
+        ),
+    ] = ByteSize(32 * 2**20)
+    discovery_interval: Annotated[
+        Duration,
+        Option(
+            _NEW_POLLER,
+            "time between listings of projects and regions that expand wildcard targets",
+            "`10m`",
+            flag="--discovery-interval",
+            group=_POLLING,
+            metavar="DURATION",
+        ),
+    ] = 600.0
+    task_interval: Annotated[
+        Duration | None,
+        Option(
+            _NEW_POLLER,
+            "time between polls of the failed image tasks",
+            "the interval",
+            flag="--task-interval",
+            group=_POLLING,
+            metavar="DURATION",
+        ),
+    ] = None
+    failed_task_window: Annotated[
+        Duration,
+        Option(
+            _NEW_POLLER,
+            "how long a failed image task stays in the metrics after it finished",
+            "`24h`",
+            flag="--failed-task-window",
+            group=_POLLING,
+            metavar="DURATION",
+        ),
+    ] = 86400.0
+    image_task_pattern: Annotated[
+        str,
+        Option(
+            _NEW_POLLER,
+            "task types that count as image tasks: a Python regular expression, searched "
+            "anywhere in the type ((?i) for any case)",
+            "`image`",
+            flag="--image-task-pattern",
+            group=_POLLING,
+            metavar="REGEX",
+        ),
+    ] = "image"
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -202,16 +318,202 @@ class Settings(BaseSettings):
             raise ValueError(f"not a regular expression: {exc}") from None
         return value
 
+
+class _Sharding(BaseSettings):
+    """How exporters share the images."""
+
+    shard: Annotated[
+        int | None,
+        Field(ge=0),
+        Option(
+            _RESTART,
+            "this exporter's shard, 0 to total_shards - 1: it exports only the images whose id "
+            "hashes to it; unset with total_shards above 1, the ordinal at the end of POD_NAME",
+            "`0`",
+            flag="--shard",
+            group="Sharding",
+            metavar="I",
+            doc="this exporter's shard, `0` to `total_shards - 1`: it exports only the images "
+            "whose id hashes to it (see [Sharding](performance.md#sharding)); unset with "
+            "`total_shards` above 1, the ordinal at the end of `POD_NAME`",
+        ),
+    ] = None
+    total_shards: Annotated[
+        int,
+        Field(ge=1, le=10_000),
+        Option(
+            _RESTART,
+            "how many exporters share the images (1 to 10,000)",
+            "`1`",
+            flag="--total-shards",
+            group="Sharding",
+            metavar="N",
+        ),
+    ] = 1
+    pod_name: Annotated[
+        str | None,
+        Field(validation_alias="POD_NAME"),
+        Option(
+            _ENV,
+            "the pod's name from Kubernetes' downward API; in a StatefulSet it ends in "
+            "-ORDINAL, the shard when total_shards is above 1 and no shard is set",
+            doc="the pod's name from Kubernetes' downward API; in a StatefulSet it ends in "
+            "`-ORDINAL`, which is the shard when `total_shards` is above 1 and no shard is set "
+            "(a name without a numeric suffix is a configuration error)",
+        ),
+    ] = None
+
+
+class _Web(BaseSettings):
+    """The HTTP server."""
+
+    listen: Annotated[
+        tuple[str, ...],
+        NoDecode,
+        Option(
+            _RESTART,
+            "where to serve HTTP, `HOST:PORT` or `:PORT` (every interface); repeatable to listen "
+            "on several addresses (comma-separated in the environment)",
+            f"`:{DEFAULT_PORT}`",
+            flag="--web.listen-address",
+            old_flags=("--listen",),
+            group=_WEB,
+            metavar="HOST:PORT",
+            repeatable=True,
+        ),
+    ] = (f":{DEFAULT_PORT}",)
+    telemetry_path: Annotated[
+        str,
+        Option(
+            _RESTART,
+            "the path that serves the metrics (not `/`, `/healthz` or `/readyz`)",
+            "`/metrics`",
+            flag="--web.telemetry-path",
+            group=_WEB,
+            metavar="PATH",
+        ),
+    ] = "/metrics"
+    web_config_file: Annotated[
+        Path | None,
+        Option(
+            _RESTART,
+            "TLS, basic auth, response headers and rate limit of the HTTP server, in the "
+            "Prometheus exporter-toolkit format (followed on its own while running)",
+            "none: plain HTTP, no auth",
+            flag="--web.config.file",
+            old_flags=("--web-config-file",),
+            group=_WEB,
+            metavar="FILE",
+            doc="TLS, basic auth, response headers and rate limit of the HTTP server, in the "
+            "Prometheus exporter-toolkit format (see [Securing /metrics](security.md)); the file "
+            "is followed on its own while running",
+        ),
+    ] = None
+    protect_probes: Annotated[
+        bool,
+        Option(
+            _RESTART,
+            "apply the web config's basic auth and rate limit to `/healthz` and `/readyz` too",
+            "off: probes open",
+            flag="--protect-probes",
+            group=_WEB,
+            switch=True,
+        ),
+    ] = False
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _check_listen(cls, value: Any) -> Any:
+        addresses = _split_commas(value)
+        if isinstance(addresses, list | tuple):
+            if not addresses:
+                raise ValueError("give at least one HOST:PORT")
+            for address in addresses:
+                if isinstance(address, str):
+                    listen_address(address)
+        return addresses
+
+    @field_validator("telemetry_path")
+    @classmethod
+    def _check_telemetry_path(cls, value: str) -> str:
+        if not _PATH.match(value) or value in ("/", "/healthz", "/readyz"):
+            raise ValueError("not a path of its own: write /metrics or /some/path")
+        return value
+
+
+class _Logging(BaseSettings):
+    """The logs."""
+
+    log_level: Annotated[
+        Literal["debug", "info", "warn", "error"],
+        Option(
+            _IN_PLACE,
+            "`debug`, `info`, `warn` or `error` (`warning` is taken for `warn`)",
+            "`info`",
+            flag="--log.level",
+            old_flags=("--log-level",),
+            group="Logging",
+            metavar="LEVEL",
+        ),
+    ] = "info"
+    log_format: Annotated[
+        Literal["logfmt", "json", "console"],
+        Option(
+            _RESTART,
+            "`logfmt` or `json`, with the keys of Prometheus' promslog (`time`, `level`, "
+            "`source`, `msg`), or `console`: readable lines for a terminal",
+            "`logfmt`",
+            flag="--log.format",
+            old_flags=("--log-format",),
+            group="Logging",
+            metavar="FORMAT",
+        ),
+    ] = "logfmt"
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
-        return value.lower() if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        return "warn" if value.lower() == "warning" else value.lower()  # promslog says warn
 
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, value: str) -> str:
-        listen_address(value)
-        return value
+
+class _Gcore(BaseSettings):
+    """The account and endpoint, from the environment only: secrets stay out of files."""
+
+    api_key: Annotated[
+        SecretStr | None,
+        Field(validation_alias="GCORE_API_KEY"),
+        Option(_ENV, "API key (Gcore portal, *API tokens*)"),
+    ] = None
+    api_key_file: Annotated[
+        Path | None,
+        Field(validation_alias="GCORE_API_KEY_FILE"),
+        Option(
+            _ENV,
+            "file holding the key (a mounted secret, at most 8 KiB); followed when it changes on "
+            "disk; set only one of the two",
+        ),
+    ] = None
+    base_url: Annotated[
+        str,
+        Field(validation_alias="GCORE_BASE_URL"),
+        Option(
+            _ENV,
+            "API endpoint; plain `http://` is refused unless the host is a loopback address",
+            f"`{DEFAULT_BASE_URL}`",
+        ),
+    ] = DEFAULT_BASE_URL
+    project_id: Annotated[
+        int | None,
+        Field(validation_alias="GCORE_CLOUD_PROJECT_ID", ge=1),
+        Option(_ENV, "project of bare `IMAGE_ID` targets"),
+    ] = None
+    region_id: Annotated[
+        int | None,
+        Field(validation_alias="GCORE_CLOUD_REGION_ID", ge=1),
+        Option(_ENV, "region of bare `IMAGE_ID` targets"),
+    ] = None
 
     @field_validator("base_url")
     @classmethod
@@ -230,6 +532,26 @@ class Settings(BaseSettings):
     @classmethod
     def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else SecretStr(clean_key(value.get_secret_value()))
+
+
+# pydantic orders the fields from the last base to the first: as the groups above.
+class Settings(_Gcore, _Logging, _Web, _Sharding, _Polling, _General):
+    """Every setting, each declaring its flag, help and how a reload applies it (`Option`)."""
+
+    model_config = SettingsConfigDict(env_prefix="GCORE_EXPORTER_", extra="forbid", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = init_settings().get("config") or os.environ.get(CONFIG_ENV)
+        yaml_values = _read_yaml(Path(path)) if path else {}
+        return init_settings, env_settings, InitSettingsSource(settings_cls, yaml_values)
 
     @model_validator(mode="after")
     def _check_whole(self) -> Settings:
@@ -293,9 +615,10 @@ class Settings(BaseSettings):
             "concurrency": self.concurrency,
             "stale_after": self.effective_stale_after,
             "max_response_size": int(self.max_response_size),
-            "listen": self.listen,
+            "listen": list(self.listen),
+            "telemetry_path": self.telemetry_path,
             "log_level": self.log_level,
-            "log_format": self.log_format or "auto",
+            "log_format": self.log_format,
             "base_url": self.base_url,
             "api_key": "**********" if self.api_key or self.api_key_file else None,
             "api_key_file": str(self.api_key_file) if self.api_key_file else None,
@@ -513,9 +836,9 @@ def _expanded_size(root: yaml.Node, budget: int) -> int:
 _SECRET_FIELDS = {"api_key", "GCORE_API_KEY"}
 # Settings a config file may not hold: secrets, endpoint and mode stay in the environment and flags.
 _ENV_ONLY = frozenset(
-    {"demo", "api_key", "api_key_file", "base_url", "project_id", "region_id", "pod_name"}
-    | {"GCORE_API_KEY", "GCORE_API_KEY_FILE", "GCORE_BASE_URL", "POD_NAME"}
-    | {"GCORE_CLOUD_PROJECT_ID", "GCORE_CLOUD_REGION_ID"}
+    name
+    for setting in named(Settings, Reload.ENVIRONMENT)
+    for name in (setting, env_name(Settings, setting))
 )
 
 

@@ -1,15 +1,16 @@
 """Polling for the life of the process, across reloads of the configuration (SIGHUP).
 
-The monitor (image store, publisher, telemetry) lives as long as the process. A reload that
-changes targets, interval, timeout or concurrency replaces the poller and its HTTP session (a
-round at once); images that stay keep their series without a gap, images no target covers any
-more leave /metrics. The rate-limit gate is never replaced.
+The monitor (image store, publisher, telemetry) lives as long as the process. Each setting declares
+how a reload applies it (`Option.reload`): in place, or by replacing the poller and its HTTP
+session (a round at once; images that stay keep their series without a gap, images no target
+covers any more leave /metrics), or not until a restart. The rate-limit gate is never replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import operator
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -21,6 +22,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from exporter.config.keys import KeyFile, KeySource
+from exporter.config.options import Reload, named
 from exporter.config.settings import ConfigError, Settings
 from exporter.daemon.wiring import (
     Monitor,
@@ -39,41 +41,42 @@ from exporter.web.guard import WebGuard
 
 log = structlog.get_logger(__name__)
 
-RESTART_ONLY: Final = (
-    "listen",
-    "log_format",
-    "web_config_file",
-    "protect_probes",
-    "shard",
-    "total_shards",
-    "pod_name",
-)
-"""Settings a reload does not change: the socket is bound, the log handler installed and the
-web config followed on its own."""
+KEPT: Final = named(Settings, Reload.RESTART) + named(Settings, Reload.ENVIRONMENT)
+"""Settings a reload does not change (each declares so on its field): the socket is bound, the
+log handler installed, the web config followed on its own; flags and environment are fixed."""
 
-_IN_PLACE: Final = frozenset({"stale_after", "log_level"})
-"""Reloadable settings that need no new poller."""
+APPLY_IN_PLACE: Final[dict[str, Callable[[Monitor, Settings], None]]] = {
+    "stale_after": lambda monitor, new: setattr(
+        monitor.store, "stale_after", new.effective_stale_after
+    ),
+    "log_level": lambda monitor, new: set_level(new.log_level),
+}
+"""How each setting declared `Reload.IN_PLACE` is applied without a new poller."""
+
+
+def _targets(settings: Settings) -> tuple[set[Any], ...] | None:
+    """Targets as a reload compares them: order is no change, and the demo's are its own."""
+    if settings.demo:
+        return None
+    targets = settings.resolved_targets()
+    return set(targets.images), set(targets.scopes), set(targets.wildcards)
+
+
+_EFFECTIVE: Final[dict[str, Callable[[Settings], Any]]] = {
+    "targets": _targets,
+    "timeout": lambda s: s.effective_timeout,
+    "task_interval": lambda s: s.effective_task_interval,
+    "stale_after": lambda s: s.effective_stale_after,
+}
+"""The value a reloadable setting takes effect as, where it is not the field itself."""
+
+IN_PLACE: Final = named(Settings, Reload.IN_PLACE)
+RELOADED: Final = IN_PLACE + named(Settings, Reload.NEW_POLLER)
 
 
 def _reloadable(settings: Settings) -> dict[str, Any]:
-    """What a reload applies, as it takes effect (the demo's targets are its own)."""
-    targets = settings.resolved_targets()
-    return {
-        # order is no change: targets listed anew in another order need no new poller
-        "targets": None
-        if settings.demo
-        else (set(targets.images), set(targets.scopes), set(targets.wildcards)),
-        "interval": settings.interval,
-        "timeout": settings.effective_timeout,
-        "concurrency": settings.concurrency,
-        "discovery_interval": settings.discovery_interval,
-        "task_interval": settings.effective_task_interval,
-        "failed_task_window": settings.failed_task_window,
-        "image_task_pattern": settings.image_task_pattern,
-        "max_response_size": settings.max_response_size,
-        "stale_after": settings.effective_stale_after,
-        "log_level": settings.log_level,
-    }
+    """What a reload applies, as it takes effect."""
+    return {n: _EFFECTIVE.get(n, operator.attrgetter(n))(settings) for n in RELOADED}
 
 
 class Polling:
@@ -147,15 +150,15 @@ class Polling:
         """Apply what `settings` change of the reloadable settings; True if anything changed."""
         async with self._switching:
             old = self.settings
-            ignored = [n for n in RESTART_ONLY if getattr(settings, n) != getattr(old, n)]
+            ignored = [n for n in KEPT if getattr(settings, n) != getattr(old, n)]
             if ignored:
                 log.warning("configuration needs a restart to apply", settings=ignored)
             before, after = _reloadable(old), _reloadable(settings)
             changed = [name for name in after if after[name] != before[name]]
-            self.settings = settings.model_copy(update={n: getattr(old, n) for n in RESTART_ONLY})
-            set_level(settings.log_level)
-            self.monitor.store.stale_after = settings.effective_stale_after
-            if not _IN_PLACE.issuperset(changed):
+            self.settings = settings.model_copy(update={n: getattr(old, n) for n in KEPT})
+            for apply in APPLY_IN_PLACE.values():
+                apply(self.monitor, settings)
+            if not set(IN_PLACE).issuperset(changed):
                 previous = self.poller
                 await self._running.aclose()
                 await self._start(self.settings, previous)
@@ -202,7 +205,12 @@ def create_daemon(
     """
     monitor = new_monitor(settings, wall_clock)
     guard = guard or WebGuard.load(settings.web_config_file)
-    app = create_app(monitor.publisher, guard, protect_probes=settings.protect_probes)
+    app = create_app(
+        monitor.publisher,
+        guard,
+        protect_probes=settings.protect_probes,
+        telemetry_path=settings.telemetry_path,
+    )
     polling = Polling(settings, api_key, monitor, wall_clock)
     app[POLLING] = polling
 

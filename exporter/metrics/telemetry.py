@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import dataclass, field
 from typing import get_args
@@ -17,19 +16,12 @@ from prometheus_client import (
 )
 
 from exporter import __version__
+from exporter.identity import revision
 from exporter.metrics.families import CACHED_HELP
 from exporter.sharding import EVERYTHING, Shard
 from exporter.vocabulary import Endpoint, Reason
 
 REQUEST_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# The source revision the image was built from (the Dockerfile's REVISION build argument).
-REVISION_ENV = "GCORE_EXPORTER_REVISION"
-
-
-def revision() -> str:
-    return os.environ.get(REVISION_ENV, "").strip() or "unknown"
-
-
 # `_created` series double every counter and histogram for no use in alerting or dashboards.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 

@@ -1,6 +1,6 @@
 """HTTP side: serves the latest snapshot of a source; never calls Gcore and never waits on a poll.
 
-What produces the snapshots is wired elsewhere (`runtime`), so this module knows nothing of polling.
+What produces the snapshots is wired elsewhere (`daemon`), so this module knows nothing of polling.
 A scraper is a stranger: bodies go out in bounded pieces at the pace the client reads them, a
 client that stops reading or never sends its request is dropped after `idle_timeout`, and a client
 that hangs up or sends garbage costs a debug line, not an error with a traceback.
@@ -9,6 +9,7 @@ that hangs up or sends garbage costs a debug line, not an error with a traceback
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 from typing import Any, Final
 
@@ -17,7 +18,7 @@ from aiohttp import web
 from aiohttp.http import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
-from exporter import __version__
+from exporter.identity import DOCS_URL, Identity
 from exporter.metrics.exposition import Body, ExpositionCache, wants_gzip, wants_openmetrics
 from exporter.metrics.snapshot import SnapshotSource
 from exporter.web.config_file import peer_sans
@@ -27,6 +28,7 @@ SOURCE = web.AppKey("source", SnapshotSource)
 CACHE = web.AppKey("cache", ExpositionCache)
 GUARD = web.AppKey("guard", WebGuard)
 IDLE_TIMEOUT = web.AppKey("idle_timeout", float)
+LANDING = web.AppKey("landing", str)
 
 DEFAULT_IDLE_TIMEOUT: Final = 75.0  # above the usual 60 s scrape interval, so scrapers keep alive
 PIECE: Final = 128 * 1024  # bytes per write: each is above aiohttp's 64 KiB mark, so it drains
@@ -36,12 +38,29 @@ log = structlog.get_logger(__name__)
 
 _LANDING = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Gcore GPU image exporter</title></head>
-<body><h1>Gcore GPU image exporter {version}</h1>
-<ul><li><a href="metrics">/metrics</a>: metrics, cached from the last poll</li>
+<body><h1>Gcore GPU image exporter</h1>
+<table>{identity}</table>
+<ul><li><a href="{metrics_href}">{metrics}</a>: metrics, cached from the last poll</li>
 <li><a href="healthz">/healthz</a>: liveness</li>
-<li><a href="readyz">/readyz</a>: ready once the first poll completed</li></ul>
+<li><a href="readyz">/readyz</a>: ready once the first poll completed</li>
+<li><a href="{docs}">Documentation</a></li></ul>
 </body></html>
 """
+# A page of text and links: nothing on it may run, whatever the web config's headers add.
+_LANDING_POLICY = "default-src 'none'"
+
+
+def landing_page(telemetry_path: str, identity: Identity) -> str:
+    """The landing page: who is running, and where the metrics, probes and docs are."""
+    rows = {"version": identity.version, "revision": identity.revision, **identity.details()}
+    return _LANDING.format(
+        identity="".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows.items()
+        ),
+        metrics=html.escape(telemetry_path),
+        metrics_href=html.escape(telemetry_path.removeprefix("/")),
+        docs=html.escape(DOCS_URL),
+    )
 
 
 def create_app(
@@ -50,8 +69,10 @@ def create_app(
     *,
     protect_probes: bool = False,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    telemetry_path: str = "/metrics",
 ) -> web.Application:
-    """The app; `guard` (the web config) protects every path, probes only with `protect_probes`."""
+    """The app, serving the metrics at `telemetry_path`; `guard` (the web config) protects every
+    path, probes only with `protect_probes`."""
     guard = guard or WebGuard.load(None)
     app = web.Application(middlewares=[_guarded(guard, protect_probes)])
     app[SOURCE] = source
@@ -59,7 +80,8 @@ def create_app(
     app[GUARD] = guard
     app[IDLE_TIMEOUT] = idle_timeout
     app.on_response_prepare.append(_add_headers)
-    app.router.add_get("/metrics", metrics)
+    app[LANDING] = landing_page(telemetry_path, Identity.current())
+    app.router.add_get(telemetry_path, metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", landing)
@@ -158,7 +180,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def landing(request: web.Request) -> web.Response:
-    return web.Response(text=_LANDING.format(version=__version__), content_type="text/html")
+    return web.Response(
+        text=request.app[LANDING],
+        content_type="text/html",
+        headers={"Content-Security-Policy": _LANDING_POLICY},
+    )
 
 
 class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]

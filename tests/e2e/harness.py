@@ -222,7 +222,8 @@ def exporter_process(
     for spec in targets:
         argv += ["--target", spec]
     argv += extra_args
-    argv += ["--listen", f"127.0.0.1:{port}", "--log-format", "json", "--log-level", "info"]
+    argv += ["--web.listen-address", f"127.0.0.1:{port}"]
+    argv += ["--log.format", "json", "--log.level", "info"]
     env = clean_env(GCORE_BASE_URL=api_url, GCORE_API_KEY=API_KEY, PYTHONUNBUFFERED="1")
     return Process(name, argv, workdir / f"{name}.log", env)
 
