@@ -34,6 +34,7 @@ from exporter.daemon.wiring import (
     demo_settings,
     new_monitor,
     open_poller,
+    proxy_credentials,
     upstream_for,
 )
 from exporter.logs import configure_logging
@@ -146,7 +147,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="run against a built-in simulated Gcore API (no account needed)",
     )
     add("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_proxy_flags(parser)
+    _add_cardinality_flags(parser)
     return parser
+
+
+def _add_proxy_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Proxy")
+    group.add_argument(
+        "--proxy-url",
+        dest="proxy_url",
+        metavar="URL",
+        help="forward proxy for every Gcore API request, http://[USER:PASSWORD@]HOST:PORT "
+        "(env GCORE_EXPORTER_PROXY_URL; default: HTTPS_PROXY, HTTP_PROXY and NO_PROXY)",
+    )
+
+
+def _add_cardinality_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Cardinality")
+    group.add_argument(
+        "--metric-allowlist",
+        dest="metric_allowlist",
+        metavar="REGEXES",
+        help="comma-separated regexes over gcore_gpu_* family names: export only the families "
+        "one matches in full (env GCORE_EXPORTER_METRIC_ALLOWLIST)",
+    )
+    group.add_argument(
+        "--metric-denylist",
+        dest="metric_denylist",
+        metavar="REGEXES",
+        help="comma-separated regexes over gcore_gpu_* family names: drop the families one "
+        "matches in full; not with --metric-allowlist (env GCORE_EXPORTER_METRIC_DENYLIST)",
+    )
+    group.add_argument(
+        "--tag-keys",
+        dest="tag_keys",
+        metavar="KEYS",
+        help="comma-separated tag keys kept in gcore_gpu_image_tag_info "
+        "(env GCORE_EXPORTER_TAG_KEYS; default: every key)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"gcore-gpu-image-exporter: config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     secrets = [api_key.current.get_secret_value()] if api_key else []
+    secrets += proxy_credentials(settings)
     configure_logging(settings.log_level, settings.log_format, secrets)
     if check:
         shown = demo_settings(settings) if settings.demo else settings

@@ -47,9 +47,12 @@ RESTART_ONLY: Final = (
     "shard",
     "total_shards",
     "pod_name",
+    "metric_allowlist",
+    "metric_denylist",
+    "tag_keys",
 )
-"""Settings a reload does not change: the socket is bound, the log handler installed and the
-web config followed on its own."""
+"""Settings a reload does not change: the socket is bound, the log handler installed, the web
+config followed on its own, and images' lines rendered for the families selected at start."""
 
 _IN_PLACE: Final = frozenset({"stale_after", "log_level"})
 """Reloadable settings that need no new poller."""
@@ -73,6 +76,7 @@ def _reloadable(settings: Settings) -> dict[str, Any]:
         "max_response_size": settings.max_response_size,
         "stale_after": settings.effective_stale_after,
         "log_level": settings.log_level,
+        "proxy_url": settings.proxy_url,
     }
 
 

@@ -33,6 +33,8 @@ def render_parts(snapshot: Snapshot, *, openmetrics: bool) -> list[bytes]:
     parts = [snapshot.own_openmetrics if openmetrics else snapshot.own_text]
     blocks = snapshot.blocks
     for index, header in enumerate(_HEADERS[openmetrics]):
+        if index in snapshot.hidden:
+            continue  # a family the selection leaves out: no header without lines
         parts.append(header)
         parts += [lines for block in blocks if (lines := block[index])]
     if openmetrics:

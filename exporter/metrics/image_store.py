@@ -33,7 +33,9 @@ from exporter.metrics.blocks import Block, Blocks
 from exporter.metrics.families import (
     FAMILIES,
     NO_VALUES,
+    SHOW_ALL,
     VALUE_FAMILIES,
+    Shown,
     render_health,
     render_values,
     status_of,
@@ -71,8 +73,10 @@ class ImageStore:
         stale_after: float,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] = lambda: None,
+        shown: Shown = SHOW_ALL,
     ) -> None:
         self.stale_after = stale_after  # a reload may change it
+        self.shown = shown  # fixed for the store's life: rendered lines are kept
         self._now = clock
         self._on_change = on_change
         self._states: dict[ImageKey, ImageState] = {}
@@ -129,7 +133,13 @@ class ImageStore:
             lock_started = task.created_on.timestamp()
         since = min(state.status_since, now) if state.status_since is not None else None
         values = render_values(
-            key, image, now=now, task=task, lock_started=lock_started, status_since=since
+            key,
+            image,
+            now=now,
+            task=task,
+            lock_started=lock_started,
+            status_since=since,
+            shown=self.shown,
         )
         state.up, state.last_success, state.last_error = True, now, None
         self._render(state, values)
@@ -218,6 +228,7 @@ class ImageStore:
             last_success=state.last_success,
             errors=MappingProxyType(state.errors),
             last_error=state.last_error,
+            shown=self.shown,
         )
         if state.block is None:
             assert values is not None

@@ -26,6 +26,7 @@ class Snapshot:
     own_openmetrics: bytes  # without the final `# EOF`: the images' families follow it
     ready: bool
     published: float = 0.0  # time.monotonic() when published
+    hidden: frozenset[int] = frozenset()  # indices in `FAMILIES` of families not exported
 
 
 EMPTY_SNAPSHOT: Final = Snapshot(0, (), b"", b"", ready=False)
@@ -46,7 +47,9 @@ class Publisher:
         *,
         refresh: Callable[[], None] = lambda: None,
         gap: float = 1.0,
+        hidden: frozenset[int] = frozenset(),
     ) -> None:
+        self._hidden = hidden
         self._blocks = blocks
         self._registry = registry
         self._refresh = refresh  # updates gauges that are read, not counted, before each snapshot
@@ -75,6 +78,7 @@ class Publisher:
             own_openmetrics=generate_openmetrics(self._registry).removesuffix(OPENMETRICS_EOF),  # type: ignore[no-untyped-call]
             ready=self._ready,
             published=time.monotonic(),
+            hidden=self._hidden,
         )
         return self._current
 
