@@ -10,11 +10,11 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
-from yarl import URL
 
 from exporter import __version__
 from exporter.config.keys import KeySource
@@ -106,20 +106,18 @@ def proxy_of(settings: Settings) -> Proxy | None:
 
 
 def proxy_credentials(settings: Settings) -> list[str]:
-    """`USER:PASSWORD` of the configured and the environment's proxies, as they may be written:
+    """`USER:PASSWORD` of the configured and the environment's proxies, as written and decoded:
     for the log redactor, which keeps them out of every line."""
     urls = [*urllib.request.getproxies().values()]
     if settings.proxy_url is not None:
         urls.append(settings.proxy_url.get_secret_value())
     found = []
     for text in urls:
-        try:
-            url = URL(text)
-        except ValueError:
-            continue
-        if url.raw_user:
-            found.append(f"{url.raw_user}:{url.raw_password or ''}")
-            found.append(f"{url.user}:{url.password or ''}")
+        userinfo, at, _ = text.partition("://")[2].split("/", 1)[0].rpartition("@")
+        if at and userinfo:
+            found.append(userinfo)
+            user, _, password = userinfo.partition(":")
+            found.append(f"{unquote(user)}:{unquote(password)}")
     return found
 
 

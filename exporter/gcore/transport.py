@@ -119,7 +119,12 @@ class Transport:
     ) -> None:
         self._session = session
         self._proxy = proxy.url if proxy else None
-        self._proxy_headers = proxy.headers() if proxy else None
+        # aiohttp sends `proxy_headers` with a CONNECT only: to an http:// API (loopback), the
+        # proxy reads the request itself. Never both: inside a tunnel the headers reach Gcore.
+        tunnelled = URL(base_url).scheme == "https"
+        via = proxy.headers() if proxy else None
+        self._proxy_headers = via if tunnelled else None
+        self._plain_headers = {} if tunnelled or via is None else via
         self._base_url = str(URL(base_url.rstrip("/")))  # encoded: segments are appended as is
         self._max_body = max_response_size
         self._keys = api_key if isinstance(api_key, KeySource) else KeySource(api_key)
@@ -163,7 +168,10 @@ class Transport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(self, endpoint: Endpoint, url: URL, params: Params | None) -> _Answer:
-        headers = {"Authorization": f"APIKey {self._keys.current.get_secret_value()}"}
+        headers = {
+            "Authorization": f"APIKey {self._keys.current.get_secret_value()}",
+            **self._plain_headers,
+        }
         async with self._slots:
             await self.gate.wait()  # inside the slot: requests queued before a 429 wait too
             started = time.monotonic()
