@@ -3,12 +3,14 @@ kube-state-metrics) and `--tag-keys` for `gcore_gpu_image_tag_info`."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import NOW, ExporterFactory, parse_samples, series
+from tooling import ROOT
 
 from exporter.config.settings import ConfigError, load_settings
 from exporter.demo.fake_gcore import FakeGcore, make_image, make_task
@@ -163,3 +165,14 @@ def test_environment_takes_commas_and_yaml_takes_a_list_whose_regexes_may_hold_o
     settings = load_settings(demo=True, config=str(config))
     assert settings.tag_keys == ("team", "env")
     assert settings.metric_denylist == ("gcore_gpu_image_(a){1,2}", "gcore_gpu_image_info")
+
+
+def test_the_documented_denylist_leaves_out_no_family_an_alert_reads() -> None:
+    docs = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    (patterns,) = re.findall(r"--metric-denylist '([^']+)'", docs)
+    selection = Selection(deny=tuple(patterns.split(",")))
+    denied = [family.name for family in FAMILIES if not selection.exports(family.name)]
+    assert len(denied) >= 4
+    rules = (ROOT / "deploy" / "prometheus" / "rules.yaml").read_text(encoding="utf-8")
+    read = set(re.findall(r"\b(gcore_gpu_\w+)", rules))
+    assert not read & set(denied)
