@@ -376,12 +376,12 @@ def identity(key: ImageKey) -> str:
 def render_values(
     key: ImageKey,
     image: Image,
+    shown: Shown = SHOW_ALL,
     *,
     now: float,
     task: Task | None = None,
     lock_started: float | None = None,
     status_since: float | None = None,
-    shown: Shown = SHOW_ALL,
 ) -> tuple[bytes, ...]:
     """What a successful fetch knows, one chunk per family of `VALUE_FAMILIES` (empty if hidden)."""
     fetched = Fetched(image, now, task, lock_started, key.scope.kind, status_since, shown.tag_keys)

@@ -128,18 +128,12 @@ class ImageStore:
         if image.task_id != state.lock_task_id:
             state.lock_task_id = image.task_id
             state.lock_seen = now if image.task_id is not None else None
-        lock_started = state.lock_seen
+        began = state.lock_seen
         if task is not None and task.created_on is not None:
-            lock_started = task.created_on.timestamp()
+            began = task.created_on.timestamp()
         since = min(state.status_since, now) if state.status_since is not None else None
         values = render_values(
-            key,
-            image,
-            now=now,
-            task=task,
-            lock_started=lock_started,
-            status_since=since,
-            shown=self.shown,
+            key, image, self.shown, now=now, task=task, lock_started=began, status_since=since
         )
         state.up, state.last_success, state.last_error = True, now, None
         self._render(state, values)
