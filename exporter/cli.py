@@ -29,6 +29,7 @@ from exporter.daemon.wiring import (
     demo_settings,
     new_monitor,
     open_poller,
+    proxy_credentials,
     upstream_for,
 )
 from exporter.identity import PROGRAM, Identity
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROGRAM}: config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     secrets = [api_key.current.get_secret_value()] if api_key else []
+    secrets += proxy_credentials(settings)
     configure_logging(settings.log_level, settings.log_format, secrets)
     if old_flags:
         log.warning(

@@ -29,6 +29,7 @@ for _path in (str(HERE.parent), str(HERE)):
 from panels import (  # noqa: E402
     ANY_IS_BAD,
     bargauge,
+    collapse,
     colored_text,
     column,
     fixed_color,
@@ -60,6 +61,14 @@ OUTPUT = HERE / "gcore-gpu-images.json"
 # The same JSON in the folder of the Grafana sidecar's ConfigMap (kustomize reads no file above it).
 CONFIGMAP_COPY = HERE.parent / "deploy" / "grafana" / "gcore-gpu-images.json"
 UID = "gcore-gpu-images"
+TOP = 100
+"""Rows a per-image panel shows at most (`topk`): 50,000 images in one table hang a browser."""
+OPEN_ROWS = frozenset({"Overview", "Needs attention"})
+"""Rows open when the dashboard loads; the others start collapsed and query once opened."""
+
+
+def top(expr: str) -> str:
+    return f"topk({TOP}, {expr})"
 
 
 class Queries(NamedTuple):
@@ -85,13 +94,15 @@ class Queries(NamedTuple):
     names: str  # every selected image's name (see names())
 
 
-def queries(config: Config) -> Queries:
+def queries(config: Config, selector: str = "") -> Queries:
+    """`selector`: label matchers every selection of the exporter's series carries besides the
+    Job and Instance variables (none by default: the job is whatever Prometheus named it)."""
     cluster = (config.cluster_label,) if config.cluster_label else ()
     key_columns = (*cluster, "project_id", "region_id", "image_id")
     key = ", ".join(key_columns)
     exp = ", ".join(
         [
-            config.selector,
+            *([selector] if selector else []),
             *(f'{label}=~"$cluster"' for label in cluster),
             'job=~"$job", instance=~"$instance"',
         ]
@@ -355,6 +366,8 @@ def attention(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]
             f"  gcore_gpu_image_task_info{{{q.img}}}"
         )
 
+    locked = named(q, with_task("lock_age_seconds"), task_labels)  # the longest-held first
+    finished = "lock_task_finished_timestamp_seconds"
     # Per image failing on every replica: the most frequent error reason of the last 15 minutes
     # and how often (on the replica that saw it most), even if a fetch never succeeded.
     errors = f"increase(gcore_gpu_image_fetch_errors_total{{{q.img}}}[15m])"
@@ -376,7 +389,7 @@ def attention(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]
             f" {transitional}, when GcoreGpuImageNotActive warns. Transient statuses clear by"
             " themselves; for killed/deactivated images re-upload or delete the image, for"
             " deleted/pending_delete ones remove the target (runbook: GcoreGpuImageNotActive).",
-            [target(named(q, not_active, "status"), instant=True, table=True)],
+            [target(top(named(q, not_active, "status")), instant=True, table=True)],
             (12, 8),
             sort_by="Time in status",
             overrides=[
@@ -397,16 +410,10 @@ def attention(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]
             f" with Gcore quoting the task id. Lock age turns orange after {lock_age} (the alert"
             " threshold). An empty task state means the Tasks API gave no answer.",
             [
+                target(top(locked), "A", instant=True, table=True),
                 target(
-                    named(q, with_task("lock_age_seconds"), task_labels),
-                    "A",
-                    instant=True,
-                    table=True,
-                ),
-                target(
-                    named(
-                        q, with_task("lock_task_finished_timestamp_seconds", " * 1000"), task_labels
-                    ),
+                    f"{named(q, with_task(finished, ' * 1000'), task_labels)}\n"
+                    f"and on ({q.key}) {top(locked)}",
                     "B",
                     instant=True,
                     table=True,
@@ -446,8 +453,14 @@ def attention(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]
             " server_error/timeout/connection: Gcore or the network is unwell, usually temporary."
             " An image without info shows its id as name.",
             [
-                target(named(q, failing, "reason"), "A", instant=True, table=True),
-                target(named(q, last_success, "reason"), "B", instant=True, table=True),
+                target(top(named(q, failing, "reason")), "A", instant=True, table=True),
+                target(
+                    f"{named(q, last_success, 'reason')}\n"
+                    f"and on ({q.key}) {top(named(q, failing, 'reason'))}",
+                    "B",
+                    instant=True,
+                    table=True,
+                ),
             ],
             (12, 8),
             sort_by="Errors (15m)",
@@ -709,18 +722,20 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
             ")"
         )
 
+    # The newest images (every image has a creation time), each column for the same images.
+    newest = top(with_info("gcore_gpu_image_created_timestamp_seconds", " * 1000"))
+
+    def of_newest(expr: str) -> str:
+        return f"{expr}\nand on ({q.key}) {newest}"
+
     inventory_targets = [
-        target(with_info("gcore_gpu_image_size_bytes"), "A", instant=True, table=True),
-        target(with_info("gcore_gpu_image_min_disk_bytes"), "B", instant=True, table=True),
-        target(with_info("gcore_gpu_image_min_ram_bytes"), "C", instant=True, table=True),
+        target(of_newest(with_info(f"gcore_gpu_image_{m}")), ref, instant=True, table=True)
+        for ref, m in (("A", "size_bytes"), ("B", "min_disk_bytes"), ("C", "min_ram_bytes"))
+    ]
+    inventory_targets += [
+        target(newest, "D", instant=True, table=True),
         target(
-            with_info("gcore_gpu_image_created_timestamp_seconds", " * 1000"),
-            "D",
-            instant=True,
-            table=True,
-        ),
-        target(
-            with_info("gcore_gpu_image_updated_timestamp_seconds", " * 1000"),
+            of_newest(with_info("gcore_gpu_image_updated_timestamp_seconds", " * 1000")),
             "E",
             instant=True,
             table=True,
@@ -735,7 +750,7 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
             "The status of each selected image over time, one row per image. Use it to see when"
             " an upload finished, how long an image sat in a transient status, or when it failed."
             " Gaps mean the exporter had no values (scrape failed, image not found, or stale).",
-            [target(named(q, status_code), legend="{{name}}")],
+            [target(top(named(q, status_code)), legend="{{name}}")],
             (24, 8),
             mappings=STATUS_CODE_MAP,
             thresholds=steps((None, "text")),
@@ -771,7 +786,7 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
             " size). Large images cost storage and take longer to boot from.",
             [
                 target(
-                    f"sort_desc({named(q, f'gcore_gpu_image_size_bytes{{{q.img}}}')})",
+                    f"sort_desc({top(named(q, f'gcore_gpu_image_size_bytes{{{q.img}}}'))})",
                     legend="{{name}}",
                     instant=True,
                 )
@@ -786,7 +801,7 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
             " year) likely carry outdated GPU drivers and CUDA: consider rebuilding them.",
             [
                 target(
-                    f"sort_desc({named(q, f'gcore_gpu_image_age_seconds{{{q.img}}}')})",
+                    f"sort_desc({top(named(q, f'gcore_gpu_image_age_seconds{{{q.img}}}'))})",
                     legend="{{name}}",
                     instant=True,
                 )
@@ -799,7 +814,7 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
             "Image tags",
             "Tags (metadata key/value pairs) of the selected images; read_only tags are set by"
             " Gcore. Use them to find an image's owner or purpose.",
-            [target(named(q, tags, "key, value, read_only"), instant=True, table=True)],
+            [target(top(named(q, tags, "key, value, read_only")), instant=True, table=True)],
             (12, 8),
             overrides=[column("name", "Image"), column("key", "Key"), column("value", "Tag value")],
             transformations=[
@@ -1030,19 +1045,29 @@ def exporter(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
     ]
 
 
-def variables(q: Queries, config: Config) -> list[dict[str, Any]]:
+JOB = 'job=~"$job"'
+
+
+def _braced(*matchers: str) -> str:
+    """`{matchers}` without the empty ones; nothing at all if none is left."""
+    kept = ", ".join(m for m in matchers if m)
+    return f"{{{kept}}}" if kept else ""
+
+
+def variables(q: Queries, config: Config, selector: str = "") -> list[dict[str, Any]]:
     image_query = f"query_result({names(q.key, q.scope)})".replace("\n", " ")
-    exporter = config.selector
     clusters = []
+    cluster = ""
     if config.cluster_label:
         clusters.append(
             query_variable(
                 "cluster",
                 "Cluster",
-                f"label_values(gcore_exporter_build_info{{{exporter}}}, {config.cluster_label})",
+                f"label_values(gcore_exporter_build_info{_braced(selector)},"
+                f" {config.cluster_label})",
             )
         )
-        exporter += f', {config.cluster_label}=~"$cluster"'
+        cluster = f'{config.cluster_label}=~"$cluster"'
     # Scopes whose listing never succeeded have no image series, only their discovery health
     # (account-wide listings have no project or region).
     watched = '{__name__=~"gcore_gpu_image_up|gcore_exporter_discovery_up", ' + q.exp
@@ -1068,9 +1093,17 @@ def variables(q: Queries, config: Config) -> list[dict[str, Any]]:
             "multi": False,
         },
         *clusters,
-        query_variable("job", "Job", f"label_values(gcore_exporter_build_info{{{exporter}}}, job)"),
+        # All is the jobs listed, not `.*`: `up` of every other job would match that.
         query_variable(
-            "instance", "Instance", f'label_values(up{{{exporter}, job=~"$job"}}, instance)'
+            "job",
+            "Job",
+            f"label_values(gcore_exporter_build_info{_braced(selector, cluster)}, job)",
+            allValue=None,
+        ),
+        query_variable(
+            "instance",
+            "Instance",
+            f"label_values(up{_braced(selector, cluster, JOB)}, instance)",
         ),
         query_variable(
             "project_id",
@@ -1108,13 +1141,14 @@ def variables(q: Queries, config: Config) -> list[dict[str, Any]]:
     ]
 
 
-def dashboard(config: Config | None = None) -> dict[str, Any]:
+def dashboard(config: Config | None = None, selector: str = "") -> dict[str, Any]:
     """The dashboard as data, for `config` (the defaults if None): its colours follow the alert
-    thresholds, its queries the selector and the cluster label."""
+    thresholds, its queries `selector` (none by default) and the cluster label."""
     config = config or Config()
-    q, t = queries(config), config.thresholds
-    panels = layout(
-        [*overview(q), *attention(q, t), *discovery(q, t), *inventory(q), *exporter(q, t)]
+    q, t = queries(config, selector), config.thresholds
+    panels = collapse(
+        layout([*overview(q), *attention(q, t), *discovery(q, t), *inventory(q), *exporter(q, t)]),
+        OPEN_ROWS,
     )
     return {
         "__inputs": [
@@ -1180,7 +1214,7 @@ def dashboard(config: Config | None = None) -> dict[str, Any]:
         "refresh": "1m",
         "schemaVersion": 39,
         "tags": ["gcore", "gpu", "images", "prometheus"],
-        "templating": {"list": variables(q, config)},
+        "templating": {"list": variables(q, config, selector)},
         "time": {"from": "now-6h", "to": "now"},
         "timepicker": {},
         "timezone": "browser",
@@ -1191,8 +1225,8 @@ def dashboard(config: Config | None = None) -> dict[str, Any]:
     }
 
 
-def render(config: Config | None = None) -> str:
-    return json.dumps(dashboard(config), indent=2, ensure_ascii=False) + "\n"
+def render(config: Config | None = None, selector: str = "") -> str:
+    return json.dumps(dashboard(config, selector), indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1207,7 +1241,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_options(parser)
     args = parser.parse_args(argv)
-    text = render(config_from(parser, args))
+    config = config_from(parser, args)
+    # Unlike the rules, no selector unless asked: the Job variable picks the exporter's job.
+    asked = args.selector is not None or args.job is not None
+    text = render(config, config.selector if asked else "")
     outputs: list[Path] = [args.output] if args.output else [OUTPUT, CONFIGMAP_COPY]
     if args.check:
         stale = [o for o in outputs if not o.is_file() or o.read_text(encoding="utf-8") != text]

@@ -303,6 +303,23 @@ def query_variable(name: str, label: str, query: str, **extra: Any) -> dict[str,
     return var
 
 
+def collapse(panels: list[dict[str, Any]], open_rows: frozenset[str]) -> list[dict[str, Any]]:
+    """Rows not in `open_rows` start collapsed, their panels inside them (Grafana's form): the
+    queries of a collapsed row run only once it is opened."""
+    out: list[dict[str, Any]] = []
+    inside: dict[str, Any] | None = None
+    for item in panels:
+        if item["type"] == "row":
+            inside = None if item["title"] in open_rows else item
+            item["collapsed"] = inside is not None
+            out.append(item)
+        elif inside is not None:
+            inside["panels"].append(item)
+        else:
+            out.append(item)
+    return out
+
+
 def layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Assigns ids and grid positions left to right, wrapping at Grafana's 24 columns."""
     x = y = row_height = 0

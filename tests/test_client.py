@@ -24,7 +24,7 @@ from yarl import URL
 
 from exporter.demo.fake_gcore import make_image
 from exporter.gcore.client import GcoreClient
-from exporter.gcore.transport import RateGate, RetryPolicy, Transport
+from exporter.gcore.transport import Proxy, RateGate, RetryPolicy, Transport
 from exporter.metrics.telemetry import Telemetry
 from exporter.vocabulary import FetchError, ImageKey, Scope
 
@@ -172,6 +172,20 @@ async def test_api_key_is_sent_in_authorization_header(
     await client.get_image(KEY)
     (call,) = calls(api, IMAGE_URL)
     assert call.kwargs["headers"]["Authorization"] == f"APIKey {API_KEY}"
+
+
+async def test_a_proxys_credentials_go_with_the_connect_never_through_the_tunnel(
+    api: aioresponses, make_client: ClientFactory
+) -> None:
+    """To Gcore (https) they are aiohttp's `proxy_headers`, sent with the CONNECT only: in the
+    request's own headers the tunnel would carry them to Gcore."""
+    proxy = Proxy(URL("http://proxy.internal:3128"), "Basic dXNlcjpwdw==")
+    api.get(IMAGE_URL, payload=image_json())
+    await make_client(proxy=proxy).get_image(KEY)
+    (call,) = calls(api, IMAGE_URL)
+    assert call.kwargs["proxy"] == URL("http://proxy.internal:3128")
+    assert call.kwargs["proxy_headers"] == {"Proxy-Authorization": "Basic dXNlcjpwdw=="}
+    assert "Proxy-Authorization" not in call.kwargs["headers"]
 
 
 async def test_get_image_parses_full_image_and_ignores_unknown_fields(

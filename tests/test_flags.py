@@ -232,6 +232,10 @@ CHANGED: dict[str, dict[str, Any]] = {
     "log_format": {"log_format": "json"},
     "shard": {"shard": 0},
     "total_shards": {"total_shards": 2, "shard": 0},
+    "proxy_url": {"proxy_url": "http://127.0.0.1:3128"},
+    "metric_allowlist": {"metric_allowlist": ["gcore_gpu_image_up"]},
+    "metric_denylist": {"metric_denylist": ["gcore_gpu_image_tag_info"]},
+    "tag_keys": {"tag_keys": ["team"]},
 }
 """A changed value for every setting a config file may hold."""
 

@@ -74,7 +74,7 @@ REPLICA_LABELS = ("instance", "pod", "node")
 class Alert(NamedTuple):
     """One alerting rule. `for_` is a duration (usually `%(..._for)s`); empty or 0s means none.
     `summary` is static text; `description` may use the variables of `_lookups` (`$image`,
-    `$task`, `$reason`, `$error`, `$project`, `$region`)."""
+    `$task`, `$task_error`, `$reason`, `$error`, `$project`, `$region`)."""
 
     name: str
     expr: str
@@ -124,13 +124,16 @@ ALERTS: tuple[Alert, ...] = (
     ),
     Alert(
         "GcoreGpuImageLockedTooLong",
-        expr="max without (%(replicas)s) (\n"
+        # Without task_error: error text is for annotations, never an alert's labels (a new
+        # wording of the same error would make a new alert).
+        expr="max without (%(replicas)s, task_error) (\n"
         '  gcore_gpu_image_task_info{%(sel)s, task_state="ERROR"}\n) == 1',
         for_="%(lock_error_for)s",
         severity="critical",
         summary="The task that locks a GPU image failed.",
         description="Task {{ $labels.task_id }} ({{ $labels.task_type }}) that locks GPU image"
-        " {{ $image }} %(where)s has been in state ERROR for more than %(lock_error_for)s;"
+        " {{ $image }} %(where)s has been in state ERROR for more than %(lock_error_for)s"
+        " (error: {{ $task_error }});"
         " the image stays locked until the task is cleaned up.",
     ),
     Alert(
@@ -368,6 +371,13 @@ def _lookups(config: Config) -> tuple[Lookup, ...]:
             "  {{- $task = printf `task %s (%s, state %s)`"
             " (label `task_id` .) (label `task_type` .) (label `task_state` .) -}}\n"
             "{{- end -}}{{- end -}}\n",
+        ),
+        Lookup(
+            "$task_error",
+            "{{- $task_error := `none given` -}}\n"
+            "{{- with printf `gcore_gpu_image_task_info{%s}` $sel | query -}}\n"
+            "  {{- with . | first | label `task_error` -}}{{- $task_error = . -}}{{- end -}}\n"
+            "{{- end -}}\n",
         ),
         Lookup(
             "$reason",

@@ -6,6 +6,7 @@ broken deployment from the pod's log alone.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     ByteSize,
     Field,
@@ -145,6 +147,46 @@ def _check_target(spec: str) -> str:
 
 TargetSpec = Annotated[
     str, BeforeValidator(lambda v: _check_target(v) if isinstance(v, str) else v)
+]
+
+
+def _check_proxy_url(value: SecretStr) -> SecretStr:
+    proxy_address(value)
+    return value
+
+
+def _check_family_patterns(value: tuple[str, ...]) -> tuple[str, ...]:
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+    return value
+
+
+def _check_tag_keys(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if value is not None and not value:
+        raise ValueError(
+            "no tag key given: leave it unset to keep every key, "
+            "or deny gcore_gpu_image_tag_info to keep none"
+        )
+    return value
+
+
+ProxyUrl = Annotated[SecretStr, AfterValidator(_check_proxy_url)]
+# A string is a comma-separated list (as kube-state-metrics' flags); a YAML list is taken as it
+# is, so that a regex there may hold a comma.
+FamilyPatterns = Annotated[
+    tuple[str, ...],
+    NoDecode,
+    BeforeValidator(_split_commas),
+    AfterValidator(_check_family_patterns),
+]
+TagKeys = Annotated[
+    tuple[str, ...] | None,
+    NoDecode,
+    BeforeValidator(_split_commas),
+    AfterValidator(_check_tag_keys),
 ]
 
 
@@ -534,8 +576,69 @@ class _Gcore(BaseSettings):
         return None if value is None else SecretStr(clean_key(value.get_secret_value()))
 
 
+class _Proxy(BaseSettings):
+    """How requests reach Gcore when egress goes through a forward proxy."""
+
+    proxy_url: Annotated[
+        ProxyUrl | None,
+        Option(
+            _NEW_POLLER,
+            "forward proxy for every Gcore API request, http://[USER:PASSWORD@]HOST:PORT; "
+            "wins over HTTPS_PROXY, HTTP_PROXY and NO_PROXY, which apply without it",
+            "`HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` of the environment",
+            flag="--proxy-url",
+            group="Proxy",
+            metavar="URL",
+        ),
+    ] = None
+
+
+class _Cardinality(BaseSettings):
+    """Which series the exporter renders at all (kube-state-metrics' allow and deny lists)."""
+
+    metric_allowlist: Annotated[
+        FamilyPatterns,
+        Option(
+            _RESTART,
+            "comma-separated regexes over gcore_gpu_* family names: export only the families one "
+            "matches in full",
+            "every family",
+            flag="--metric-allowlist",
+            group="Cardinality",
+            metavar="REGEXES",
+            doc="comma-separated regexes (a list in YAML) over `gcore_gpu_*` family names: "
+            "export only the families one matches in full; not with `metric_denylist`",
+        ),
+    ] = ()
+    metric_denylist: Annotated[
+        FamilyPatterns,
+        Option(
+            _RESTART,
+            "comma-separated regexes over gcore_gpu_* family names: drop the families one "
+            "matches in full; not with --metric-allowlist",
+            "none",
+            flag="--metric-denylist",
+            group="Cardinality",
+            metavar="REGEXES",
+            doc="comma-separated regexes (a list in YAML) over `gcore_gpu_*` family names: drop "
+            "the families one matches in full (a denied family is not rendered at all)",
+        ),
+    ] = ()
+    tag_keys: Annotated[
+        TagKeys,
+        Option(
+            _RESTART,
+            "comma-separated tag keys kept in gcore_gpu_image_tag_info",
+            "every key",
+            flag="--tag-keys",
+            group="Cardinality",
+            metavar="KEYS",
+        ),
+    ] = None
+
+
 # pydantic orders the fields from the last base to the first: as the groups above.
-class Settings(_Gcore, _Logging, _Web, _Sharding, _Polling, _General):
+class Settings(_Cardinality, _Proxy, _Gcore, _Logging, _Web, _Sharding, _Polling, _General):
     """Every setting, each declaring its flag, help and how a reload applies it (`Option`)."""
 
     model_config = SettingsConfigDict(env_prefix="GCORE_EXPORTER_", extra="forbid", frozen=True)
@@ -631,6 +734,7 @@ class Settings(_Gcore, _Logging, _Web, _Sharding, _Polling, _General):
             "protect_probes": self.protect_probes,
             "shard": self.shard_assignment().ordinal,
             "total_shards": self.total_shards,
+            **_describe_proxy_and_cardinality(self),
         }
 
 
@@ -638,6 +742,8 @@ def _contradictions(settings: Settings) -> list[str]:
     """Options that cannot both hold; a default never contradicts (see effective_timeout)."""
     timeout, stale_after, interval = settings.timeout, settings.stale_after, settings.interval
     problems = []
+    if settings.metric_allowlist and settings.metric_denylist:
+        problems.append("metric_allowlist and metric_denylist are mutually exclusive: give one")
     if timeout is not None and timeout > interval:
         problems.append(
             f"timeout ({timeout:g}s) is longer than interval ({interval:g}s):"
@@ -729,6 +835,43 @@ def listen_address(value: str) -> tuple[str | None, int]:
         raise ValueError("not HOST:PORT with a port from 0 to 65535")
     host = host.removeprefix("[").removesuffix("]")
     return (host or None), int(port_text)
+
+
+def proxy_address(url: SecretStr) -> tuple[URL, str | None]:
+    """The proxy's URL without credentials, and its `Proxy-Authorization` header if it has any.
+
+    The credentials leave the URL so that no error, log line or repr that shows where requests go
+    can show them.
+    """
+    try:
+        parsed = URL(url.get_secret_value())
+        host, port = parsed.host, parsed.port  # yarl checks the port lazily
+    except ValueError:
+        raise ValueError("not a URL") from None
+    if parsed.scheme not in ("http", "https") or not host or port is None:
+        raise ValueError("not an http(s) URL of a proxy: write http://HOST:PORT")
+    if parsed.path not in ("", "/") or parsed.query_string or parsed.fragment:
+        raise ValueError("a proxy URL has no path, query or fragment: write http://HOST:PORT")
+    header = None
+    if parsed.user is not None:
+        pair = f"{parsed.user}:{parsed.password or ''}".encode()
+        header = f"Basic {base64.b64encode(pair).decode('ascii')}"
+    return parsed.with_user(None).with_path(""), header
+
+
+def _describe_proxy_and_cardinality(settings: Settings) -> dict[str, Any]:
+    """`describe`'s part of them: the proxy's credentials masked (None: the environment's)."""
+    proxy = None
+    if settings.proxy_url is not None:
+        address, header = proxy_address(settings.proxy_url)
+        proxy = str(address.with_user("****") if header else address)
+    keys = settings.tag_keys
+    return {
+        "proxy_url": proxy,
+        "metric_allowlist": list(settings.metric_allowlist),
+        "metric_denylist": list(settings.metric_denylist),
+        "tag_keys": "every key" if keys is None else list(keys),
+    }
 
 
 def _is_loopback(host: str) -> bool:
@@ -833,7 +976,7 @@ def _expanded_size(root: yaml.Node, budget: int) -> int:
     return size(root)
 
 
-_SECRET_FIELDS = {"api_key", "GCORE_API_KEY"}
+_SECRET_FIELDS = {"api_key", "GCORE_API_KEY", "proxy_url"}
 # Settings a config file may not hold: secrets, endpoint and mode stay in the environment and flags.
 _ENV_ONLY = frozenset(
     name

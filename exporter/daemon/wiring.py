@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
@@ -16,13 +18,14 @@ from pydantic import SecretStr
 
 from exporter import __version__
 from exporter.config.keys import KeySource
-from exporter.config.settings import Settings
+from exporter.config.settings import Settings, proxy_address
 from exporter.demo.fake_gcore import FakeGcore
 from exporter.demo.world import DEMO_API_KEY, TARGETS, DemoWorld, animate
 from exporter.gcore.client import GcoreClient
-from exporter.gcore.transport import RateGate, RetryPolicy, Transport
+from exporter.gcore.transport import Proxy, RateGate, RetryPolicy, Transport
 from exporter.metrics.image_store import ImageStore
 from exporter.metrics.scope_health import ScopeHealth
+from exporter.metrics.selection import Selection, selected_registry
 from exporter.metrics.snapshot import Publisher
 from exporter.metrics.telemetry import Telemetry
 from exporter.polling.cadences import Poller
@@ -95,6 +98,29 @@ def polled_targets(settings: Settings) -> Targets:
     return replace(targets, images=tuple(k for k in targets.images if owns(k.image_id)))
 
 
+def proxy_of(settings: Settings) -> Proxy | None:
+    """The configured proxy (`--proxy-url`), else None: the environment's then apply."""
+    if settings.proxy_url is None:
+        return None
+    return Proxy(*proxy_address(settings.proxy_url))
+
+
+def proxy_credentials(settings: Settings) -> list[str]:
+    """`USER:PASSWORD` of the configured and the environment's proxies, as written and decoded:
+    for the log redactor, which keeps them out of every line."""
+    urls = [*urllib.request.getproxies().values()]
+    if settings.proxy_url is not None:
+        urls.append(settings.proxy_url.get_secret_value())
+    found = []
+    for text in urls:
+        userinfo, at, _ = text.partition("://")[2].split("/", 1)[0].rpartition("@")
+        if at and userinfo:
+            found.append(userinfo)
+            user, _, password = userinfo.partition(":")
+            found.append(f"{unquote(user)}:{unquote(password)}")
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class Monitor:
     """What outlives every poller (a reload replaces the poller): what scrapes read."""
@@ -105,11 +131,26 @@ class Monitor:
     scopes: ScopeHealth
 
 
+def selection_of(settings: Settings) -> Selection:
+    """The families and tag keys exported: fixed for the life of the process (see RESTART_ONLY)."""
+    keys = settings.tag_keys
+    return Selection(
+        settings.metric_allowlist,
+        settings.metric_denylist,
+        None if keys is None else frozenset(keys),
+    )
+
+
 def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time) -> Monitor:
     telemetry = Telemetry(shard=settings.shard_assignment())
-    publisher = Publisher(lambda: store.lines(), telemetry.registry)
+    selection = selection_of(settings)
+    shown = selection.shown()
+    publisher = Publisher(lambda: store.lines(), selected_registry(telemetry.registry, selection))
     store = ImageStore(
-        stale_after=settings.effective_stale_after, clock=wall_clock, on_change=publisher.mark_dirty
+        stale_after=settings.effective_stale_after,
+        clock=wall_clock,
+        on_change=publisher.mark_dirty,
+        shown=shown,
     )
     telemetry.images.set_function(lambda: len(store))
     return Monitor(telemetry, store, publisher, ScopeHealth(telemetry, wall_clock))
@@ -136,6 +177,7 @@ async def open_poller(
     async with aiohttp.ClientSession(
         headers={"User-Agent": f"gcore-gpu-image-exporter/{__version__}"},
         connector=aiohttp.TCPConnector(limit=settings.concurrency),
+        trust_env=True,  # HTTPS_PROXY, HTTP_PROXY and NO_PROXY, as every HTTP client
     ) as session:
         client = GcoreClient(
             Transport(
@@ -148,6 +190,7 @@ async def open_poller(
                 telemetry=telemetry,
                 retry=RetryPolicy(budget=settings.interval),
                 gate=gate,
+                proxy=proxy_of(settings),
             )
         )
         telemetry.rate_limit_paused.set_function(lambda: int(client.gate.remaining > 0))

@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 from urllib.parse import quote
@@ -88,6 +88,18 @@ class ApiObserver(Protocol):
     def rate_limit_pause_started(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """A forward proxy for every request (without one, aiohttp follows HTTPS_PROXY, HTTP_PROXY and
+    NO_PROXY): its URL holds no credentials, the header does and is never shown."""
+
+    url: URL
+    authorization: str | None = field(default=None, repr=False)
+
+    def headers(self) -> dict[str, str] | None:
+        return None if self.authorization is None else {"Proxy-Authorization": self.authorization}
+
+
 class Transport:
     def __init__(
         self,
@@ -103,8 +115,16 @@ class Transport:
         gate: RateGate | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        proxy: Proxy | None = None,
     ) -> None:
         self._session = session
+        self._proxy = proxy.url if proxy else None
+        # aiohttp sends `proxy_headers` with a CONNECT only: to an http:// API (loopback), the
+        # proxy reads the request itself. Never both: inside a tunnel the headers reach Gcore.
+        tunnelled = URL(base_url).scheme == "https"
+        via = proxy.headers() if proxy else None
+        self._proxy_headers = via if tunnelled else None
+        self._plain_headers = {} if tunnelled or via is None else via
         self._base_url = str(URL(base_url.rstrip("/")))  # encoded: segments are appended as is
         self._max_body = max_response_size
         self._keys = api_key if isinstance(api_key, KeySource) else KeySource(api_key)
@@ -148,7 +168,10 @@ class Transport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(self, endpoint: Endpoint, url: URL, params: Params | None) -> _Answer:
-        headers = {"Authorization": f"APIKey {self._keys.current.get_secret_value()}"}
+        headers = {
+            "Authorization": f"APIKey {self._keys.current.get_secret_value()}",
+            **self._plain_headers,
+        }
         async with self._slots:
             await self.gate.wait()  # inside the slot: requests queued before a 429 wait too
             started = time.monotonic()
@@ -160,6 +183,8 @@ class Transport:
                     headers=headers,
                     timeout=self._timeout,
                     allow_redirects=False,  # the key goes to the configured host only
+                    proxy=self._proxy,
+                    proxy_headers=self._proxy_headers,
                 ) as response:
                     code = str(response.status)
                     ok = 200 <= response.status < 300

@@ -59,6 +59,7 @@ class Fetched:
     lock_started: float | None = None
     kind: Kind = "virtual"
     status_since: float | None = None
+    tag_keys: frozenset[str] | None = None  # None: every key
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,8 @@ def _age(f: Fetched) -> Iterator[Sample]:
 def _tags(f: Fetched) -> Iterator[Sample]:
     # a key given twice is one tag, the last value winning as in a JSON object: no duplicate series
     for tag in {tag.key: tag for tag in f.image.tags or ()}.values():
+        if f.tag_keys is not None and tag.key not in f.tag_keys:
+            continue
         yield (("key", tag.key), ("value", tag.value), ("read_only", str(tag.read_only).lower())), 1
 
 
@@ -300,6 +303,24 @@ FAMILIES: Final[tuple[AnyFamily, ...]] = VALUE_FAMILIES + HEALTH_FAMILIES
 NO_VALUES: Final = (b"",) * len(VALUE_FAMILIES)
 
 
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """Which families an image renders (masks indexed like `VALUE_FAMILIES` and `HEALTH_FAMILIES`)
+    and which tag keys (None: every key): a `selection.Selection` resolved once, not per image."""
+
+    values: tuple[bool, ...] = (True,) * len(VALUE_FAMILIES)
+    health: tuple[bool, ...] = (True,) * len(HEALTH_FAMILIES)
+    tag_keys: frozenset[str] | None = None
+
+    @property
+    def hidden(self) -> frozenset[int]:
+        """Indices in `FAMILIES` of the families not exported: their headers are not written."""
+        return frozenset(i for i, shown in enumerate(self.values + self.health) if not shown)
+
+
+SHOW_ALL: Final = Shown()
+
+
 def truncate(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
     """`text` cut to `limit` characters, marked with an ellipsis when cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -350,16 +371,20 @@ def identity(key: ImageKey) -> str:
 def render_values(
     key: ImageKey,
     image: Image,
+    shown: Shown = SHOW_ALL,
     *,
     now: float,
     task: Task | None = None,
     lock_started: float | None = None,
     status_since: float | None = None,
 ) -> tuple[bytes, ...]:
-    """What a successful fetch knows, one chunk per family of `VALUE_FAMILIES`."""
-    fetched = Fetched(image, now, task, lock_started, key.scope.kind, status_since)
+    """What a successful fetch knows, one chunk per family of `VALUE_FAMILIES` (empty if hidden)."""
+    fetched = Fetched(image, now, task, lock_started, key.scope.kind, status_since, shown.tag_keys)
     ident = identity(key)
-    return tuple(family.render(ident, fetched) for family in VALUE_FAMILIES)
+    return tuple(
+        family.render(ident, fetched) if on else b""
+        for family, on in zip(VALUE_FAMILIES, shown.values, strict=True)
+    )
 
 
 def render_health(
@@ -369,8 +394,12 @@ def render_health(
     last_success: float | None = None,
     errors: Mapping[Reason, int] | None = None,
     last_error: Reason | None = None,
+    shown: Shown = SHOW_ALL,
 ) -> tuple[bytes, ...]:
-    """How fetching the image goes, one chunk per family of `HEALTH_FAMILIES`."""
+    """How fetching the image goes, one chunk per family of `HEALTH_FAMILIES` (empty if hidden)."""
     health = Health(up, last_success, errors or {}, last_error)
     ident = identity(key)
-    return tuple(family.render(ident, health) for family in HEALTH_FAMILIES)
+    return tuple(
+        family.render(ident, health) if on else b""
+        for family, on in zip(HEALTH_FAMILIES, shown.health, strict=True)
+    )

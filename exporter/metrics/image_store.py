@@ -34,7 +34,9 @@ from exporter.metrics.blocks import Block, Blocks
 from exporter.metrics.families import (
     FAMILIES,
     NO_VALUES,
+    SHOW_ALL,
     VALUE_FAMILIES,
+    Shown,
     render_health,
     render_values,
     status_of,
@@ -65,7 +67,7 @@ class ImageState:
         assert self.block is not None
         return self.block.chunks(self.key)[: len(VALUE_FAMILIES)]
 
-    def health(self) -> tuple[bytes, ...]:
+    def health(self, shown: Shown) -> tuple[bytes, ...]:
         """The lines of its health families, as of now."""
         return render_health(
             self.key,
@@ -73,6 +75,7 @@ class ImageState:
             last_success=self.last_success,
             errors=MappingProxyType(self.errors),
             last_error=self.last_error,
+            shown=shown,
         )
 
 
@@ -83,8 +86,10 @@ class ImageStore:
         stale_after: float,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] = lambda: None,
+        shown: Shown = SHOW_ALL,
     ) -> None:
         self.stale_after = stale_after  # a reload may change it
+        self.shown = shown  # fixed for the store's life: rendered lines are kept
         self._now = clock
         self._on_change = on_change
         self._states: dict[ImageKey, ImageState] = {}
@@ -127,7 +132,7 @@ class ImageStore:
         if state.block is None:  # a twin: not exported
             return
         now = self._now()
-        values = _observe(state, image, task, now)
+        values = _observe(state, image, task, now, self.shown)
         state.up, state.last_success, state.last_error = True, now, None
         self._render(state, values)
 
@@ -197,7 +202,12 @@ class ImageStore:
     async def lines(self) -> tuple[FamilyLines, ...]:
         """Each family with its lines, what was staged folded first; images in a stable order."""
         await self._blocks.settle()
-        return by_family(self._blocks.view(), FAMILIES)
+        hidden = self.shown.hidden
+        return tuple(
+            lines
+            for index, lines in enumerate(by_family(self._blocks.view(), FAMILIES))
+            if index not in hidden  # a family the selection leaves out: not even a header
+        )
 
     def rendered(self) -> tuple[tuple[bytes, ...], ...]:
         """Every block's lines, one part per family of `FAMILIES`, folded at once: for small
@@ -214,7 +224,7 @@ class ImageStore:
 
     def _render(self, state: ImageState, values: tuple[bytes, ...] | None) -> None:
         """Render health; stage it with `values` (None: keep the values as they are)."""
-        health = state.health()
+        health = state.health(self.shown)
         if state.block is None:
             assert values is not None
             state.block = self._blocks.place(state.key, values + health)
@@ -224,7 +234,9 @@ class ImageStore:
         self._on_change()
 
 
-def _observe(state: ImageState, image: Image, task: Task | None, now: float) -> tuple[bytes, ...]:
+def _observe(
+    state: ImageState, image: Image, task: Task | None, now: float, shown: Shown
+) -> tuple[bytes, ...]:
     """Follow the image's status and lock (when each was first seen as it is now); its values."""
     status = status_of(image)
     if state.status is None:  # updated_at bounds the change, when Gcore sends it
@@ -240,7 +252,7 @@ def _observe(state: ImageState, image: Image, task: Task | None, now: float) -> 
         lock_started = task.created_on.timestamp()
     since = min(state.status_since, now) if state.status_since is not None else None
     return render_values(
-        state.key, image, now=now, task=task, lock_started=lock_started, status_since=since
+        state.key, image, shown, now=now, task=task, lock_started=lock_started, status_since=since
     )
 
 

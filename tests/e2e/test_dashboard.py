@@ -209,7 +209,9 @@ def test_template_variables(dashboard: dict[str, Any]) -> None:
     for name in VARIABLES[1:]:
         var = variables[name]
         assert var["datasource"] == PROMETHEUS_DS
-        assert var["multi"] and var["includeAll"] and var["allValue"] == ".*"
+        assert var["multi"] and var["includeAll"]
+        # All of Job is the jobs listed: `.*` would take in `up` of every other job
+        assert var["allValue"] == (None if name == "job" else ".*"), name
         assert var["definition"] == var["query"]["query"]
     # shown by name, selected by id: the names come from the info series
     for name, info in (
@@ -366,6 +368,62 @@ def test_selector_and_cluster_label_reach_every_query() -> None:
             if "project_id" in grouping:
                 assert "k8s_cluster" in grouping.split(", "), expr
     assert DEFAULT_SELECTOR not in built.stdout
+
+
+def test_no_job_is_baked_in_unless_the_builder_is_asked(dashboard: dict[str, Any]) -> None:
+    """Scraped through the prometheus.io annotations the job is kubernetes-service-endpoints:
+    the Job variable lists whatever job exports gcore_exporter_build_info, and every query
+    selects by it alone; `--job` bakes a job back in."""
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["job"]["definition"] == "label_values(gcore_exporter_build_info, job)"
+    text = json.dumps(dashboard)
+    assert DEFAULT_SELECTOR.replace('"', '\\"') not in text
+    for title, target in panel_targets(dashboard):
+        if "ALERTS" not in target["expr"]:
+            assert 'job=~"$job"' in target["expr"], title
+    built = _build("--job", "gpu-images", "--output", "-")
+    assert built.returncode == 0, built.stderr
+    board = json.loads(built.stdout)
+    baked = {v["name"]: v for v in board["templating"]["list"]}["job"]["definition"]
+    assert baked == 'label_values(gcore_exporter_build_info{job="gpu-images"}, job)'
+
+
+# Panels with a row (or a bar) per image: each query keeps the top TOP, the others of a merged
+# table only the same images.
+PER_IMAGE_PANELS = {
+    "Images not active",
+    "Locked images",
+    "Images failing to fetch",
+    "Status timeline",
+    "Size per image",
+    "Image age",
+    "Image tags",
+    "Image inventory",
+}
+
+
+def test_per_image_panels_show_at_most_the_top_images(dashboard: dict[str, Any]) -> None:
+    seen = set()
+    for title, target in panel_targets(dashboard):
+        if title in PER_IMAGE_PANELS:
+            seen.add(title)
+            assert re.search(r"\btopk\(100, ", target["expr"]), f"{title}: {target['expr']}"
+    assert seen == PER_IMAGE_PANELS
+
+
+def test_rows_below_the_first_two_start_collapsed(dashboard: dict[str, Any]) -> None:
+    """A collapsed row holds its panels (Grafana's form): their queries wait until it opens."""
+    rows = [p for p in dashboard["panels"] if p["type"] == "row"]
+    assert [(r["title"], r["collapsed"]) for r in rows] == [
+        ("Overview", False),
+        ("Needs attention", False),
+        ("Discovery", True),
+        ("Images", True),
+        ("Exporter and Gcore API", True),
+    ]
+    for row in rows:
+        assert bool(row["panels"]) == row["collapsed"], row["title"]
+    assert {p["title"] for p in rows[3]["panels"]} >= {"Image inventory", "Image tags"}
 
 
 def test_bad_selector_is_rejected() -> None:
