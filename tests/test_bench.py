@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from tooling import ROOT
+from support.tooling import ROOT
 
 VARIANTS = ("textx1", "textx16", "gzipx1", "gzipx16")
 COLUMNS = (

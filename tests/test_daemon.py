@@ -13,15 +13,11 @@ from typing import get_args
 
 import aiohttp
 import pytest
-from conftest import (
-    NOW,
-    ExporterFactory,
-    parse_samples,
-    series,
-    value,
-    wait_until,
-)
-from tooling import require_tool
+from support.clock import NOW
+from support.exporter import ExporterFactory
+from support.exposition import parse_samples, series, value
+from support.tooling import require_tool
+from support.waiting import wait_until
 
 from exporter import __version__
 from exporter.demo.fake_gcore import FakeGcore, make_image, make_task

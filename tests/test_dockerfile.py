@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tooling import ROOT, free_port, require_tool
+from support.tooling import ROOT, free_port, require_tool
 
 from exporter.config.settings import DEFAULT_PORT
 from exporter.metrics.telemetry import REVISION_ENV

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from tooling import ROOT
+from support.tooling import ROOT
 
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)

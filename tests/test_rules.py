@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tooling import ROOT, load_render_rules, require_tool
+from support.tooling import ROOT, load_render_rules, require_tool
 
 from exporter.alerting import FAILED_STATUSES, KNOWN_STATUSES, TRANSITIONAL_STATUSES
 

@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import pytest
-from conftest import API_KEY, Clock, Samples, parse_samples, value
 from pydantic import SecretStr
+from support.clock import Clock
+from support.exposition import Samples, parse_samples, value
+from support.fake_api import API_KEY
 
 from exporter.config.settings import load_settings
 from exporter.daemon.wiring import Monitor, Upstream, new_monitor, open_scheduler

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from tooling import ROOT
+from support.tooling import ROOT
 
 FD_SLACK = 6
 """Open descriptors may differ by this much between warm-up and end (pooled connections)."""

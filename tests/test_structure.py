@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tooling import ROOT
+from support.tooling import ROOT
 
 PACKAGE = ROOT / "exporter"
 

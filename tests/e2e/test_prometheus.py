@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tooling import load_render_rules
+from support.tooling import load_render_rules
 
 from .harness import (
     DASHBOARD,

@@ -10,19 +10,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from conftest import (
-    API_KEY,
-    NOW,
-    Clock,
-    ExporterFactory,
-    Samples,
-    parse_samples,
-    series,
-    value,
-    wait_until,
-)
 from pydantic import SecretStr
 from structlog.testing import capture_logs
+from support.clock import NOW, Clock
+from support.exporter import ExporterFactory
+from support.exposition import Samples, parse_samples, series, value
+from support.fake_api import API_KEY
+from support.waiting import wait_until
 
 from exporter.config.settings import load_settings
 from exporter.daemon.wiring import Monitor, Upstream, new_monitor, open_poller
