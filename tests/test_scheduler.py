@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 import pytest
 from pydantic import SecretStr
 from support.clock import Clock
+from support.exporter import no_backoff
 from support.exposition import Samples, parse_samples, value
 from support.fake_api import API_KEY
 
@@ -52,7 +53,7 @@ async def start(fake_url: str) -> AsyncIterator[Start]:
             monitor = new_monitor(settings, wall_clock=clock)
             upstream = Upstream(fake_url, SecretStr(API_KEY), targets)
             scheduler = await stack.enter_async_context(
-                open_scheduler(settings, upstream, monitor, wall_clock=clock)
+                open_scheduler(settings, upstream, monitor, wall_clock=clock, retry=no_backoff)
             )
             return Running(scheduler, monitor)
 

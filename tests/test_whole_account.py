@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 from support.clock import NOW, Clock
-from support.exporter import ExporterFactory
+from support.exporter import ExporterFactory, no_backoff
 from support.exposition import Samples, parse_samples, series, value
 from support.fake_api import API_KEY
 from support.waiting import wait_until
@@ -434,7 +434,7 @@ async def start(fake_url: str) -> AsyncIterator[Start]:
             monitor = new_monitor(settings, wall_clock=clock)
             upstream = Upstream(fake_url, SecretStr(API_KEY), settings.resolved_targets())
             poller = await stack.enter_async_context(
-                open_poller(settings, upstream, monitor, wall_clock=clock)
+                open_poller(settings, upstream, monitor, wall_clock=clock, retry=no_backoff)
             )
             return Running(poller, monitor)
 
