@@ -31,6 +31,8 @@ from .harness import (
 )
 from .scenarios import Scenario
 
+pytestmark = pytest.mark.slow  # runs Prometheus against two exporters (about 25 s)
+
 ALERT_TIMEOUT = 90.0
 
 
