@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test test-fast lint typecheck pytest bench clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,17 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 
 typecheck: $(VENV)/.installed-test
-	$(BIN)/mypy --strict exporter tests bench deploy/prometheus/render_rules.py grafana
+	$(BIN)/mypy --strict exporter tests bench deploy/prometheus/render_rules.py grafana docs
 
 pytest: $(VENV)/.installed-test
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The tests without those marked slow (end-to-end with Prometheus, soak, bench smoke, wheel
+# install): under a minute, for while you work; `make test` runs everything.
+test-fast: $(VENV)/.installed-test
+	$(BIN)/pytest -m "not slow"
 
 # One table (also written to bench-results.json): 1k, 10k and 50k discovered images and 2,000
 # explicit ids, next to prometheus_client's stock handler and a prebuilt buffer; then the scrape
@@ -39,6 +44,10 @@ test: lint typecheck pytest
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.table --json bench-results.json
 	$(BIN)/python -m bench.scrape_load
+
+# The parts of docs/*.md that restate code (between GENERATED markers); tests/test_docs.py checks them.
+docs: $(VENV)/.installed
+	$(BIN)/python docs/generate.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,8 @@ with. Edit here, then run `python3 grafana/build_dashboard.py` (writes both file
 (fails if one is out of date; the tests run the check without any site-packages). It takes the
 options of `deploy/prometheus/render_rules.py` (`exporter/alerting.py`, `Config`): colours follow
 the thresholds (`--set`, `--scale`), queries the selector (`--selector`, `--job`) and the cluster
-label (`--cluster-label`, which adds a Cluster variable). The README says what each panel means.
+label (`--cluster-label`, which adds a Cluster variable). docs/dashboard.md lists the panels with
+their descriptions (`python3 docs/generate.py` writes the list).
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from tooling import ROOT
+import pytest
+from support.tooling import ROOT
+
+pytestmark = pytest.mark.slow  # runs the benches at a tiny size
 
 VARIANTS = ("textx1", "textx16", "gzipx1", "gzipx16")
 COLUMNS = (

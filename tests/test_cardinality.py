@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NOW, ExporterFactory, parse_samples, series
-from tooling import ROOT
+from support.clock import NOW
+from support.exporter import ExporterFactory
+from support.exposition import parse_samples, series
+from support.tooling import ROOT
 
 from exporter.config.settings import ConfigError, load_settings
 from exporter.demo.fake_gcore import FakeGcore, make_image, make_task

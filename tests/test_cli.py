@@ -16,8 +16,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import API_KEY, parse_samples, series, value, wait_until
-from tooling import free_port, require_tool
+from support.exposition import parse_samples, series, value
+from support.fake_api import API_KEY
+from support.tooling import free_port, require_tool
+from support.waiting import wait_until
 
 from exporter import __version__
 from exporter.demo.fake_gcore import FakeGcore, make_image, make_project, make_region, make_task

@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 from aioresponses.core import RequestCall
-from mocking import Mocked
 from pydantic import SecretStr
+from support.mocking import Mocked
 from yarl import URL
 
 from exporter.demo.fake_gcore import make_image

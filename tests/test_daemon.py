@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -13,19 +14,17 @@ from typing import get_args
 
 import aiohttp
 import pytest
-from conftest import (
-    NOW,
-    ExporterFactory,
-    parse_samples,
-    series,
-    value,
-    wait_until,
-)
-from tooling import require_tool
+from support.clock import NOW
+from support.exporter import ExporterFactory, no_backoff
+from support.exposition import parse_samples, series, value
+from support.tooling import require_tool
+from support.waiting import wait_until
 
 from exporter import __version__
+from exporter.daemon.wiring import retry_policy
 from exporter.demo.fake_gcore import FakeGcore, make_image, make_task
 from exporter.gcore.client import GcoreClient, Page
+from exporter.gcore.transport import RetryPolicy
 from exporter.vocabulary import Endpoint, Reason, Scope
 
 P, R = 7, 11
@@ -223,6 +222,25 @@ async def test_configured_image_has_up_even_when_it_never_answered(
     assert value(s, "gcore_gpu_image_up", **labels()) == 0
     assert value(s, "gcore_gpu_image_fetch_errors_total", **labels(), reason="server_error") == 1
     assert fake.count("/images/") == 3  # retried twice
+
+
+async def test_the_daemon_backs_off_between_retries_unless_told_not_to(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    """Tests run the exporter without back-off but with the daemon's attempts; the daemon's own
+    policy waits (at least half of `backoff_base`, then of twice that) before each retry."""
+    fake.put_image(P, R, make_image(IMG, "x"))
+    gaps: dict[str, list[float]] = {}
+    for name, retry in [("daemon", retry_policy), ("tests", no_backoff)]:
+        async with exporter(targets=[f"{P}/{R}/{IMG}"], retry=retry) as running:
+            fake.inject("/images/", 503, times=2)
+            start = len(fake.request_times)
+            await running.round()
+            times = fake.request_times[start:]
+        assert len(times) == 3, name
+        gaps[name] = [later - earlier for earlier, later in itertools.pairwise(times)]
+    base = RetryPolicy().backoff_base  # the transport's, which the daemon keeps
+    assert gaps["daemon"][0] >= base / 2 and gaps["daemon"][1] >= base
 
 
 async def test_slow_answer_is_a_timeout(fake: FakeGcore, exporter: ExporterFactory) -> None:

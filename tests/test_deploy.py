@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
-from tooling import ROOT, Objects, kustomize, load_render_rules, one, require_tool
+from support.tooling import ROOT, Objects, kustomize, load_render_rules, one, require_tool
 
 from exporter.config.settings import DEFAULT_PORT
 

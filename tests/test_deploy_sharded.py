@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from kubernetes_validate.utils import latest_version
-from tooling import ROOT, Objects, kustomize, one
+from support.tooling import ROOT, Objects, kustomize, one
 
 DEPLOY = ROOT / "deploy"
 CUSTOM = {"ServiceMonitor", "PrometheusRule"}

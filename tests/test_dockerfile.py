@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tooling import ROOT, free_port, require_tool
+from support.tooling import ROOT, free_port, require_tool
 
 from exporter.config.settings import DEFAULT_PORT
 from exporter.identity import BUILD_DATE_ENV, REVISION_ENV
@@ -158,6 +158,7 @@ def _snapshot(path: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in path.rglob("*")}
 
 
+@pytest.mark.slow  # installs the wheel as the image does (module-scoped venv)
 def test_installed_wheel_checks_the_demo_config(venv: Path) -> None:
     before = _snapshot(venv)
     result = subprocess.run(
@@ -196,6 +197,7 @@ def _healthcheck(venv: Path, port: int) -> int:
     return subprocess.run(command, env=env, capture_output=True, timeout=10, check=False).returncode
 
 
+@pytest.mark.slow  # installs the wheel as the image does (module-scoped venv)
 def test_healthcheck_probes_the_running_exporter(exporter: tuple[int, Path]) -> None:
     port, venv = exporter
     deadline = time.monotonic() + 30

@@ -1,5 +1,6 @@
 """The docs hold together: every relative link names a file that exists, every anchor a heading of
-that file (as GitHub makes anchors), and the README stays a page."""
+that file (as GitHub makes anchors), what restates code is generated from it (docs/generate.py),
+and the README stays a page."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
-from tooling import ROOT
+from support.tooling import ROOT, load_script
 
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+GENERATE = load_script(ROOT / "docs" / "generate.py")
 DOCS = sorted([ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").glob("*.md")])
 
 
@@ -54,3 +56,36 @@ def test_a_broken_anchor_is_reported(tmp_path: Path) -> None:
 
 def test_the_readme_fits_on_a_page() -> None:
     assert len((ROOT / "README.md").read_bytes()) <= 20_000
+
+
+def test_generated_regions_are_current() -> None:
+    assert GENERATE.stale() == [], "run python3 docs/generate.py"
+
+
+def test_a_stale_region_is_reported_and_rewritten_between_its_markers(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    prose = (
+        "# Page\n\nBefore.\n\n<!-- BEGIN GENERATED: x -->\n{}<!-- END GENERATED: x -->\nAfter.\n"
+    )
+    page.write_text(prose.format("old\n"))
+    regions = {"x": GENERATE.Region(page, "the code", lambda: "new")}
+    assert GENERATE.stale(regions) == ["page.md: x"]
+    assert GENERATE.stale(regions, write=True) == ["page.md: x"]
+    fresh = "<!-- made by docs/generate.py from the code: edit that, not this -->\n\nnew\n\n"
+    assert page.read_text() == prose.format(fresh)
+    assert GENERATE.stale(regions) == []
+
+
+def test_a_file_without_its_markers_is_an_error(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\n<!-- BEGIN GENERATED: y -->\n<!-- END GENERATED: y -->\n")
+    with pytest.raises(ValueError, match="0 regions 'x'"):
+        GENERATE.stale({"x": GENERATE.Region(page, "the code", lambda: "new")})
+
+
+def test_the_panel_list_names_every_panel_with_its_description() -> None:
+    """The dashboard's own text, and the alerts' summaries, reach the docs (not only the names)."""
+    dashboard = (ROOT / "docs" / "dashboard.md").read_text(encoding="utf-8")
+    assert "- **Images monitored**: GPU images the exporter watches" in dashboard
+    deploy = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "| `GcoreGpuImageMissing` | critical | A watched GPU image no longer exists. |" in deploy

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import parse_samples
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
-from tooling import require_tool
+from support.exposition import parse_samples
+from support.tooling import require_tool
 
 from exporter.gcore.models import Image, Task
 from exporter.metrics.exposition import render, wants_gzip, wants_openmetrics

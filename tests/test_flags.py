@@ -15,17 +15,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import ExporterFactory, parse_samples, value, wait_until
 from pydantic import BaseModel
 from structlog.testing import capture_logs
+from support.exporter import ExporterFactory
+from support.exposition import parse_samples, value
+from support.tooling import free_port
+from support.waiting import wait_until
 from test_cli import env_for, is_ready, run
-from tooling import ROOT, free_port
 
 from exporter import __version__
 from exporter.cli import build_parser
 from exporter.config.flags import parse
 from exporter.config.options import Reload, declared, env_name, named
-from exporter.config.reference import REGIONS, refreshed, replace_region
 from exporter.config.settings import ConfigError, Settings, load_settings
 from exporter.daemon.lifecycle import APPLY_IN_PLACE, IN_PLACE, KEPT, POLLING, RELOADED
 from exporter.demo.fake_gcore import FakeGcore, make_image
@@ -276,19 +277,3 @@ def test_a_setting_of_the_environment_is_refused_in_the_config_file(
     monkeypatch.setenv("GCORE_EXPORTER_CONFIG", str(config))
     with pytest.raises(ConfigError, match=f"{name}.*(environment|inside a config file)"):
         load_settings(demo=True)
-
-
-# --- generated docs ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("relative", sorted(REGIONS))
-def test_the_generated_tables_are_current(relative: str) -> None:
-    text, new = refreshed(ROOT)[ROOT / relative]
-    assert text == new, "stale: run `python -m exporter.config.reference`"
-
-
-def test_a_stale_or_unmarked_region_is_seen() -> None:
-    marked = "a\n<!-- BEGIN GENERATED: settings -->\nold\n<!-- END GENERATED -->\nb\n"
-    assert replace_region(marked, "settings", "new") == marked.replace("old", "new")
-    with pytest.raises(ValueError, match="no region 'settings'"):
-        replace_region("a\nb\n", "settings", "new")

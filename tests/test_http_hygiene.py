@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from conftest import wait_until
-from webtools import StaticSource, json_logs, serving, snapshot
+from support.waiting import wait_until
+from support.web import StaticSource, json_logs, serving, snapshot
 
 from exporter.web.app import PIECE, create_app
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from conftest import Clock
+from support.clock import Clock
 
 from exporter.gcore.models import Image, Task
 from exporter.metrics.families import FAMILIES, NO_VALUES

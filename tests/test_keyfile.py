@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import structlog
 from aiohttp import web
-from conftest import API_KEY, parse_samples, value, wait_until
 from structlog.testing import capture_logs
+from support.exposition import parse_samples, value
+from support.fake_api import API_KEY
+from support.waiting import wait_until
 
 from exporter.config.keys import MAX_KEY_BYTES, KeyFile, KeySource
 from exporter.config.settings import ConfigError, load_settings

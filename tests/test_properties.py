@@ -17,13 +17,13 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
-from conftest import parse_samples
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from mocking import Mocked
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from pydantic import SecretStr, ValidationError
-from tooling import require_tool
+from support.exposition import parse_samples
+from support.mocking import Mocked
+from support.tooling import require_tool
 
 from exporter.gcore.client import GcoreClient
 from exporter.gcore.models import Image

@@ -13,8 +13,9 @@ import pytest
 import structlog
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
-from conftest import ExporterFactory, value
-from tooling import free_port
+from support.exporter import ExporterFactory
+from support.exposition import value
+from support.tooling import free_port
 
 from exporter.config.settings import ConfigError, load_settings
 from exporter.daemon.wiring import proxy_credentials

@@ -7,7 +7,8 @@ import asyncio
 import inspect
 
 import pytest
-from conftest import ExporterFactory, wait_until
+from support.exporter import ExporterFactory
+from support.waiting import wait_until
 
 from exporter.config.settings import load_settings
 from exporter.daemon.lifecycle import POLLING

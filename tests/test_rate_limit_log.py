@@ -6,9 +6,10 @@ import asyncio
 
 import aiohttp
 import pytest
-from conftest import API_KEY, Clock
 from pydantic import SecretStr
 from structlog.testing import capture_logs
+from support.clock import Clock
+from support.fake_api import API_KEY
 
 from exporter.demo.fake_gcore import FakeGcore
 from exporter.gcore.client import GcoreClient

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ExporterFactory, RunningExporter, Samples, series, value
 from structlog.testing import capture_logs
+from support.exporter import ExporterFactory, RunningExporter
+from support.exposition import Samples, series, value
 
 from exporter.config.settings import ConfigError, Settings, load_settings
 from exporter.daemon.lifecycle import POLLING, Polling

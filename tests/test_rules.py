@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tooling import ROOT, load_render_rules, require_tool
+from support.tooling import ROOT, load_render_rules, require_tool
 
 from exporter.alerting import FAILED_STATUSES, KNOWN_STATUSES, TRANSITIONAL_STATUSES
 
@@ -147,6 +147,13 @@ def test_every_alert_and_threshold_is_documented(render_rules: ModuleType) -> No
         assert f"`{name}`" in readme, name
     for name, default in render_rules.DEFAULTS.items():
         assert f"| `{name}` | `{default}` |" in deploy, name
+
+
+def test_every_alert_says_in_words_when_it_fires(render_rules: ModuleType) -> None:
+    """docs/deploy.md's alert table is made from these (docs/generate.py); a new alert without
+    them would leave a blank row."""
+    for alert in render_rules.ALERTS:
+        assert alert.fires_when.strip(), f"{alert.name} ({alert.severity}) has no fires_when"
 
 
 def test_the_knob_shortens_every_threshold(render_rules: ModuleType) -> None:

@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import pytest
-from conftest import API_KEY, Clock, Samples, parse_samples, value
 from pydantic import SecretStr
+from support.clock import Clock
+from support.exporter import no_backoff
+from support.exposition import Samples, parse_samples, value
+from support.fake_api import API_KEY
 
 from exporter.config.settings import load_settings
 from exporter.daemon.wiring import Monitor, Upstream, new_monitor, open_scheduler
@@ -50,7 +53,7 @@ async def start(fake_url: str) -> AsyncIterator[Start]:
             monitor = new_monitor(settings, wall_clock=clock)
             upstream = Upstream(fake_url, SecretStr(API_KEY), targets)
             scheduler = await stack.enter_async_context(
-                open_scheduler(settings, upstream, monitor, wall_clock=clock)
+                open_scheduler(settings, upstream, monitor, wall_clock=clock, retry=no_backoff)
             )
             return Running(scheduler, monitor)
 

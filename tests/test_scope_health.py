@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import Clock
+from support.clock import Clock
 
 from exporter.metrics.scope_health import ScopeHealth
 from exporter.metrics.telemetry import Telemetry

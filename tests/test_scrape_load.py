@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench.scrape_load import MIB, run_load
+
+pytestmark = pytest.mark.slow  # a daemon at 1,000 images and 20 scrapers for 2 seconds
 
 SCRAPERS = 20
 

@@ -7,7 +7,10 @@ import json
 import os
 import sys
 
-from tooling import ROOT
+import pytest
+from support.tooling import ROOT
+
+pytestmark = pytest.mark.slow  # a few seconds of churn against the real daemon
 
 FD_SLACK = 6
 """Open descriptors may differ by this much between warm-up and end (pooled connections)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-from tooling import ROOT
+from support.tooling import ROOT
 
 PACKAGE = ROOT / "exporter"
 

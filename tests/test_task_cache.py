@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import Clock
+from support.clock import Clock
 
 from exporter.gcore.models import Image, Task
 from exporter.polling.task_cache import TaskCache

@@ -18,10 +18,13 @@ import aiohttp
 import bcrypt
 import pytest
 import yaml
-from conftest import API_KEY, ExporterFactory, parse_samples, value, wait_until
+from support.exporter import ExporterFactory
+from support.exposition import parse_samples, value
+from support.fake_api import API_KEY
+from support.waiting import wait_until
+from support.web import StaticSource, json_logs, snapshot
+from support.web import serving as serving_app
 from test_cli import env_for, is_ready, run, serving
-from webtools import StaticSource, json_logs, snapshot
-from webtools import serving as serving_app
 
 from bench.pki import CertificateAuthority
 from exporter.demo.fake_gcore import FakeGcore, make_image

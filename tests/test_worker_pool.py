@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import pytest
-from conftest import API_KEY, wait_until
 from pydantic import SecretStr
+from support.fake_api import API_KEY
+from support.waiting import wait_until
 
 from exporter.config.settings import load_settings
 from exporter.daemon.wiring import Upstream, new_monitor, open_scheduler

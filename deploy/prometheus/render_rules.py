@@ -82,6 +82,8 @@ class Alert(NamedTuple):
     severity: str
     summary: str
     description: str
+    fires_when: str = ""  # for docs/deploy.md's alert table (docs/generate.py), in words
+    labels: str = ""  # ... and the labels it adds to the scrape's job ("" when none)
 
 
 ALERTS: tuple[Alert, ...] = (
@@ -94,6 +96,9 @@ ALERTS: tuple[Alert, ...] = (
         summary="A GPU image is in a failed status.",
         description="GPU image {{ $image }} %(where)s has been in the failed status"
         ' "{{ $labels.status }}" for more than %(failed_for)s; no instance can be created from it.',
+        fires_when="failed status (`killed`, `deactivated`, `deleted`, `pending_delete`, unknown) "
+        "for `failed_for`",
+        labels="image, `status`",
     ),
     Alert(
         # The time in status comes from the exporter (`status_since`, from Gcore's updated_at), so
@@ -111,6 +116,10 @@ ALERTS: tuple[Alert, ...] = (
         description="GPU image {{ $image }} %(where)s has been in the transitional status"
         ' "{{ $labels.status }}" for {{ $value | humanizeDuration }}'
         " (threshold %(transitional_for)s).",
+        fires_when="time in one transitional status (`queued`, `saving`, `uploading`, "
+        "`importing`, from `gcore_gpu_image_status_since_timestamp_seconds`) above "
+        "`transitional_for`, for `transitional_pending_for`",
+        labels="image, `status`",
     ),
     Alert(
         "GcoreGpuImageLockedTooLong",
@@ -121,6 +130,8 @@ ALERTS: tuple[Alert, ...] = (
         summary="A task has locked a GPU image for too long.",
         description="GPU image {{ $image }} %(where)s has been locked by {{ $task }} for"
         " {{ $value | humanizeDuration }} (threshold %(lock_age)s).",
+        fires_when="lock age above `lock_age`, for `lock_age_for`",
+        labels="image",
     ),
     Alert(
         "GcoreGpuImageLockedTooLong",
@@ -135,6 +146,8 @@ ALERTS: tuple[Alert, ...] = (
         " {{ $image }} %(where)s has been in state ERROR for more than %(lock_error_for)s"
         " (error: {{ $task_error }});"
         " the image stays locked until the task is cleaned up.",
+        fires_when="locking task in state `ERROR` for `lock_error_for`",
+        labels="image, `task_id`, `task_type`, `task_state`, `task_error`",
     ),
     Alert(
         # A task in ERROR is GcoreGpuImageLockedTooLong's critical case already.
@@ -149,6 +162,9 @@ ALERTS: tuple[Alert, ...] = (
         description="GPU image {{ $image }} %(where)s is still locked by {{ $task }}, which"
         " finished {{ $value | humanizeDuration }} ago (threshold %(stuck_lock_age)s): the lock"
         " is stuck, and the image cannot be changed or deleted until Gcore releases it.",
+        fires_when="the locking task finished more than `stuck_lock_age` ago and the lock stays "
+        "(not for a task in `ERROR`), for `lock_age_for`",
+        labels="image",
     ),
     Alert(
         # One alert per task, while the exporter exports it: for its failed-task window.
@@ -162,6 +178,10 @@ ALERTS: tuple[Alert, ...] = (
         "{{ if $labels.image_id }}; it names GPU image {{ $labels.image_id }}{{ end }}."
         " Error: {{ $error }}. The alert resolves when the task leaves the exporter's failed-task"
         " window (a day by default).",
+        fires_when="an image task ended in `ERROR` within the exporter's `failed_task_window`, "
+        "for `task_failed_for`; one alert per task, resolved when the window passes",
+        labels="`project_id`, `region_id`, `task_id`, `task_type`, `image_id` (if the task names "
+        "one)",
     ),
     Alert(
         "GcoreGpuImageMissing",
@@ -172,6 +192,9 @@ ALERTS: tuple[Alert, ...] = (
         description="The Gcore API answers 404 Not Found for GPU image {{ $image }} %(where)s,"
         " which the exporter is configured to watch: the image was deleted or the target"
         " is wrong.",
+        fires_when="the API answers 404 for a configured image (on every replica), for "
+        "`missing_for`",
+        labels="image",
     ),
     Alert(
         "GcoreGpuImageFetchFailing",
@@ -182,6 +205,9 @@ ALERTS: tuple[Alert, ...] = (
         description="Fetching GPU image {{ $image }} %(where)s from the Gcore API has failed for"
         " more than %(fetch_failing_for)s on every replica of the exporter (last error:"
         " {{ $reason }}); its metrics are stale or withdrawn.",
+        fires_when="every fetch of the image failed (not 404) on every replica, for "
+        "`fetch_failing_for`",
+        labels="image",
     ),
     Alert(
         # A scope's image listing while the exporter still has images of it, or an account-wide
@@ -207,6 +233,11 @@ ALERTS: tuple[Alert, ...] = (
         " for more than %(discovery_failing_for)s on every replica of the exporter: wildcard"
         " targets are expanded with the {{ $labels.endpoint }} last listed (none before the"
         " first success), so new ones are not watched.{{ end }}",
+        fires_when="the image listing of a project/region (a `PROJECT/REGION` target or one a "
+        "wildcard found) failed on every replica, for `discovery_failing_for`; or the account's "
+        "projects, regions or failed-tasks listing did",
+        labels='`project_id`, `region_id`, `kind`, `endpoint="images"`; or `endpoint` alone '
+        "(`projects`, `regions`, `tasks`)",
     ),
     Alert(
         "GcoreGpuImageDiscoveryFailing",
@@ -218,6 +249,9 @@ ALERTS: tuple[Alert, ...] = (
         description="Listing the {{ $labels.kind }} GPU images %(where)s has failed for more than"
         " %(discovery_failing_for)s on every replica of the exporter, which has no image of it:"
         " nothing there is watched, so no other GPU image alert can fire for it.",
+        fires_when="an image listing failed, and the exporter has no image series of that "
+        "project/region (nothing there is watched)",
+        labels="`project_id`, `region_id`, `kind`, `endpoint`",
     ),
     Alert(
         "GcoreGpuImageExporterDown",
@@ -228,6 +262,8 @@ ALERTS: tuple[Alert, ...] = (
         description="{{ if eq $value 0.0 }}Prometheus cannot scrape any target of the exporter"
         "{{ else }}Prometheus has no scrape target matching %(selector_text)s{{ end }}"
         " for more than %(exporter_down_for)s; no GPU image alert can fire meanwhile.",
+        fires_when="no replica of the exporter can be scraped, or there is no target, for "
+        "`exporter_down_for`",
     ),
     Alert(
         "GcoreGpuImageExporterReplicaDown",
@@ -237,6 +273,8 @@ ALERTS: tuple[Alert, ...] = (
         summary="A replica of the Gcore GPU image exporter cannot be scraped.",
         description="Prometheus cannot scrape the exporter at {{ $labels.instance }} for more"
         " than %(exporter_down_for)s; other replicas are up, so alerts still fire.",
+        fires_when="one replica cannot be scraped while another can, for `exporter_down_for`",
+        labels="`instance`",
     ),
     Alert(
         "GcoreGpuImageExporterShardDown",
@@ -249,6 +287,8 @@ ALERTS: tuple[Alert, ...] = (
         description="Only {{ $value }} of the exporter's shards%(in_cluster)s have been scraped for"
         " more than %(exporter_down_for)s: the images of the others have no series, so no alert"
         " about them can fire.",
+        fires_when="fewer shards are scraped than `gcore_exporter_total_shards` says, for "
+        "`exporter_down_for`: the missing shards' images have no series",
     ),
     Alert(
         "GcoreGpuImageApiUnauthorized",
@@ -265,6 +305,10 @@ ALERTS: tuple[Alert, ...] = (
         " them).{{ else }}The Gcore API has kept answering the exporter with 401 Unauthorized for"
         " more than %(unauthorized_for)s (at least once in every %(api_error_window)s): the API"
         " key is wrong, revoked or expired.{{ end }}",
+        fires_when="the API answered 401 (bad key) or 403 (forbidden) at least once in every "
+        "`api_error_window`, for `unauthorized_for`; from `gcore_exporter_api_requests_total`, so "
+        "with no image series at all",
+        labels="`code`",
     ),
     Alert(
         "GcoreGpuImageApiRateLimited",
@@ -278,6 +322,8 @@ ALERTS: tuple[Alert, ...] = (
         description="Fetches of {{ $value }} GPU image(s) %(where)s failed with"
         " 429 Too Many Requests in the last %(api_error_window)s, for more than"
         " %(rate_limited_for)s: raise the interval or lower the concurrency.",
+        fires_when="fetches failed with 429 within `api_error_window`, for `rate_limited_for`",
+        labels="`project_id`, `region_id`, `reason`",
     ),
 )
 

@@ -26,10 +26,12 @@ from exporter.config.options import Reload, named
 from exporter.config.settings import ConfigError, Settings
 from exporter.daemon.wiring import (
     Monitor,
+    RetryFor,
     Upstream,
     new_monitor,
     open_poller,
     polled_targets,
+    retry_policy,
     upstream_for,
 )
 from exporter.gcore.transport import RateGate
@@ -86,8 +88,10 @@ class Polling:
         api_key: SecretStr | KeySource | None,
         monitor: Monitor,
         wall_clock: Callable[[], float] = time.time,
+        retry: RetryFor = retry_policy,
     ) -> None:
         self.settings = settings
+        self._retry = retry
         self.monitor = monitor
         self._api_key = api_key
         self._now = wall_clock
@@ -174,7 +178,13 @@ class Polling:
         try:
             poller = await stack.enter_async_context(
                 open_poller(
-                    settings, upstream, self.monitor, self._now, gate=self._gate, previous=previous
+                    settings,
+                    upstream,
+                    self.monitor,
+                    self._now,
+                    gate=self._gate,
+                    previous=previous,
+                    retry=self._retry,
                 )
             )
             stack.push_async_callback(_cancel, asyncio.create_task(poller.run()))
@@ -197,11 +207,13 @@ def create_daemon(
     api_key: SecretStr | KeySource | None,
     guard: WebGuard | None = None,
     wall_clock: Callable[[], float] = time.time,
+    retry: RetryFor = retry_policy,
 ) -> web.Application:
     """The HTTP app with polling started and stopped through its `cleanup_ctx`.
 
     `guard` is the web config already loaded (by the CLI, to validate it first); without it the
     settings' `web_config_file` is loaded here, so no caller serves unprotected by omission.
+    `retry` makes each poller's retry policy from its settings.
     """
     monitor = new_monitor(settings, wall_clock)
     guard = guard or WebGuard.load(settings.web_config_file)
@@ -211,7 +223,7 @@ def create_daemon(
         protect_probes=settings.protect_probes,
         telemetry_path=settings.telemetry_path,
     )
-    polling = Polling(settings, api_key, monitor, wall_clock)
+    polling = Polling(settings, api_key, monitor, wall_clock, retry)
     app[POLLING] = polling
 
     async def run_polling(app: web.Application) -> AsyncIterator[None]:

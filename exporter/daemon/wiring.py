@@ -156,6 +156,15 @@ def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time)
     return Monitor(telemetry, store, publisher, ScopeHealth(telemetry, wall_clock))
 
 
+RetryFor = Callable[[Settings], RetryPolicy]
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The daemon's retries: the transport's attempts and back-off, none started after an interval
+    (the next round asks again)."""
+    return RetryPolicy(budget=settings.interval)
+
+
 @asynccontextmanager
 async def open_poller(
     settings: Settings,
@@ -165,13 +174,15 @@ async def open_poller(
     *,
     gate: RateGate | None = None,
     previous: Poller | None = None,
+    retry: RetryFor = retry_policy,
 ) -> AsyncIterator[Poller]:
     """Discovery, scheduler and failed-task poll with their own HTTP session, feeding `monitor`;
     not yet running, its targets registered and published.
 
     `previous` is the poller this one replaces (a reload): its discovered scopes and failed tasks
     are taken over, so images that stay keep their series without a gap. `gate` is its rate-limit
-    gate: a pause after a 429 outlives the replacement.
+    gate: a pause after a 429 outlives the replacement. `retry` makes the retry policy of
+    `settings` (tests of failures hand in one without back-off).
     """
     telemetry = monitor.telemetry
     async with aiohttp.ClientSession(
@@ -188,7 +199,7 @@ async def open_poller(
                 concurrency=settings.concurrency,
                 max_response_size=settings.max_response_size,
                 telemetry=telemetry,
-                retry=RetryPolicy(budget=settings.interval),
+                retry=retry(settings),
                 gate=gate,
                 proxy=proxy_of(settings),
             )
@@ -259,8 +270,10 @@ async def open_scheduler(
     upstream: Upstream,
     monitor: Monitor,
     wall_clock: Callable[[], float] = time.time,
+    *,
+    retry: RetryFor = retry_policy,
 ) -> AsyncIterator[Scheduler]:
     """A scheduler of explicit targets with its own HTTP session, feeding `monitor`; not yet
     running (wildcards need the poller's discovery)."""
-    async with open_poller(settings, upstream, monitor, wall_clock) as poller:
+    async with open_poller(settings, upstream, monitor, wall_clock, retry=retry) as poller:
         yield poller.scheduler

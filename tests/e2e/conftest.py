@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tooling import load_render_rules, require_tool
+from support.tooling import load_render_rules, require_tool
 
 from .harness import Stack, running, wait_for
 from .scenarios import THRESHOLDS, Scenario, failing, healthy

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import yaml
 from aiohttp import web
-from tooling import free_port
+from support.tooling import free_port
 
 from exporter.demo.fake_gcore import FakeGcore
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tooling import load_render_rules
+from support.tooling import load_render_rules
 
 from .harness import (
     DASHBOARD,
@@ -30,6 +30,8 @@ from .harness import (
     wait_for,
 )
 from .scenarios import Scenario
+
+pytestmark = pytest.mark.slow  # runs Prometheus against two exporters (about 25 s)
 
 ALERT_TIMEOUT = 90.0
 

@@ -19,6 +19,8 @@ from exporter.sharding import shard_of
 
 from .harness import API_KEY, JOB, Stack, running, wait_for
 
+pytestmark = pytest.mark.slow  # runs Prometheus against three shards (about 10 s)
+
 SHARDS = 3
 PINNED = [f"pinned-{n}" for n in range(6)]  # explicit ids in 5/51, fetched one GET each
 GONE = "gone"  # an explicit id the API answers 404 for

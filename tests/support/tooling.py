@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def require_tool(name: str, install_hint: str) -> str:
@@ -30,15 +30,17 @@ def require_tool(name: str, install_hint: str) -> str:
     return path
 
 
-def load_render_rules() -> ModuleType:
-    """deploy/prometheus/render_rules.py, which is a script rather than a package module."""
-    spec = importlib.util.spec_from_file_location(
-        "render_rules", ROOT / "deploy" / "prometheus" / "render_rules.py"
-    )
+def load_script(path: Path) -> ModuleType:
+    """A script of the repository (render_rules.py, docs/generate.py): no package module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_render_rules() -> ModuleType:
+    return load_script(ROOT / "deploy" / "prometheus" / "render_rules.py")
 
 
 def free_port() -> int:

@@ -10,19 +10,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from conftest import (
-    API_KEY,
-    NOW,
-    Clock,
-    ExporterFactory,
-    Samples,
-    parse_samples,
-    series,
-    value,
-    wait_until,
-)
 from pydantic import SecretStr
 from structlog.testing import capture_logs
+from support.clock import NOW, Clock
+from support.exporter import ExporterFactory, no_backoff
+from support.exposition import Samples, parse_samples, series, value
+from support.fake_api import API_KEY
+from support.waiting import wait_until
 
 from exporter.config.settings import load_settings
 from exporter.daemon.wiring import Monitor, Upstream, new_monitor, open_poller
@@ -440,7 +434,7 @@ async def start(fake_url: str) -> AsyncIterator[Start]:
             monitor = new_monitor(settings, wall_clock=clock)
             upstream = Upstream(fake_url, SecretStr(API_KEY), settings.resolved_targets())
             poller = await stack.enter_async_context(
-                open_poller(settings, upstream, monitor, wall_clock=clock)
+                open_poller(settings, upstream, monitor, wall_clock=clock, retry=no_backoff)
             )
             return Running(poller, monitor)
 
