@@ -90,7 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-task-pattern",
         dest="image_task_pattern",
         metavar="REGEX",
-        help="task types that count as image tasks (default: any containing `image`)",
+        help="task types that count as image tasks (default: the SDK's create_image, "
+        "download_image, delete_image and upload_*image)",
+    )
+    add(
+        "--keep-acknowledged-tasks",
+        dest="keep_acknowledged_tasks",
+        action="store_true",
+        default=None,
+        help="keep failed image tasks acknowledged in Gcore, with an acknowledged label",
     )
     add(
         "--max-response-size",

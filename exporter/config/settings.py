@@ -43,6 +43,9 @@ DEFAULT_PORT = 10150
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_BASE_URL = "https://api.gcore.com"
 CONFIG_ENV = "GCORE_EXPORTER_CONFIG"
+DEFAULT_IMAGE_TASK_PATTERN = r"^(create|download|delete)_image$|^upload_\w*image$"
+"""The SDK's image task types (`task_list_params.py`), and GPU image uploads (`upload_*image`:
+their type is not documented, so the pattern guesses; `task type seen` log lines tell)."""
 MAX_CONFIG_BYTES: Final = 1 << 20
 """A config file larger than this is refused (`--config /dev/zero` must not eat the memory)."""
 MAX_CONFIG_VALUES: Final = 100_000
@@ -54,6 +57,7 @@ _PROM_DURATION = re.compile(
 )
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _TARGET = re.compile(rf"^(?:(baremetal):)?(?:(\d+|\*)/(\d+|\*)(?:/({_ID}))?/?|({_ID})|(\*))$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 _TARGET_FORMS = (
     "not a target: write PROJECT/REGION/IMAGE_ID, PROJECT/REGION or IMAGE_ID, "
     "or *, PROJECT/* or */REGION, each optionally after baremetal:"
@@ -125,7 +129,7 @@ def parse_target(spec: str) -> ImageKey | Scope | Wildcard | BareImage:
     if star:
         return Wildcard(None, None, kind)
     if bare:
-        return BareImage(bare, kind)
+        return BareImage(_as_gcore_writes(bare), kind)
     if "*" in (project, region):
         if image_id or project == region:  # `*/*/ID`, `7/*/ID`, `*/*`
             raise ValueError(_TARGET_FORMS)
@@ -133,7 +137,13 @@ def parse_target(spec: str) -> ImageKey | Scope | Wildcard | BareImage:
             None if project == "*" else int(project), None if region == "*" else int(region), kind
         )
     scope = Scope(int(project), int(region), kind)
-    return ImageKey(scope, image_id) if image_id else scope
+    return ImageKey(scope, _as_gcore_writes(image_id)) if image_id else scope
+
+
+def _as_gcore_writes(image_id: str) -> str:
+    """A UUID in lower case, as Gcore sends image ids: one typed in upper case is the same
+    image, not a mismatch forever. Other ids are left as typed."""
+    return image_id.lower() if _UUID.match(image_id) else image_id
 
 
 def _check_target(spec: str) -> str:
@@ -170,10 +180,11 @@ class Settings(BaseSettings):
     discovery_interval: Duration = 600.0
     task_interval: Duration | None = None
     failed_task_window: Duration = 86400.0
-    image_task_pattern: str = "image"
+    image_task_pattern: str = DEFAULT_IMAGE_TASK_PATTERN
     shard: int | None = Field(None, ge=0)
     total_shards: int = Field(1, ge=1, le=10_000)
     pod_name: str | None = Field(None, validation_alias="POD_NAME")  # Kubernetes' downward API
+    keep_acknowledged_tasks: bool = False
 
     @classmethod
     def settings_customise_sources(
@@ -304,6 +315,7 @@ class Settings(BaseSettings):
             "task_interval": self.effective_task_interval,
             "failed_task_window": self.failed_task_window,
             "image_task_pattern": self.image_task_pattern,
+            "keep_acknowledged_tasks": self.keep_acknowledged_tasks,
             "web_config_file": str(self.web_config_file) if self.web_config_file else None,
             "protect_probes": self.protect_probes,
             "shard": self.shard_assignment().ordinal,

@@ -70,6 +70,7 @@ def _reloadable(settings: Settings) -> dict[str, Any]:
         "task_interval": settings.effective_task_interval,
         "failed_task_window": settings.failed_task_window,
         "image_task_pattern": settings.image_task_pattern,
+        "keep_acknowledged_tasks": settings.keep_acknowledged_tasks,
         "max_response_size": settings.max_response_size,
         "stale_after": settings.effective_stale_after,
         "log_level": settings.log_level,

@@ -16,6 +16,7 @@ import structlog
 from exporter.gcore.client import GcoreClient
 from exporter.metrics.image_store import ImageStore
 from exporter.metrics.scope_health import ScopeHealth
+from exporter.polling.scope_cadence import ScopeCadence
 from exporter.polling.task_cache import TaskCache
 from exporter.sharding import EVERYTHING, Shard
 from exporter.vocabulary import FetchError, ImageKey, Scope, Targets
@@ -38,12 +39,14 @@ class Fetcher:
         store: ImageStore,
         tasks: TaskCache,
         scopes: ScopeHealth,
+        cadence: ScopeCadence,
         shard: Shard = EVERYTHING,
     ) -> None:
         self._client = client
         self._store = store
         self._tasks = tasks
         self._scopes = scopes
+        self.cadence = cadence
         self._shard = shard
         self._discovered: frozenset[Scope] = frozenset()
 
@@ -112,10 +115,11 @@ class Fetcher:
     async def _discover(self, scope: Scope) -> bool:
         labels = (str(scope.project_id), str(scope.region_id))
         seen: set[ImageKey] = set()  # this shard's images the listing held
+        held = [0]  # items of every shard the listing held, valid or not
         try:
-            outcome = await self._absorb_listing(scope, seen)
+            outcome = await self._absorb_listing(scope, seen, held)
             if outcome == "moved":  # the list changed under our pages: once more
-                outcome = await self._absorb_listing(scope, seen)
+                outcome = await self._absorb_listing(scope, seen, held)
         except Exception as exc:  # a bug too: the scope is down and its images age, not frozen
             error = exc if isinstance(exc, FetchError) else _unexpected(exc)
             if error is not exc:
@@ -123,6 +127,7 @@ class Fetcher:
             if error.reason == "not_found" and scope in self._discovered:
                 return self._unavailable(scope, error)
             self._scopes.mark(scope, "failing")
+            self.cadence.listed(scope, "failing")
             log.warning(
                 "listing failed",
                 project_id=labels[0],
@@ -135,6 +140,8 @@ class Fetcher:
                     self._store.failed(key, error)
             return False
         self._scopes.mark(scope, "ok")
+        empty = outcome == "complete" and not held[0]
+        self.cadence.listed(scope, "empty" if empty else "images")
         if outcome == "complete":  # only a complete listing proves that an image is gone
             self._store.retain(scope, {key.image_id for key in seen})
         else:
@@ -149,6 +156,7 @@ class Fetcher:
     def _unavailable(self, scope: Scope, error: FetchError) -> bool:
         """A discovered scope that answers 404 has no such GPU service: no error, no images."""
         self._store.drop_scope(scope)
+        self.cadence.listed(scope, "unavailable")
         if self._scopes.mark(scope, "unavailable"):
             log.info(
                 "no GPU image service in this region: counted as unavailable",
@@ -159,14 +167,16 @@ class Fetcher:
             )
         return True
 
-    async def _absorb_listing(self, scope: Scope, seen: set[ImageKey]) -> Listing:
+    async def _absorb_listing(self, scope: Scope, seen: set[ImageKey], held: list[int]) -> Listing:
         """Take in every page of a scope's list; complete if its pages ran out and `count` held
-        still, whatever it said: a `count` that lies must not keep a deleted image forever."""
+        still, whatever it said: a `count` that lies must not keep a deleted image forever.
+        `held[0]` counts the items of every shard, for the scope's cadence."""
         counts: set[int] = set()
         outcome: Listing = "complete"
         owns = self._shard.owns  # every shard pages the list; its own images get the rest
         async for page in self._client.list_pages(scope):
             counts.add(page.count)
+            held[0] += len(page.images) + len(page.invalid)
             if page.ending in ("stuck", "bounded"):
                 outcome = page.ending
             own = [image for image in page.images if owns(image.id)]
