@@ -45,8 +45,7 @@ class Fetcher:
         self._client = client
         self._store = store
         self._tasks = tasks
-        self._scopes = scopes
-        self.cadence = cadence
+        self._scopes, self.cadence = scopes, cadence  # how listings went; when to list again
         self._shard = shard
         self._discovered: frozenset[Scope] = frozenset()
 
@@ -139,7 +138,6 @@ class Fetcher:
                     self._store.failed(key, error)
             return False
         self._scopes.mark(scope, "ok")
-        # this shard's images decide: another shard's are no reason to list every round here
         self.cadence.listed(scope, "empty" if outcome == "complete" and not seen else "images")
         if outcome == "complete":  # only a complete listing proves that an image is gone
             self._store.retain(scope, {key.image_id for key in seen})
