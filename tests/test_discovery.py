@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from exporter.demo.fake_gcore import make_project, make_region
 from exporter.gcore.models import Project, Region
 from exporter.polling.discovery import active_regions, expand, usable_projects
