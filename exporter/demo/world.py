@@ -88,7 +88,7 @@ class DemoWorld:
             fake.put_image(PROJECT, region, image)
         self._other_project(now)
         self._baremetal(now)
-        self._flagless(now)
+        _flagless(fake, now)
         self._fail_an_upload()  # one at once, then one every _FAILURE_EVERY ticks
 
     def _other_project(self, now: datetime) -> None:
@@ -134,18 +134,6 @@ class DemoWorld:
                 gpu_driver_version="570.148.08",
             )
             self.fake.put_image(project, BAREMETAL_REGION, image, kind="baremetal")
-
-    def _flagless(self, now: datetime) -> None:
-        """Region 40: no GPU by its flags, two images in fact."""
-        for n in (17, 18):
-            image = make_image(
-                _image_id(n),
-                f"ubuntu-24.04-cuda-12.8-paris-{n}",
-                created_at=_ts(now - timedelta(days=n)),
-                region_id=FLAGLESS_REGION,
-                project_id=PROJECT,
-            )
-            self.fake.put_image(PROJECT, FLAGLESS_REGION, image)
 
     def step(self) -> None:
         """Advance the story by one tick (the demo ticks every few seconds)."""
@@ -214,6 +202,19 @@ class DemoWorld:
         failed = [t for t, task in self.fake.tasks.items() if t.startswith("fa11ed00")]
         for old in failed[:-FAILED_TASKS_KEPT]:
             del self.fake.tasks[old]
+
+
+def _flagless(fake: FakeGcore, now: datetime) -> None:
+    """Region 40: no GPU by its flags, two images in fact."""
+    for n in (17, 18):
+        image = make_image(
+            _image_id(n),
+            f"ubuntu-24.04-cuda-12.8-paris-{n}",
+            created_at=_ts(now - timedelta(days=n)),
+            region_id=FLAGLESS_REGION,
+            project_id=PROJECT,
+        )
+        fake.put_image(PROJECT, FLAGLESS_REGION, image)
 
 
 async def animate(world: DemoWorld, period: float = 5.0) -> None:
