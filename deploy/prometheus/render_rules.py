@@ -153,7 +153,8 @@ ALERTS: tuple[Alert, ...] = (
         expr="max without (%(replicas)s) (gcore_gpu_image_task_failed_timestamp_seconds{%(sel)s})",
         for_="%(task_failed_for)s",
         severity="warning",
-        summary="A GPU image task (an upload, a download or a delete: see task_type) ended in ERROR.",
+        summary="A GPU image task (an upload, a download or a delete: see task_type) ended"
+        " in ERROR.",
         description="Task {{ $labels.task_id }} ({{ $labels.task_type }}) %(where)s ended in"
         " ERROR at {{ $value | humanizeTimestamp }}"
         "{{ if $labels.image_id }}; it names GPU image {{ $labels.image_id }}{{ end }}."

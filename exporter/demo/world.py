@@ -3,10 +3,10 @@
 The demo watches `*` and `baremetal:*`. Region 10 offers virtual GPU images, region 20 virtual and
 bare-metal ones, region 30 announces GPU capability but answers 404 (a region without the
 service: counted as unavailable, no error), and region 40's capability flags say no GPU at all,
-yet it holds images (flags are hints: every ACTIVE region is probed). Every few seconds an upload moves through queued ->
-saving -> active under a task lock and another image is killed and recreated; one image is stuck
-in `queued` under the lock of a task that finished long ago; every ~30 s an image upload fails
-(an ERROR task); now and then the API answers 502 or 429.
+yet it holds images (flags are hints: every ACTIVE region is probed). Every few seconds an upload
+moves through queued -> saving -> active under a task lock and another image is killed and
+recreated; one image is stuck in `queued` under the lock of a task that finished long ago; every
+~30 s an image upload fails (an ERROR task); now and then the API answers 502 or 429.
 """
 
 from __future__ import annotations
