@@ -225,6 +225,7 @@ CHANGED: dict[str, dict[str, Any]] = {
     "task_interval": {"task_interval": "2h"},
     "failed_task_window": {"failed_task_window": "1h"},
     "image_task_pattern": {"image_task_pattern": "snapshot"},
+    "keep_acknowledged_tasks": {"keep_acknowledged_tasks": True},
     "log_level": {"log_level": "debug"},
     "listen": {"listen": "127.0.0.1:9999"},
     "telemetry_path": {"telemetry_path": "/other"},

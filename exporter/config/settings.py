@@ -46,6 +46,9 @@ DEFAULT_PORT = 10150
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_BASE_URL = "https://api.gcore.com"
 CONFIG_ENV = "GCORE_EXPORTER_CONFIG"
+DEFAULT_IMAGE_TASK_PATTERN = r"^(create|download|delete)_image$|^upload_\w*image$"
+"""The SDK's image task types (`task_list_params.py`), and GPU image uploads (`upload_*image`:
+their type is not documented, so the pattern guesses; `task type seen` log lines tell)."""
 MAX_CONFIG_BYTES: Final = 1 << 20
 """A config file larger than this is refused (`--config /dev/zero` must not eat the memory)."""
 MAX_CONFIG_VALUES: Final = 100_000
@@ -58,6 +61,7 @@ _PROM_DURATION = re.compile(
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _TARGET = re.compile(rf"^(?:(baremetal):)?(?:(\d+|\*)/(\d+|\*)(?:/({_ID}))?/?|({_ID})|(\*))$")
 _PATH = re.compile(r"^(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 _TARGET_FORMS = (
     "not a target: write PROJECT/REGION/IMAGE_ID, PROJECT/REGION or IMAGE_ID, "
     "or *, PROJECT/* or */REGION, each optionally after baremetal:"
@@ -129,7 +133,7 @@ def parse_target(spec: str) -> ImageKey | Scope | Wildcard | BareImage:
     if star:
         return Wildcard(None, None, kind)
     if bare:
-        return BareImage(bare, kind)
+        return BareImage(_as_gcore_writes(bare), kind)
     if "*" in (project, region):
         if image_id or project == region:  # `*/*/ID`, `7/*/ID`, `*/*`
             raise ValueError(_TARGET_FORMS)
@@ -137,7 +141,13 @@ def parse_target(spec: str) -> ImageKey | Scope | Wildcard | BareImage:
             None if project == "*" else int(project), None if region == "*" else int(region), kind
         )
     scope = Scope(int(project), int(region), kind)
-    return ImageKey(scope, image_id) if image_id else scope
+    return ImageKey(scope, _as_gcore_writes(image_id)) if image_id else scope
+
+
+def _as_gcore_writes(image_id: str) -> str:
+    """A UUID in lower case, as Gcore sends image ids: one typed in upper case is the same
+    image, not a mismatch forever. Other ids are left as typed."""
+    return image_id.lower() if _UUID.match(image_id) else image_id
 
 
 def _check_target(spec: str) -> str:
@@ -339,12 +349,24 @@ class _Polling(BaseSettings):
             _NEW_POLLER,
             "task types that count as image tasks: a Python regular expression, searched "
             "anywhere in the type ((?i) for any case)",
-            "`image`",
+            "the SDK's image task types: `create_image`, `download_image`, `delete_image` and "
+            "`upload_*image`",
             flag="--image-task-pattern",
             group=_POLLING,
             metavar="REGEX",
         ),
-    ] = "image"
+    ] = DEFAULT_IMAGE_TASK_PATTERN
+    keep_acknowledged_tasks: Annotated[
+        bool,
+        Option(
+            _NEW_POLLER,
+            "keep failed image tasks acknowledged in Gcore, with an acknowledged label",
+            "`false`: acknowledged failures leave the metrics",
+            flag="--keep-acknowledged-tasks",
+            group=_POLLING,
+            switch=True,
+        ),
+    ] = False
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -730,6 +752,7 @@ class Settings(_Cardinality, _Proxy, _Gcore, _Logging, _Web, _Sharding, _Polling
             "task_interval": self.effective_task_interval,
             "failed_task_window": self.failed_task_window,
             "image_task_pattern": self.image_task_pattern,
+            "keep_acknowledged_tasks": self.keep_acknowledged_tasks,
             "web_config_file": str(self.web_config_file) if self.web_config_file else None,
             "protect_probes": self.protect_probes,
             "shard": self.shard_assignment().ordinal,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import unquote
 
 import aiohttp
+import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
@@ -30,11 +31,15 @@ from exporter.metrics.snapshot import Publisher
 from exporter.metrics.telemetry import Telemetry
 from exporter.polling.cadences import Poller
 from exporter.polling.discovery import Discovery
-from exporter.polling.failed_tasks import FailedTasks
+from exporter.polling.failed_tasks import LOOKBACK, FailedTasks
 from exporter.polling.fetcher import NO_TARGETS, Fetcher
 from exporter.polling.scheduler import Scheduler
+from exporter.polling.scope_cadence import ScopeCadence
 from exporter.polling.task_cache import TaskCache
-from exporter.vocabulary import Targets
+from exporter.polling.task_feed import TaskFeed
+from exporter.vocabulary import Endpoint, Targets
+
+log = structlog.get_logger("exporter.daemon.wiring")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +207,8 @@ async def open_poller(
                 retry=retry(settings),
                 gate=gate,
                 proxy=proxy_of(settings),
-            )
+            ),
+            on_invalid=_invalid_item(telemetry),
         )
         telemetry.rate_limit_paused.set_function(lambda: int(client.gate.remaining > 0))
         tasks = TaskCache(
@@ -210,11 +216,18 @@ async def open_poller(
             ttl=settings.interval,
             on_failure=lambda error: telemetry.task_fetch_errors.labels(error.reason).inc(),
         )
+        cadence = ScopeCadence(
+            interval=settings.interval,
+            relist_after=settings.discovery_interval,
+            telemetry=telemetry,
+            clock=wall_clock,
+        )
         fetcher = Fetcher(
             client,
             store=monitor.store,
             tasks=tasks,
             scopes=monitor.scopes,
+            cadence=cadence,
             shard=telemetry.shard,
         )
         discovery = Discovery(
@@ -226,17 +239,25 @@ async def open_poller(
             clock=wall_clock,
         )
         failed_tasks = FailedTasks(
-            client,
-            telemetry=telemetry,
             registry=telemetry.registry,
             pattern=settings.image_task_pattern,
             window=settings.failed_task_window,
+            keep_acknowledged=settings.keep_acknowledged_tasks,
             clock=wall_clock,
         )
+        feed = TaskFeed(
+            client,
+            telemetry=telemetry,
+            lookback=settings.failed_task_window + LOOKBACK,
+            clock=wall_clock,
+        )
+        feed.subscribe(failed_tasks.take)
+        feed.subscribe(cadence.take)
         try:
             if previous is not None:
                 discovery.adopt(previous.discovery)
                 failed_tasks.adopt(previous.failed_tasks)
+                cadence.adopt(previous.scheduler.cadence)
             before = previous.scheduler.targets if previous is not None else NO_TARGETS
             fetcher.register(discovery.targets, before)
             scheduler = Scheduler(
@@ -253,6 +274,7 @@ async def open_poller(
                 scheduler,
                 discovery,
                 failed_tasks,
+                feed,
                 publisher=monitor.publisher,
                 discovery_interval=settings.discovery_interval,
                 task_interval=settings.effective_task_interval,
@@ -262,6 +284,18 @@ async def open_poller(
         finally:
             discovery.close()
             failed_tasks.close()
+
+
+def _invalid_item(telemetry: Telemetry) -> Callable[[Endpoint, str | None, str], None]:
+    """Count each item of a listing that failed validation; log those no fetch logs (a shard
+    logs only its own invalid images, where it uses them)."""
+
+    def invalid(endpoint: Endpoint, item_id: str | None, problem: str) -> None:
+        telemetry.item_invalid(endpoint, item_id, problem)
+        if endpoint != "images":
+            log.warning("invalid item skipped", endpoint=endpoint, id=item_id, problem=problem)
+
+    return invalid
 
 
 @asynccontextmanager

@@ -8,7 +8,7 @@ keep a deleted image nor make the exporter ask for pages without end.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal, TypeVar
@@ -41,9 +41,18 @@ class Page:
     ending: Ending | None = None  # set on the last page only
 
 
+InvalidItem = Callable[[Endpoint, str | None, str], None]
+"""Told of each item of a listing that failed validation: endpoint, its id if any, the problem."""
+
+
+def _ignore(endpoint: Endpoint, item_id: str | None, problem: str) -> None:
+    """No one is told: for clients that count nothing (tests, one-off tools)."""
+
+
 class GcoreClient:
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, *, on_invalid: InvalidItem = _ignore) -> None:
         self._transport = transport
+        self._on_invalid = on_invalid
 
     def __repr__(self) -> str:
         return f"GcoreClient({self._transport!r})"
@@ -60,7 +69,7 @@ class GcoreClient:
             image = Image.model_validate(data)
         except ValidationError as exc:
             raise FetchError("invalid_response", f"image: {_summary(exc)}") from None
-        if image.id != key.image_id:
+        if image.id.lower() != key.image_id.lower():  # UUIDs: case does not matter
             raise FetchError(
                 "invalid_response", f"asked for image {key.image_id}, got {shown(image.id)}"
             )
@@ -91,9 +100,9 @@ class GcoreClient:
                 try:
                     image = Image.model_validate(raw)
                 except ValidationError as exc:
-                    raw_id = raw.get("id") if isinstance(raw, dict) else None
-                    item_id = clean_text(raw_id) if isinstance(raw_id, str) else None
+                    item_id = _raw_id(raw)
                     invalid.append((item_id, _summary(exc)))
+                    self._on_invalid("images", item_id, _summary(exc))
                     if item_id is not None:
                         ids.append(item_id)
                 else:
@@ -113,24 +122,28 @@ class GcoreClient:
             raise FetchError("invalid_response", f"task: {_summary(exc)}") from None
 
     async def list_projects(self) -> tuple[Project, ...]:
-        return await self._list_all("projects", ("cloud", "v1", "projects"), (), Project)
+        return await self._list_all(
+            "projects", ("cloud", "v1", "projects"), (), Project, whole=True
+        )
 
     async def list_regions(self) -> tuple[Region, ...]:
-        return await self._list_all("regions", ("cloud", "v1", "regions"), (), Region)
+        return await self._list_all("regions", ("cloud", "v1", "regions"), (), Region, whole=True)
 
     async def list_tasks(
         self,
         *,
-        state: str,
         since: datetime,
         project_ids: Iterable[int],
         region_ids: Iterable[int],
+        state: str | None = None,
     ) -> tuple[Task, ...]:
-        """Tasks in `state` created since `since`, in any of the projects and any of the regions."""
+        """Tasks created since `since` (in `state`, if given), in any of the projects and any of
+        the regions. A malformed task is skipped and reported, never the whole listing."""
         params: list[tuple[str, str | int]] = [
-            ("state", state),
-            ("from_timestamp", since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")),
+            ("from_timestamp", since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"))
         ]
+        if state is not None:
+            params.append(("state", state))
         params += [("project_id", p) for p in sorted(set(project_ids))]
         params += [("region_id", r) for r in sorted(set(region_ids))]
         return await self._list_all("tasks", ("cloud", "v1", "tasks"), params, Task)
@@ -141,9 +154,13 @@ class GcoreClient:
         path: tuple[str, ...],
         params: Sequence[tuple[str, str | int]],
         model: type[Item],
+        *,
+        whole: bool = False,
     ) -> tuple[Item, ...]:
-        """Every item of a `{count, results}` list; one invalid item fails it all, and so does a
-        listing cut short (a partial list would make discovery drop what it could not read)."""
+        """Every valid item of a `{count, results}` list, each validated on its own: a malformed
+        item is reported and skipped (it cannot be used anyway), the rest are kept. A listing cut
+        short fails, and so does one with a malformed item when it must be `whole` (projects and
+        regions: discovery would drop the scopes of what it could not read)."""
         url = self._transport.url(*path)
         items: list[Item] = []
         pager = _Pager()
@@ -152,15 +169,26 @@ class GcoreClient:
             data = await self._transport.get_json(endpoint, url, [*params, *paging])
             try:
                 page = Listing.model_validate(data)
-                found = []
-                for number, raw in enumerate(page.results, 1):
-                    if number % YIELD_EVERY == 0:
-                        await asyncio.sleep(0)
-                    found.append(model.model_validate(raw))
             except ValidationError as exc:
                 raise FetchError("invalid_response", f"{endpoint}: {_summary(exc)}") from None
-            items += found
-            ending = pager.turn(page.count, len(page.results), [str(i.id) for i in found])
+            ids: list[str] = []
+            problem = None  # the first invalid item's
+            for number, raw in enumerate(page.results, 1):
+                if number % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                try:
+                    item = model.model_validate(raw)
+                except ValidationError as exc:
+                    item_id = _raw_id(raw)
+                    problem = problem or _summary(exc)
+                    self._on_invalid(endpoint, item_id, _summary(exc))
+                    ids += [item_id] if item_id is not None else []
+                else:
+                    items.append(item)
+                    ids.append(str(item.id))
+            if whole and problem is not None:
+                raise FetchError("invalid_response", f"{endpoint}: {problem}")
+            ending = pager.turn(page.count, len(page.results), ids)
             if ending == "ran_out":
                 return tuple(items)
             if ending is not None:
@@ -199,6 +227,14 @@ class _Pager:
 
 def _images(scope: Scope) -> tuple[str, ...]:
     return ("cloud", "v3", "gpu", scope.kind, str(scope.project_id), str(scope.region_id), "images")
+
+
+def _raw_id(raw: object) -> str | None:
+    """The id of an item that failed validation, when it has a usable one."""
+    raw_id = raw.get("id") if isinstance(raw, dict) else None
+    if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+        return None
+    return clean_text(str(raw_id))
 
 
 def _summary(exc: ValidationError) -> str:

@@ -57,7 +57,8 @@ def _or_none(kind: type[T], then: Callable[[T], T] = lambda value: value) -> Bef
 
 MaybeUtc = Annotated[datetime | None, _or_none(datetime, _assume_utc)]
 MaybeInt = Annotated[int | None, _or_none(int)]
-MaybeText = Annotated[str | None, _or_none(str)]
+MaybeText = Annotated[str | None, _or_none(str, clean_text)]
+MaybeBool = Annotated[bool | None, _or_none(bool)]
 
 
 class _Model(BaseModel):
@@ -111,6 +112,7 @@ class Task(_Model):
     updated_on: MaybeUtc = None
     finished_on: MaybeUtc = None
     error: MaybeText = None
+    acknowledged_at: MaybeUtc = None  # someone marked the task as seen in Gcore
     project_id: MaybeInt = None
     region_id: MaybeInt = None
     created_resources: Annotated[CreatedResources | None, _or_none(CreatedResources)] = None
@@ -132,10 +134,14 @@ class Project(_Model):
 
 
 class Region(_Model):
-    """The capability flags are required, as in Gcore's SDKs: discovery decides on them."""
+    """A region; its capability flags are hints only (their meaning is not documented, see
+    docs/gcore-api.md): discovery probes every ACTIVE region's listings instead."""
 
     id: int
     display_name: str
     state: str
-    has_ai_gpu: bool
-    has_baremetal: bool
+    has_ai_gpu: MaybeBool = None
+    has_baremetal: MaybeBool = None
+    slug: MaybeText = None
+    zone: MaybeText = None
+    country: MaybeText = None

@@ -147,6 +147,7 @@ class Transport:
         policy = self._retry
         started = time.monotonic()
         for attempt in range(1, policy.attempts + 1):
+            answer: _Answer | None = None
             try:
                 answer = await self._send(endpoint, url, params)
             except FetchError as exc:
@@ -157,7 +158,7 @@ class Transport:
                 error = _http_error(answer)
                 if answer.status == 429:
                     self._pause(answer.headers, attempt)
-            retryable = error.reason in _RETRYABLE
+            retryable = _should_retry(error, answer)
             if not retryable or attempt == policy.attempts:
                 raise error
             delay = 0.0 if error.reason == "rate_limited" else self._backoff(attempt)
@@ -291,6 +292,18 @@ _STATUS_REASONS: Final[Mapping[int, Reason]] = {
     429: "rate_limited",
 }
 _RETRYABLE: Final = frozenset({"server_error", "timeout", "connection", "rate_limited"})
+
+
+def _should_retry(error: FetchError, answer: _Answer | None) -> bool:
+    """Whether `error` is worth another try: the server's `x-should-retry: true|false` decides
+    when an HTTP answer carries it, as in Gcore's SDK (`_base_client.py`); else the reason."""
+    if answer is not None:
+        said = answer.headers.get("x-should-retry")
+        if said == "true":
+            return True
+        if said == "false":
+            return False
+    return error.reason in _RETRYABLE
 
 
 def _http_error(answer: _Answer) -> FetchError:

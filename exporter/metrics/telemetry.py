@@ -135,6 +135,30 @@ class Telemetry:
             registry=r,
         )
 
+        self.scope_cadence = Gauge(
+            "gcore_exporter_scope_cadence",
+            CACHED_HELP + "Watched project/regions by how often their images are listed: "
+            "images and failing every round, empty and unavailable at the discovery interval "
+            "(an image task in an empty one's project and region lists it at once).",
+            ["cadence"],
+            registry=r,
+        )
+        self.scope_listing_interval = Gauge(
+            "gcore_exporter_scope_listing_interval_seconds",
+            CACHED_HELP + "Seconds between two listings of a scope's images, by cadence.",
+            ["cadence"],
+            registry=r,
+        )
+        self.invalid_items = Counter(
+            "gcore_exporter_invalid_items",
+            CACHED_HELP + "Items of a Gcore listing skipped because they failed validation, "
+            "by endpoint (images, projects, regions, tasks); the rest of the listing is used.",
+            ["endpoint"],
+            registry=r,
+        )
+        for endpoint in ("images", "projects", "regions", "tasks"):
+            self.invalid_items.labels(endpoint)
+
     def request_done(self, endpoint: Endpoint, code: str, seconds: float) -> None:
         self.api_requests.labels(endpoint, code).inc()
         self.api_request_duration.labels(endpoint).observe(seconds)
@@ -144,3 +168,7 @@ class Telemetry:
 
     def rate_limit_pause_started(self) -> None:
         self.rate_limit_pauses.inc()
+
+    def item_invalid(self, endpoint: Endpoint, item_id: str | None, problem: str) -> None:
+        """A listing's item that failed validation (it is logged where it is used)."""
+        self.invalid_items.labels(endpoint).inc()

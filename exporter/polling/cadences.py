@@ -2,7 +2,8 @@
 one path by which what they found is published (`Poller.publish`).
 
 Discovery refreshes the scope set every `discovery_interval` and hands it to the scheduler,
-which polls it from its next round; the failed-task poll runs every `task_interval`. The first
+which polls it from its next round; the Tasks feed (failed image tasks, wake-ups of empty scopes)
+polls every `task_interval`. The first
 refresh comes before the first round, so that `*` is polled from the start.
 """
 
@@ -18,6 +19,7 @@ from exporter.metrics.snapshot import Publisher
 from exporter.polling.discovery import Discovery
 from exporter.polling.failed_tasks import FailedTasks
 from exporter.polling.scheduler import Scheduler
+from exporter.polling.task_feed import TaskFeed
 from exporter.vocabulary import Scope
 
 log = structlog.get_logger(__name__)
@@ -29,6 +31,7 @@ class Poller:
         scheduler: Scheduler,
         discovery: Discovery,
         failed_tasks: FailedTasks,
+        feed: TaskFeed,
         *,
         publisher: Publisher,
         discovery_interval: float,
@@ -37,6 +40,7 @@ class Poller:
         self.scheduler = scheduler
         self.discovery = discovery
         self.failed_tasks = failed_tasks
+        self.feed = feed
         self._publisher = publisher
         self._discovery_interval = discovery_interval
         self._task_interval = task_interval
@@ -61,9 +65,9 @@ class Poller:
             await self.publish()
 
     async def poll_tasks(self) -> bool:
-        """One poll of the failed tasks of every watched scope, published."""
+        """One poll of the Tasks feed of every watched scope, published."""
         try:
-            return await self.failed_tasks.poll(self.watched())
+            return await self.feed.poll(self.watched())
         finally:
             await self.publish()
 

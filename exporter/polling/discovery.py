@@ -1,13 +1,16 @@
 """Turns wildcard targets (`*`, `PROJECT/*`, `*/REGION`) into the scopes to list.
 
 A refresh lists projects and regions (only when a wildcard is configured) and expands every
-wildcard against them: active projects (or projects without a state) times active regions that
-have the GPU service of the wildcard's kind (`has_ai_gpu` for virtual, `has_baremetal` for bare
-metal). `*/REGION` takes the region as given. A listing that fails keeps the last known set.
-The names of what was listed are exported KSM-style, to be joined on the id:
+wildcard against them: active projects (or projects without a state) times every ACTIVE region.
+The regions' capability flags (`has_ai_gpu`, `has_baremetal`) are not used: what they mean is
+undocumented and probably not "serves GPU images of this kind" (docs/gcore-api.md), so each
+scope's first listing is the probe, and a 404 makes it `unavailable` until the next discovery
+(see `scope_cadence`). `*/REGION` takes the region as given. A listing that fails keeps the last
+known set. The names of what was listed are exported KSM-style, to be joined on the id:
 
     gcore_gpu_project_info{project_id="1",project_name="ml-research"} 1
-    gcore_gpu_region_info{region_id="10",region_name="Luxembourg-2"} 1
+    gcore_gpu_region_info{region_id="10",region_name="Luxembourg-2",slug="luxembourg-2",
+        zone="EMEA",country="LU"} 1
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from exporter.gcore.models import Project, Region, clean_text
 from exporter.metrics.families import CACHED_HELP
 from exporter.metrics.scope_health import AccountEndpoint, account_up
 from exporter.metrics.telemetry import Telemetry
-from exporter.vocabulary import FetchError, Kind, Scope, Targets
+from exporter.vocabulary import FetchError, Scope, Targets
 
 log = structlog.get_logger(__name__)
 
@@ -39,16 +42,9 @@ def usable_projects(projects: Iterable[Project]) -> list[int]:
     return sorted({p.id for p in projects if (p.state or "ACTIVE").upper() == "ACTIVE"})
 
 
-def gpu_regions(regions: Iterable[Region], kind: Kind) -> list[int]:
-    """Ids of the ACTIVE regions that offer the GPU service of `kind`."""
-    return sorted(
-        {
-            r.id
-            for r in regions
-            if r.state.upper() == "ACTIVE"
-            and (r.has_baremetal if kind == "baremetal" else r.has_ai_gpu)
-        }
-    )
+def active_regions(regions: Iterable[Region]) -> list[int]:
+    """Ids of the ACTIVE regions, whatever their capability flags say: each is probed."""
+    return sorted({r.id for r in regions if r.state.upper() == "ACTIVE"})
 
 
 def expand(
@@ -69,7 +65,7 @@ def expand(
         if wildcard.region_id is not None:
             region_ids = [wildcard.region_id]
         else:
-            region_ids = gpu_regions(regions or (), wildcard.kind)
+            region_ids = active_regions(regions or ())
         found.update(Scope(p, r, wildcard.kind) for p in project_ids for r in region_ids)
     found -= configured
     watched = configured | found
@@ -86,7 +82,7 @@ class AccountInfo(Collector):
 
     def __init__(self) -> None:
         self.projects: dict[int, str] = {}
-        self.regions: dict[int, str] = {}
+        self.regions: dict[int, tuple[str, str, str, str]] = {}  # name, slug, zone, country
 
     def collect(self) -> Iterator[Metric]:
         projects = GaugeMetricFamily(
@@ -99,15 +95,22 @@ class AccountInfo(Collector):
         regions = GaugeMetricFamily(
             "gcore_gpu_region_info",
             CACHED_HELP + "A region of Gcore Cloud, always 1; join on region_id.",
-            labels=["region_id", "region_name"],
+            labels=["region_id", "region_name", "slug", "zone", "country"],
         )
-        for region_id, name in sorted(self.regions.items()):
-            regions.add_metric([str(region_id), name], 1)
+        for region_id, labels in sorted(self.regions.items()):
+            regions.add_metric([str(region_id), *labels], 1)
         yield projects
         yield regions
 
     def describe(self) -> Iterator[Metric]:
         return self.collect()
+
+
+def _region_labels(region: Region) -> tuple[str, str, str, str]:
+    """The info labels of a region; empty where Gcore sends nothing."""
+    texts = (region.display_name, region.slug, region.zone, region.country)
+    name, slug, zone, country = (clean_text(text or "") for text in texts)
+    return name, slug, zone, country
 
 
 class Discovery:
@@ -159,7 +162,7 @@ class Discovery:
                 self._info.projects = {p.id: clean_text(p.name) for p in projects}
             if regions is not None:
                 self._regions = regions
-                self._info.regions = {r.id: clean_text(r.display_name) for r in regions}
+                self._info.regions = {r.id: _region_labels(r) for r in regions}
             targets = expand(self._config, self._projects, self._regions)
             if targets != self.targets:
                 before = set(self.targets.discovered)

@@ -1,13 +1,17 @@
 """Image tasks that failed: an upload that dies before it becomes an image leaves only a task.
 
-A poll lists the ERROR tasks of the watched projects and regions (`GET /cloud/v1/tasks`, paged by
-1000: its default page is 10) and keeps those whose type matches the image-task pattern. The API
-filters on creation time, so a poll looks back a day further than the window and keeps the tasks
-that finished within it (`finished_on`, else `updated_on`, else when first seen). A failed poll
-keeps the last known set; either way a task leaves the metrics once the window has passed:
+The Tasks feed (`task_feed`) hands over the recent tasks of the watched projects and regions;
+this keeps those in ERROR whose type matches the image-task pattern (by default the SDK's image
+task types: `create_image`, `download_image`, `delete_image`, and GPU `upload_*image` ones; each
+failure keeps its `task_type`, since a failed upload and a failed delete are different news).
+The API filters on creation time, so the feed looks back a day further than the window; a task
+counts when it finished within it (`finished_on`, else `updated_on`, else when first seen).
+A failure someone acknowledged in Gcore (`acknowledged_at`) leaves the metrics, unless
+`keep_acknowledged`, which keeps it with an `acknowledged` label. A failed poll keeps the last
+known set; either way a task leaves the metrics once the window has passed:
 
     gcore_gpu_image_task_failed_timestamp_seconds{project_id="1",region_id="10",task_id="…",
-        task_type="upload_virtual_image",image_id=""} 1.7e9
+        task_type="download_image",image_id=""} 1.7e9
     gcore_gpu_image_task_failed_info{project_id="1",region_id="10",task_id="…",error="…"} 1
 """
 
@@ -15,9 +19,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final
 
 import structlog
@@ -25,12 +28,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.gcore.client import GcoreClient
 from exporter.gcore.models import Task, clean_text
 from exporter.metrics.families import CACHED_HELP, truncate
-from exporter.metrics.scope_health import account_up
-from exporter.metrics.telemetry import Telemetry
-from exporter.vocabulary import FetchError, Scope
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +46,7 @@ class FailedTask:
     image_id: str  # the image the task created, "" when it names none
     error: str  # truncated
     finished: float
+    acknowledged: bool = False
 
 
 def failed_task(task: Task, first_seen: float) -> FailedTask | None:
@@ -63,24 +63,25 @@ def failed_task(task: Task, first_seen: float) -> FailedTask | None:
         image_id=clean_text(images[0]) if images else "",
         error=truncate(clean_text(task.error or "")),
         finished=when.timestamp() if when is not None else first_seen,
+        acknowledged=task.acknowledged_at is not None,
     )
 
 
 class FailedTasks(Collector):
+    """A subscriber of the Tasks feed, and the collector of what it keeps."""
+
     def __init__(
         self,
-        client: GcoreClient,
         *,
-        telemetry: Telemetry,
         registry: CollectorRegistry,
         pattern: str,
         window: float,
+        keep_acknowledged: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._client = client
-        self._telemetry = telemetry
         self._pattern = re.compile(pattern)
         self._window = window
+        self._keep_acknowledged = keep_acknowledged
         self._now = clock
         self._failed: dict[str, FailedTask] = {}
         self._first_seen: dict[str, float] = {}
@@ -97,26 +98,8 @@ class FailedTasks(Collector):
     def close(self) -> None:
         self._registry.unregister(self)
 
-    async def poll(self, scopes: Iterable[Scope]) -> bool:
-        """List the failed tasks of `scopes`' projects and regions; True if the listing worked."""
-        pairs = {(s.project_id, s.region_id) for s in scopes}
-        if not pairs:
-            return True
-        now = self._now()
-        try:
-            tasks = await self._client.list_tasks(
-                state="ERROR",
-                since=datetime.fromtimestamp(now - self._window - LOOKBACK, UTC),
-                project_ids={p for p, _ in pairs},
-                region_ids={r for _, r in pairs},
-            )
-        except FetchError as exc:
-            account_up(self._telemetry, "tasks", False)
-            log.warning(
-                "listing failed: the last known set is kept", endpoint="tasks", **exc.log_fields()
-            )
-            return False
-        account_up(self._telemetry, "tasks", True, self._now)
+    def take(self, tasks: Sequence[Task], now: float) -> None:
+        """Keep the failed image tasks of one poll of the feed, replacing what was known."""
         failed: dict[str, FailedTask] = {}
         first_seen: dict[str, float] = {}
         for task in tasks:
@@ -125,21 +108,22 @@ class FailedTasks(Collector):
             self._note_type(task_type, matches)
             if not matches or task.state.upper() != "ERROR":
                 continue
-            if (task.project_id, task.region_id) not in pairs:
-                continue  # the filters are per project and per region: their product is wider
+            if task.acknowledged_at is not None and not self._keep_acknowledged:
+                continue  # someone saw it in Gcore: no more news
             first_seen[task.id] = self._first_seen.get(task.id, now)
             found = failed_task(task, first_seen[task.id])
             if found is not None:
                 failed[task.id] = found
         self._failed, self._first_seen = failed, first_seen
-        return True
 
     def collect(self) -> Iterator[Metric]:
+        acknowledged = ["acknowledged"] if self._keep_acknowledged else []
         when = GaugeMetricFamily(
             "gcore_gpu_image_task_failed_timestamp_seconds",
-            CACHED_HELP + "When an image task that ended in ERROR finished (finished_on, else "
-            "updated_on, else when first seen); present for the failed-task window.",
-            labels=["project_id", "region_id", "task_id", "task_type", "image_id"],
+            CACHED_HELP + "When an image task (upload, download, delete: see task_type) that "
+            "ended in ERROR finished (finished_on, else updated_on, else when first seen); "
+            "present for the failed-task window.",
+            labels=["project_id", "region_id", "task_id", "task_type", "image_id", *acknowledged],
         )
         info = GaugeMetricFamily(
             "gcore_gpu_image_task_failed_info",
@@ -151,7 +135,8 @@ class FailedTasks(Collector):
             if task.finished < horizon:
                 continue
             scope = [str(task.project_id), str(task.region_id), task.task_id]
-            when.add_metric([*scope, task.task_type, task.image_id], task.finished)
+            flag = [str(task.acknowledged).lower()] if self._keep_acknowledged else []
+            when.add_metric([*scope, task.task_type, task.image_id, *flag], task.finished)
             info.add_metric([*scope, task.error], 1)
         yield when
         yield info

@@ -17,6 +17,7 @@ import structlog
 from exporter.gcore.client import GcoreClient
 from exporter.metrics.image_store import ImageStore
 from exporter.metrics.scope_health import ScopeHealth
+from exporter.polling.scope_cadence import ScopeCadence
 from exporter.polling.task_cache import TaskCache
 from exporter.sharding import EVERYTHING, Shard
 from exporter.vocabulary import FetchError, ImageKey, Scope, Targets
@@ -39,12 +40,13 @@ class Fetcher:
         store: ImageStore,
         tasks: TaskCache,
         scopes: ScopeHealth,
+        cadence: ScopeCadence,
         shard: Shard = EVERYTHING,
     ) -> None:
         self._client = client
         self._store = store
         self._tasks = tasks
-        self._scopes = scopes
+        self._scopes, self.cadence = scopes, cadence  # how listings went; when to list again
         self._shard = shard
         self._discovered: frozenset[Scope] = frozenset()
 
@@ -121,6 +123,7 @@ class Fetcher:
             if error.reason == "not_found" and scope in self._discovered:
                 return self._unavailable(scope, error)
             self._scopes.mark(scope, "failing")
+            self.cadence.listed(scope, "failing")
             log.warning(
                 "listing failed",
                 project_id=labels[0],
@@ -133,6 +136,7 @@ class Fetcher:
                     self._store.failed(key, error)
             return False
         self._scopes.mark(scope, "ok")
+        self.cadence.listed(scope, "empty" if outcome == "complete" and not seen else "images")
         if outcome == "complete":  # only a complete listing proves that an image is gone
             self._store.retain(scope, {key.image_id for key in seen})
         else:
@@ -147,6 +151,7 @@ class Fetcher:
     def _unavailable(self, scope: Scope, error: FetchError) -> bool:
         """A discovered scope that answers 404 has no such GPU service: no error, no images."""
         self._store.drop_scope(scope)
+        self.cadence.listed(scope, "unavailable")
         if self._scopes.mark(scope, "unavailable"):
             log.info(
                 "no GPU image service in this region: counted as unavailable",

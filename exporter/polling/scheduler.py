@@ -19,6 +19,7 @@ import structlog
 from exporter.metrics.image_store import ImageStore
 from exporter.metrics.telemetry import Telemetry
 from exporter.polling.fetcher import Fetcher, Target
+from exporter.polling.scope_cadence import ScopeCadence
 from exporter.vocabulary import ImageKey, Targets
 
 log = structlog.get_logger(__name__)
@@ -35,6 +36,7 @@ class RoundResult:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    resting: int = 0  # scopes whose cadence did not call for a listing this round
     duration: float = 0.0
 
 
@@ -68,6 +70,10 @@ class Scheduler:
     @property
     def targets(self) -> Targets:
         return self._targets
+
+    @property
+    def cadence(self) -> ScopeCadence:
+        return self._fetcher.cadence
 
     async def run(self) -> None:
         """Start a round every interval, until cancelled."""
@@ -106,6 +112,7 @@ class Scheduler:
         gone = self._wanted - wanted
         self._targets, self._wanted = targets, wanted
         self._fetcher.register(targets)
+        self.cadence.retain({*targets.scopes, *targets.discovered})
         for target in gone:
             if target not in self._claimed:
                 self._fetcher.forget(target, targets)
@@ -137,10 +144,14 @@ class Scheduler:
         started = time.monotonic()
         scopes: list[Target] = []
         images: list[Target] = []
-        skipped = 0
+        skipped = resting = 0
+        due = self.cadence.due
         for target in _polled(self._targets):
             if target in self._claimed:
                 skipped += 1
+                continue
+            if not isinstance(target, ImageKey) and not due(target):
+                resting += 1
                 continue
             self._claimed.add(target)  # a round starting meanwhile skips it
             (images if isinstance(target, ImageKey) else scopes).append(target)
@@ -168,6 +179,7 @@ class Scheduler:
             ok=outcomes[1],
             failed=outcomes[0],
             skipped=skipped,
+            resting=resting,
             duration=time.monotonic() - started,
         )
         self._fetcher.round_done()
@@ -191,6 +203,7 @@ def _log_round(result: RoundResult, store: ImageStore) -> None:
         ok=result.ok,
         failed=result.failed,
         skipped=result.skipped,
+        resting=result.resting,
         images=len(store),
         images_failing=store.failing(),
         duration=round(result.duration, 3),
