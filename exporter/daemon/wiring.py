@@ -25,6 +25,7 @@ from exporter.gcore.transport import RateGate, RetryPolicy, Transport
 from exporter.metrics.image_store import ImageStore
 from exporter.metrics.scope_health import ScopeHealth
 from exporter.metrics.snapshot import Publisher
+from exporter.metrics.task_outcomes import OutcomeTally
 from exporter.metrics.telemetry import Telemetry
 from exporter.polling.cadences import Poller
 from exporter.polling.discovery import Discovery
@@ -34,6 +35,7 @@ from exporter.polling.scheduler import Scheduler
 from exporter.polling.scope_cadence import ScopeCadence
 from exporter.polling.task_cache import TaskCache
 from exporter.polling.task_feed import TaskFeed
+from exporter.polling.task_outcomes import TaskOutcomes, watched_pairs
 from exporter.vocabulary import Endpoint, Targets
 
 log = structlog.get_logger("exporter.daemon.wiring")
@@ -108,6 +110,7 @@ class Monitor:
     store: ImageStore
     publisher: Publisher
     scopes: ScopeHealth
+    outcomes: TaskOutcomes  # what image tasks were counted: never twice, even across reloads
 
 
 def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time) -> Monitor:
@@ -117,7 +120,8 @@ def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time)
         stale_after=settings.effective_stale_after, clock=wall_clock, on_change=publisher.mark_dirty
     )
     telemetry.images.set_function(lambda: len(store))
-    return Monitor(telemetry, store, publisher, ScopeHealth(telemetry, wall_clock))
+    outcomes = TaskOutcomes(OutcomeTally(telemetry.registry))
+    return Monitor(telemetry, store, publisher, ScopeHealth(telemetry, wall_clock), outcomes)
 
 
 @asynccontextmanager
@@ -199,6 +203,13 @@ async def open_poller(
         )
         feed.subscribe(failed_tasks.take)
         feed.subscribe(cadence.take)
+        feed.subscribe(
+            monitor.outcomes.subscriber(
+                pattern=settings.image_task_pattern,
+                lookback=settings.failed_task_window + LOOKBACK,
+                watched=lambda: watched_pairs(discovery.targets),
+            )
+        )
         try:
             if previous is not None:
                 discovery.adopt(previous.discovery)
