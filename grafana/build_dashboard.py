@@ -524,11 +524,13 @@ def failed_tasks(q: Queries) -> dict[str, Any]:
     )
     return table(
         "Failed image tasks",
-        "Image tasks (uploads, imports, copies...) that ended in ERROR within the exporter's"
-        " failed-task window (a day by default), latest first: when they failed, where (project"
-        " and region by name where the exporter lists them), the task type, Gcore's error text"
-        " and the image the task names, if any. A failed upload leaves no image behind, so it"
-        " shows only here. Alert: GcoreGpuImageTaskFailed (runbook: what the errors mean).",
+        "Failed image tasks: image tasks (uploads: create_image, download_image, upload_*image;"
+        " deletes: delete_image) that ended in ERROR within the exporter's failed-task window"
+        " (a day by default), latest first: when they failed, where (project and region by name"
+        " where the exporter lists them), the task type (a failed upload and a failed delete are"
+        " different news), Gcore's error text and the image the task names, if any. A failed"
+        " upload leaves no image behind, so it shows only here; failures acknowledged in Gcore"
+        " leave. Alert: GcoreGpuImageTaskFailed (runbook: what the errors mean).",
         [target(with_scope_names(q, failed, when), instant=True, table=True)],
         (24, 8),
         sort_by="Failed",
@@ -653,8 +655,9 @@ def discovery(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]
         table(
             "Account listings",
             "The account-wide listings: projects and regions (only with wildcard targets, to"
-            " expand them; a failure keeps the last set) and the failed tasks of the watched"
-            " projects and regions (for 'Failed image tasks'). Whether the last one succeeded on"
+            " expand them; a failure keeps the last set) and the tasks of the watched projects"
+            " and regions (for 'Failed image tasks', and to list an empty scope at once when an"
+            " image task shows up in it). Whether the last one succeeded on"
             f" any exporter and when one last did; failing for {failing_for} fires"
             " GcoreGpuImageDiscoveryFailing.",
             [

@@ -93,3 +93,14 @@ async def test_the_other_benches_run_at_a_tiny_size() -> None:
     slices = await run_bench("bench.slices", "50", "--rounds", "1")
     assert "50 discovered images, 1 rounds after the first:" in slices
     assert "| slices over | count | CPU ms | mostly |" in slices
+
+
+async def test_the_sparse_account_bench_prints_calls_per_round_before_and_after() -> None:
+    out = await run_bench(
+        "bench.sparse_account",
+        *("--projects", "2", "--regions", "3", "--with-images", "1"),
+        *("--rounds", "10"),
+    )
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in out.splitlines()[3:]}
+    assert float(rows["before"][0]) == 12.0  # every scope, every round
+    assert float(rows["after"][0]) == 1 + 11 / 10  # the scope with images, the rest amortised

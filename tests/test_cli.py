@@ -235,9 +235,9 @@ async def test_demo_serves_metrics_that_promtool_accepts(tmp_path: Path) -> None
         len(
             {ls["image_id"] for ls in [dict(k[1]) for k in samples if k[0] == "gcore_gpu_image_up"]}
         )
-        == 17
+        == 19
     )
-    assert value(samples, "gcore_exporter_scopes", state="unavailable") == 2
+    assert value(samples, "gcore_exporter_scopes", state="unavailable") == 8
     assert series(samples, "gcore_gpu_image_task_failed_info") != []
     check = await asyncio.create_subprocess_exec(
         promtool,
@@ -261,18 +261,21 @@ async def test_demo_check_config_shows_the_demo_targets() -> None:
 
 
 async def test_demo_once_covers_the_whole_simulated_account() -> None:
-    """As the README says: two projects, three regions (one without GPU service), both kinds."""
+    """As the README says: two projects, four regions (one without GPU service, one whose flags
+    say no GPU but which holds images), both kinds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GCORE_")}
     code, out, err = await run("--demo", "--once", env=env)
     assert code == 0, err
     samples = parse_samples(out)
-    assert value(samples, "gcore_exporter_images") == 17
+    assert value(samples, "gcore_exporter_images") == 19
+    assert len(series(samples, "gcore_gpu_image_up", region_id="40")) == 2  # flags say no GPU
     assert {ls["kind"] for ls in series(samples, "gcore_gpu_image_info")} == {
         "virtual",
         "baremetal",
     }
     assert len(series(samples, "gcore_gpu_project_info")) == 2
-    assert value(samples, "gcore_exporter_scopes", state="unavailable") == 2  # region 30, twice
+    # virtual: region 30; bare metal: regions 10, 30 and 40; each in both projects
+    assert value(samples, "gcore_exporter_scopes", state="unavailable") == 8
     assert series(samples, "gcore_gpu_image_task_failed_info") != []
 
 

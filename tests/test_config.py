@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from exporter.config.settings import (
+    DEFAULT_IMAGE_TASK_PATTERN,
     MAX_CONFIG_BYTES,
     MAX_CONFIG_VALUES,
     BareImage,
@@ -305,7 +306,7 @@ def test_coverage_options_have_defaults(keyed: None) -> None:
     assert settings.task_interval is None
     assert settings.effective_task_interval == 120.0
     assert settings.failed_task_window == 86400.0
-    assert settings.image_task_pattern == "image"
+    assert settings.image_task_pattern == DEFAULT_IMAGE_TASK_PATTERN
 
 
 def test_coverage_options_from_flags_env_and_yaml(

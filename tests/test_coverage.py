@@ -29,7 +29,8 @@ from exporter.daemon.wiring import Monitor, Upstream, new_monitor, open_poller
 from exporter.demo.fake_gcore import FakeGcore, make_image, make_project, make_region, make_task
 from exporter.metrics.exposition import render
 from exporter.polling.cadences import Poller
-from exporter.polling.failed_tasks import LOOKBACK, FailedTasks
+from exporter.polling.failed_tasks import LOOKBACK
+from exporter.polling.task_feed import TaskFeed
 from exporter.vocabulary import Scope
 
 A = "a0000000-0000-4000-8000-00000000000a"  # project 1, region 10, virtual
@@ -37,12 +38,14 @@ B = "b0000000-0000-4000-8000-00000000000b"  # project 2, region 10, virtual
 C = "c0000000-0000-4000-8000-00000000000c"  # project 1, region 20, virtual
 D = "d0000000-0000-4000-8000-00000000000d"  # project 2, region 20, bare metal
 E = "e0000000-0000-4000-8000-00000000000e"  # project 1, region 20, bare metal
+FLAGLESS = "40000000-0000-4000-8000-000000000040"  # project 1, region 40 (flags say no GPU)
 HIDDEN = "f0000000-0000-4000-8000-00000000000f"  # where no wildcard looks
 
 
 def account(fake: FakeGcore) -> None:
     """Two projects (and a deleted one), regions 10 (GPU), 20 (GPU and bare metal), 30 (claims
-    GPU, answers 404), 40 (no GPU), 50 (GPU, in maintenance)."""
+    GPU, answers 404), 40 (flags say no GPU, yet it serves virtual images), 50 (GPU, in
+    maintenance). Bare metal answers 404 in 10 and 30."""
     fake.projects = [
         make_project(1, "alpha"),
         make_project(2, "beta"),
@@ -55,13 +58,14 @@ def account(fake: FakeGcore) -> None:
         make_region(40, "No GPU", gpu=False),
         make_region(50, "Resting", state="MAINTENANCE", baremetal=True),
     ]
-    fake.unserved = {("virtual", 30)}
+    fake.unserved = {("virtual", 30), ("baremetal", 10), ("baremetal", 30)}
     fake.put_image(1, 10, make_image(A, "a"))
     fake.put_image(2, 10, make_image(B, "b"))
     fake.put_image(1, 20, make_image(C, "c"))
     fake.put_image(2, 20, make_image(D, "d"), kind="baremetal")
     fake.put_image(1, 20, make_image(E, "e"), kind="baremetal")
-    for project, region in ((1, 40), (1, 50), (3, 10)):
+    fake.put_image(1, 40, make_image(FLAGLESS, "served where the flags say no GPU"))
+    for project, region in ((1, 50), (3, 10)):
         fake.put_image(project, region, make_image(HIDDEN, "hidden"))
 
 
@@ -87,17 +91,17 @@ def ts(seconds: float) -> str:
 # --- target forms --------------------------------------------------------------------------------
 
 
-async def test_star_covers_every_gpu_region_of_every_active_project(
+async def test_star_probes_every_active_region_of_every_active_project(
     fake: FakeGcore, exporter: ExporterFactory
 ) -> None:
     account(fake)
     async with exporter(targets=["*", "baremetal:*"]) as running:
         s = await running.samples()
-    assert images(s) == {A, B, C, D, E}
+    assert images(s) == {A, B, C, D, E, FLAGLESS}  # region 40's flags say no: it serves anyway
     assert value(s, "gcore_gpu_image_info", image_id=A, kind="virtual") == 1
     assert value(s, "gcore_gpu_image_info", image_id=D, project_id="2", kind="baremetal") == 1
-    # 2 projects x (10, 20, 30) virtual, 30 without service; 2 projects x 20 bare metal
-    assert scopes(s) == {"ok": 6, "failing": 0, "unavailable": 2}
+    # 2 projects x (10, 20, 30, 40) x 2 kinds; 404: virtual in 30, bare metal in 10 and 30
+    assert scopes(s) == {"ok": 10, "failing": 0, "unavailable": 6}
     assert up(s, "images", project_id="1", region_id="30", kind="virtual") == 1
     assert up(s, "images", project_id="2", region_id="20", kind="baremetal") == 1
     assert [up(s, e, project_id="", region_id="", kind="") for e in ("projects", "regions")] == [
@@ -106,10 +110,11 @@ async def test_star_covers_every_gpu_region_of_every_active_project(
     ]
     assert value(s, "gcore_gpu_project_info", project_id="1", project_name="alpha") == 1
     assert value(s, "gcore_gpu_project_info", project_id="3", project_name="gone") == 1
-    assert value(s, "gcore_gpu_region_info", region_id="20", region_name="Santa Clara-1") == 1
+    region = {"region_name": "Santa Clara-1", "slug": "santa-clara-1", "zone": "EMEA"}
+    assert value(s, "gcore_gpu_region_info", region_id="20", country="", **region) == 1
     assert fake.count(r"^/cloud/v1/projects\?limit=1000&offset=0$") == 1
     assert fake.count(r"^/cloud/v1/regions\?limit=1000&offset=0$") == 1
-    assert fake.count(r"/gpu/virtual/3/|/40/images|/50/images") == 0  # deleted, no GPU, resting
+    assert fake.count(r"/gpu/virtual/3/|/50/images") == 0  # deleted project, region resting
     assert fake.count(r"/images/") == 0  # listings only
 
 
@@ -117,7 +122,7 @@ async def test_project_star_and_region_star(fake: FakeGcore, exporter: ExporterF
     account(fake)
     async with exporter(targets=["1/*", "*/40"]) as running:
         s = await running.samples()
-    assert images(s) == {A, C, HIDDEN}  # 1/10, 1/20; and 1/40, taken as given without GPU flag
+    assert images(s) == {A, C, FLAGLESS}  # 1/10, 1/20 and 1/40, whatever its flags say
     assert up(s, "images", project_id="1", region_id="30") == 1  # 1/* finds 30: no service there
     assert up(s, "images", project_id="2", region_id="40") == 1  # */40: every project
     assert scopes(s) == {"ok": 4, "failing": 0, "unavailable": 1}
@@ -191,16 +196,16 @@ async def test_refresh_adds_scopes_from_the_next_round_and_removes_them_at_once(
         fake.regions = everything
         assert await running.refresh()
         s = await running.samples()
-        assert images(s) == {A, B}  # 20 and 30 wait for the next round
+        assert images(s) == {A, B}  # 20, 30 and 40 wait for the next round
         assert up(s, "images", project_id="1", region_id="10") == 1  # known scopes keep theirs
         await running.round()
-        assert images(await running.samples()) == {A, B, C}
+        assert images(await running.samples()) == {A, B, C, FLAGLESS}
         fake.regions = [r for r in everything if r["id"] != 10]
         assert await running.refresh()
         s = await running.samples()  # no round needed
-    assert images(s) == {C}
+    assert images(s) == {C, FLAGLESS}
     assert up(s, "images", region_id="10") is None
-    assert scopes(s) == {"ok": 2, "failing": 0, "unavailable": 2}
+    assert scopes(s) == {"ok": 4, "failing": 0, "unavailable": 2}
 
 
 async def test_scope_removed_while_its_listing_is_in_flight_does_not_come_back(
@@ -233,22 +238,24 @@ async def test_failed_account_listing_keeps_the_last_known_set(
         assert not await running.refresh()
         await running.round()
         s = await running.samples()
-    assert images(s) == {A, B, C}
+    assert images(s) == {A, B, C, FLAGLESS}
     assert up(s, endpoint, project_id="", region_id="", kind="") == 0
     other = "regions" if endpoint == "projects" else "projects"
     assert up(s, other) == 1
 
 
-async def test_an_invalid_region_fails_the_listing_rather_than_dropping_scopes(
-    fake: FakeGcore, exporter: ExporterFactory
+@pytest.mark.parametrize("endpoint", ["projects", "regions"])
+async def test_an_invalid_project_or_region_fails_the_listing_rather_than_dropping_scopes(
+    fake: FakeGcore, exporter: ExporterFactory, endpoint: str
 ) -> None:
     account(fake)
     async with exporter(targets=["*"]) as running:
-        del fake.regions[1]["has_ai_gpu"]
+        del getattr(fake, endpoint)[0]["id"]
         assert not await running.refresh()
         s = await running.samples()
-    assert up(s, "regions") == 0
-    assert C in images(s)
+    assert up(s, endpoint) == 0
+    assert value(s, "gcore_exporter_invalid_items_total", endpoint=endpoint) == 1
+    assert A in images(s)
 
 
 async def test_discovery_that_fails_at_start_finds_nothing_until_it_works(
@@ -263,7 +270,7 @@ async def test_discovery_that_fails_at_start_finds_nothing_until_it_works(
         assert await running.refresh()
         await running.round()
         s = await running.samples()
-    assert images(s) == {A, B, C}
+    assert images(s) == {A, B, C, FLAGLESS}
 
 
 async def test_404_is_unavailable_when_discovered_and_an_error_when_configured(
@@ -274,10 +281,11 @@ async def test_404_is_unavailable_when_discovered_and_an_error_when_configured(
         async with exporter(targets=["1/*", "2/30"]) as running:
             second = await running.round()
             s = await running.samples()
-    assert (second.ok, second.failed) == (3, 1)  # 1/10, 1/20 and 1/30 (no service) vs 2/30
+    # 1/10, 1/20 and 1/40 vs 2/30; 1/30 (no service) rests until the next discovery
+    assert (second.ok, second.failed, second.resting) == (3, 1, 1)
     assert up(s, "images", project_id="1", region_id="30") == 1
     assert up(s, "images", project_id="2", region_id="30") == 0
-    assert scopes(s) == {"ok": 2, "failing": 1, "unavailable": 1}
+    assert scopes(s) == {"ok": 3, "failing": 1, "unavailable": 1}
     unavailable = [e for e in logs if e["event"].startswith("no GPU image service")]
     assert [(e["project_id"], e["region_id"]) for e in unavailable] == [(1, 30)]  # once
 
@@ -322,7 +330,7 @@ async def test_failed_image_tasks_appear_with_their_error_and_image(
     assert len(info["error"]) == 200
     assert up(s, "tasks", project_id="", region_id="", kind="") == 1
     listing = [r for r in fake.requests if r.startswith("/cloud/v1/tasks?")][-1]
-    assert "state=ERROR" in listing
+    assert "state=" not in listing  # every state: the feed serves more than failures
     assert "project_id=1&project_id=2&region_id=10&region_id=20" in listing
     assert "limit=1000" in listing
 
@@ -534,18 +542,27 @@ async def test_status_since_restarts_from_updated_at_after_the_values_were_withd
     assert value(running.scrape(), since, image_id=A) == clock.now - 160
 
 
-async def test_task_without_a_state_fails_the_tasks_listing(
+async def test_a_malformed_task_is_skipped_and_counted_and_the_others_are_used(
     fake: FakeGcore, exporter: ExporterFactory
 ) -> None:
     account(fake)
-    broken = failed("t-1", NOW - 60)
-    del broken["state"]
+    no_state = failed("t-1", NOW - 60)
+    del no_state["state"]
+    no_id = failed("t-2", NOW - 60)
+    del no_id["id"]
+    fake.put_task(no_state)
+    fake.tasks["no-id"] = no_id
+    fake.put_task(failed("t-3", NOW - 30))
+    invalid = "gcore_exporter_invalid_items_total"
     async with exporter(targets=["1/10"]) as running:
-        fake.inject(r"^/cloud/v1/tasks\?", 200, body={"count": 1, "results": [broken]}, times=None)
-        assert not await running.poll_tasks()
+        await wait_until(lambda: fake.count(r"^/cloud/v1/tasks\?") == 1, what="the first poll")
+        before = value(await running.samples(), invalid, endpoint="tasks")
+        assert await running.poll_tasks()
         s = await running.samples()
-    assert up(s, "tasks") == 0
-    assert value(s, "gcore_exporter_api_requests_total", endpoint="tasks", code="200") is not None
+    assert up(s, "tasks") == 1
+    kept = {ls["task_id"] for ls in series(s, "gcore_gpu_image_task_failed_info")}
+    assert kept == {"t-3"}
+    assert value(s, invalid, endpoint="tasks") == (before or 0) + 2
 
 
 async def test_projects_and_regions_are_paged(fake: FakeGcore, exporter: ExporterFactory) -> None:
@@ -562,16 +579,16 @@ async def test_discovery_and_task_polls_repeat_on_their_own_cadence(
 ) -> None:
     account(fake)
     calls = 0
-    real_poll = FailedTasks.poll
+    real_poll = TaskFeed.poll
 
-    async def poll_that_breaks_once(self: FailedTasks, scopes: Iterable[Scope]) -> bool:
+    async def poll_that_breaks_once(self: TaskFeed, scopes: Iterable[Scope]) -> bool:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("bug")  # costs one poll, not the loop
         return await real_poll(self, scopes)
 
-    monkeypatch.setattr(FailedTasks, "poll", poll_that_breaks_once)
+    monkeypatch.setattr(TaskFeed, "poll", poll_that_breaks_once)
     options = {"discovery_interval": "50ms", "task_interval": "50ms"}
     async with exporter(targets=["*"], **options):
         await wait_until(lambda: fake.count(r"^/cloud/v1/regions\?") >= 3, what="refreshes")

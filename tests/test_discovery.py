@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from exporter.demo.fake_gcore import make_project, make_region
 from exporter.gcore.models import Project, Region
-from exporter.polling.discovery import expand, gpu_regions, usable_projects
+from exporter.polling.discovery import active_regions, expand, usable_projects
 from exporter.vocabulary import ImageKey, Scope, Targets, Wildcard
 
 
@@ -47,9 +45,8 @@ def test_a_project_without_a_state_key_is_used() -> None:
     assert usable_projects(projects(raw)) == [7]
 
 
-@pytest.mark.parametrize(("kind", "expected"), [("virtual", [10, 20]), ("baremetal", [20, 40])])
-def test_active_regions_with_the_kinds_gpu_service_are_used(kind: Any, expected: list[int]) -> None:
-    assert gpu_regions(REGIONS, kind) == expected
+def test_every_active_region_is_used_whatever_its_capability_flags_say() -> None:
+    assert active_regions(REGIONS) == [10, 20, 30, 40]
 
 
 def test_duplicate_ids_in_a_listing_count_once() -> None:
@@ -57,21 +54,21 @@ def test_duplicate_ids_in_a_listing_count_once() -> None:
     assert usable_projects(twice) == [1]
 
 
-def test_star_is_every_usable_project_times_every_gpu_region() -> None:
+def test_star_is_every_usable_project_times_every_active_region() -> None:
     config = Targets((), (), wildcards=(Wildcard(None, None),))
     found = expand(config, PROJECTS, REGIONS).discovered
-    assert found == tuple(Scope(p, r) for p in (1, 3, 4) for r in (10, 20))
+    assert found == tuple(Scope(p, r) for p in (1, 3, 4) for r in (10, 20, 30, 40))
 
 
-def test_baremetal_star_uses_the_baremetal_flag() -> None:
+def test_baremetal_star_ignores_the_baremetal_flag() -> None:
     config = Targets((), (), wildcards=(Wildcard(None, None, "baremetal"),))
     found = expand(config, PROJECTS, REGIONS).discovered
-    assert found == tuple(Scope(p, r, "baremetal") for p in (1, 3, 4) for r in (20, 40))
+    assert found == tuple(Scope(p, r, "baremetal") for p in (1, 3, 4) for r in (10, 20, 30, 40))
 
 
 def test_project_star_needs_no_project_listing() -> None:
     config = Targets((), (), wildcards=(Wildcard(2, None),))
-    assert expand(config, None, REGIONS).discovered == (Scope(2, 10), Scope(2, 20))
+    assert expand(config, None, REGIONS).discovered == tuple(Scope(2, r) for r in (10, 20, 30, 40))
 
 
 def test_region_of_star_region_is_taken_as_given() -> None:
@@ -95,7 +92,7 @@ def test_configured_scope_stays_configured_and_images_it_or_a_found_one_covers_g
     )
     expanded = expand(config, PROJECTS, REGIONS)
     assert expanded.scopes == (Scope(1, 20),)
-    assert expanded.discovered == (Scope(1, 10),)
+    assert expanded.discovered == (Scope(1, 10), Scope(1, 30), Scope(1, 40))
     assert expanded.images == (elsewhere, bare_metal_twin)
     assert expanded.wildcards == config.wildcards
 
@@ -105,11 +102,11 @@ def test_overlapping_wildcards_find_each_scope_once() -> None:
         (), (), wildcards=(Wildcard(None, None), Wildcard(1, None), Wildcard(None, 10))
     )
     found = expand(config, PROJECTS, REGIONS).discovered
-    assert len(found) == len(set(found)) == 6
+    assert len(found) == len(set(found)) == 12
 
 
-def test_a_region_without_capability_flags_is_invalid() -> None:
-    raw = make_region(10, "old api")
-    del raw["has_ai_gpu"]
-    with pytest.raises(ValueError, match="has_ai_gpu"):
-        Region.model_validate(raw)
+def test_a_region_without_capability_flags_is_valid_they_are_hints() -> None:
+    raw = make_region(10, "new api")
+    del raw["has_ai_gpu"], raw["has_baremetal"]
+    region = Region.model_validate(raw)
+    assert (region.has_ai_gpu, region.has_baremetal) == (None, None)

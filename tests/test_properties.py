@@ -35,6 +35,7 @@ from exporter.metrics.scope_health import ScopeHealth
 from exporter.metrics.snapshot import Snapshot
 from exporter.metrics.telemetry import Telemetry
 from exporter.polling.fetcher import Fetcher
+from exporter.polling.scope_cadence import ScopeCadence
 from exporter.polling.task_cache import TaskCache
 from exporter.vocabulary import ImageKey, Scope, Targets
 
@@ -149,7 +150,10 @@ async def poll(number: int, items: list[Json], count: int | None, task: Json) ->
             store = ImageStore(stale_after=60.0)
             tasks_cache = TaskCache(client.get_task, ttl=60.0)
             scopes = ScopeHealth(telemetry)
-            fetcher = Fetcher(client, store=store, tasks=tasks_cache, scopes=scopes)
+            cadence = ScopeCadence(interval=60, relist_after=600)
+            fetcher = Fetcher(
+                client, store=store, tasks=tasks_cache, scopes=scopes, cadence=cadence
+            )
             scope, explicit = Scope(number, 1), ImageKey(Scope(number, 2), EXPLICIT_ID)
             fetcher.register(Targets(images=(explicit,), scopes=(scope,)))
             await fetcher.fetch(scope)

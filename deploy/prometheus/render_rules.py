@@ -153,7 +153,8 @@ ALERTS: tuple[Alert, ...] = (
         expr="max without (%(replicas)s) (gcore_gpu_image_task_failed_timestamp_seconds{%(sel)s})",
         for_="%(task_failed_for)s",
         severity="warning",
-        summary="A GPU image task ended in ERROR.",
+        summary="A GPU image task (an upload, a download or a delete: see task_type) ended"
+        " in ERROR.",
         description="Task {{ $labels.task_id }} ({{ $labels.task_type }}) %(where)s ended in"
         " ERROR at {{ $value | humanizeTimestamp }}"
         "{{ if $labels.image_id }}; it names GPU image {{ $labels.image_id }}{{ end }}."
@@ -192,10 +193,11 @@ ALERTS: tuple[Alert, ...] = (
         for_="%(discovery_failing_for)s",
         severity="warning",
         summary="A listing of the Gcore API fails on every replica of the exporter.",
-        description='{{ if eq $labels.endpoint "tasks" }}Listing the failed tasks of the watched'
+        description='{{ if eq $labels.endpoint "tasks" }}Listing the tasks of the watched'
         " projects and regions%(in_cluster)s has failed for more than %(discovery_failing_for)s"
-        " on every replica of the exporter: image tasks that fail meanwhile are not seen, so"
-        " GcoreGpuImageTaskFailed cannot fire for them."
+        " on every replica of the exporter: failed image tasks are not seen meanwhile, so"
+        " GcoreGpuImageTaskFailed cannot fire for them, and an upload into an empty project and"
+        " region shows only at the next discovery."
         '{{ else if eq $labels.endpoint "images" }}Listing the {{ $labels.kind }} GPU images'
         " %(where)s has failed for more than %(discovery_failing_for)s on every replica of the"
         " exporter: images added there are not seen, and those already known are fetched from"

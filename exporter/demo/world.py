@@ -1,11 +1,12 @@
-"""The simulated Gcore account behind `--demo`: two projects, three regions, images that change.
+"""The simulated Gcore account behind `--demo`: two projects, four regions, images that change.
 
 The demo watches `*` and `baremetal:*`. Region 10 offers virtual GPU images, region 20 virtual and
 bare-metal ones, region 30 announces GPU capability but answers 404 (a region without the
-service: counted as unavailable, no error). Every few seconds an upload moves through queued ->
-saving -> active under a task lock and another image is killed and recreated; one image is stuck
-in `queued` under the lock of a task that finished long ago; every ~30 s an image upload fails
-(an ERROR task); now and then the API answers 502 or 429.
+service: counted as unavailable, no error), and region 40's capability flags say no GPU at all,
+yet it holds images (flags are hints: every ACTIVE region is probed). Every few seconds an upload
+moves through queued -> saving -> active under a task lock and another image is killed and
+recreated; one image is stuck in `queued` under the lock of a task that finished long ago; every
+~30 s an image upload fails (an ERROR task); now and then the API answers 502 or 429.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ OTHER_PROJECT = 2
 DISCOVERED_REGION = 10
 BAREMETAL_REGION = 20
 UNSERVED_REGION = 30
+FLAGLESS_REGION = 40  # its flags say no GPU service, yet it serves virtual GPU images
 FAILED_TASKS_KEPT: Final = 50  # the demo's Tasks API forgets older failures
 _FAILURE_EVERY: Final = 6  # ticks between two failed uploads
 _FAILURE_SCOPES: Final = ((PROJECT, DISCOVERED_REGION), (OTHER_PROJECT, DISCOVERED_REGION))
@@ -55,8 +57,12 @@ class DemoWorld:
             make_region(DISCOVERED_REGION, "Luxembourg-2"),
             make_region(BAREMETAL_REGION, "Santa Clara-1", baremetal=True),
             make_region(UNSERVED_REGION, "Frankfurt-3"),
+            make_region(FLAGLESS_REGION, "Paris-1", gpu=False, country="FR"),
         ]
-        fake.unserved = {("virtual", UNSERVED_REGION)}
+        fake.unserved = {("virtual", UNSERVED_REGION)} | {
+            ("baremetal", region)
+            for region in (DISCOVERED_REGION, UNSERVED_REGION, FLAGLESS_REGION)
+        }
         drivers = ["550.90.07", "570.148.08", "575.57.08"]
         for n in range(12):
             region = DISCOVERED_REGION if n < 6 else BAREMETAL_REGION
@@ -82,6 +88,7 @@ class DemoWorld:
             fake.put_image(PROJECT, region, image)
         self._other_project(now)
         self._baremetal(now)
+        _flagless(fake, now)
         self._fail_an_upload()  # one at once, then one every _FAILURE_EVERY ticks
 
     def _other_project(self, now: datetime) -> None:
@@ -195,6 +202,19 @@ class DemoWorld:
         failed = [t for t, task in self.fake.tasks.items() if t.startswith("fa11ed00")]
         for old in failed[:-FAILED_TASKS_KEPT]:
             del self.fake.tasks[old]
+
+
+def _flagless(fake: FakeGcore, now: datetime) -> None:
+    """Region 40: no GPU by its flags, two images in fact."""
+    for n in (17, 18):
+        image = make_image(
+            _image_id(n),
+            f"ubuntu-24.04-cuda-12.8-paris-{n}",
+            created_at=_ts(now - timedelta(days=n)),
+            region_id=FLAGLESS_REGION,
+            project_id=PROJECT,
+        )
+        fake.put_image(PROJECT, FLAGLESS_REGION, image)
 
 
 async def animate(world: DemoWorld, period: float = 5.0) -> None:

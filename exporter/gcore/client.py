@@ -122,10 +122,12 @@ class GcoreClient:
             raise FetchError("invalid_response", f"task: {_summary(exc)}") from None
 
     async def list_projects(self) -> tuple[Project, ...]:
-        return await self._list_all("projects", ("cloud", "v1", "projects"), (), Project)
+        return await self._list_all(
+            "projects", ("cloud", "v1", "projects"), (), Project, whole=True
+        )
 
     async def list_regions(self) -> tuple[Region, ...]:
-        return await self._list_all("regions", ("cloud", "v1", "regions"), (), Region)
+        return await self._list_all("regions", ("cloud", "v1", "regions"), (), Region, whole=True)
 
     async def list_tasks(
         self,
@@ -152,10 +154,13 @@ class GcoreClient:
         path: tuple[str, ...],
         params: Sequence[tuple[str, str | int]],
         model: type[Item],
+        *,
+        whole: bool = False,
     ) -> tuple[Item, ...]:
         """Every valid item of a `{count, results}` list, each validated on its own: a malformed
-        item is skipped and reported (it cannot be used anyway), the rest are kept. A listing cut
-        short fails (a partial list would make discovery drop what it could not read)."""
+        item is reported and skipped (it cannot be used anyway), the rest are kept. A listing cut
+        short fails, and so does one with a malformed item when it must be `whole` (projects and
+        regions: discovery would drop the scopes of what it could not read)."""
         url = self._transport.url(*path)
         items: list[Item] = []
         pager = _Pager()
@@ -167,6 +172,7 @@ class GcoreClient:
             except ValidationError as exc:
                 raise FetchError("invalid_response", f"{endpoint}: {_summary(exc)}") from None
             ids: list[str] = []
+            problem = None  # the first invalid item's
             for number, raw in enumerate(page.results, 1):
                 if number % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
@@ -174,11 +180,14 @@ class GcoreClient:
                     item = model.model_validate(raw)
                 except ValidationError as exc:
                     item_id = _raw_id(raw)
+                    problem = problem or _summary(exc)
                     self._on_invalid(endpoint, item_id, _summary(exc))
                     ids += [item_id] if item_id is not None else []
                 else:
                     items.append(item)
                     ids.append(str(item.id))
+            if whole and problem is not None:
+                raise FetchError("invalid_response", f"{endpoint}: {problem}")
             ending = pager.turn(page.count, len(page.results), ids)
             if ending == "ran_out":
                 return tuple(items)

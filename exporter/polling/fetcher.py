@@ -45,8 +45,7 @@ class Fetcher:
         self._client = client
         self._store = store
         self._tasks = tasks
-        self._scopes = scopes
-        self.cadence = cadence
+        self._scopes, self.cadence = scopes, cadence  # how listings went; when to list again
         self._shard = shard
         self._discovered: frozenset[Scope] = frozenset()
 
@@ -115,11 +114,10 @@ class Fetcher:
     async def _discover(self, scope: Scope) -> bool:
         labels = (str(scope.project_id), str(scope.region_id))
         seen: set[ImageKey] = set()  # this shard's images the listing held
-        held = [0]  # items of every shard the listing held, valid or not
         try:
-            outcome = await self._absorb_listing(scope, seen, held)
+            outcome = await self._absorb_listing(scope, seen)
             if outcome == "moved":  # the list changed under our pages: once more
-                outcome = await self._absorb_listing(scope, seen, held)
+                outcome = await self._absorb_listing(scope, seen)
         except Exception as exc:  # a bug too: the scope is down and its images age, not frozen
             error = exc if isinstance(exc, FetchError) else _unexpected(exc)
             if error is not exc:
@@ -140,8 +138,7 @@ class Fetcher:
                     self._store.failed(key, error)
             return False
         self._scopes.mark(scope, "ok")
-        empty = outcome == "complete" and not held[0]
-        self.cadence.listed(scope, "empty" if empty else "images")
+        self.cadence.listed(scope, "empty" if outcome == "complete" and not seen else "images")
         if outcome == "complete":  # only a complete listing proves that an image is gone
             self._store.retain(scope, {key.image_id for key in seen})
         else:
@@ -167,16 +164,14 @@ class Fetcher:
             )
         return True
 
-    async def _absorb_listing(self, scope: Scope, seen: set[ImageKey], held: list[int]) -> Listing:
+    async def _absorb_listing(self, scope: Scope, seen: set[ImageKey]) -> Listing:
         """Take in every page of a scope's list; complete if its pages ran out and `count` held
-        still, whatever it said: a `count` that lies must not keep a deleted image forever.
-        `held[0]` counts the items of every shard, for the scope's cadence."""
+        still, whatever it said: a `count` that lies must not keep a deleted image forever."""
         counts: set[int] = set()
         outcome: Listing = "complete"
         owns = self._shard.owns  # every shard pages the list; its own images get the rest
         async for page in self._client.list_pages(scope):
             counts.add(page.count)
-            held[0] += len(page.images) + len(page.invalid)
             if page.ending in ("stuck", "bounded"):
                 outcome = page.ending
             own = [image for image in page.images if owns(image.id)]

@@ -63,7 +63,9 @@ class ScopeCadence:
 
     def every(self, cadence: Cadence) -> float:
         """Seconds between two listings of a scope of `cadence` (unless woken)."""
-        return self._interval if cadence in ("images", "failing") else self._relist_after
+        if cadence in ("images", "failing"):
+            return self._interval
+        return max(self._relist_after, self._interval)  # a round is the finest grain
 
     def count(self, cadence: Cadence) -> int:
         return sum(1 for state, _ in self._last.values() if state == cadence)
@@ -84,6 +86,8 @@ class ScopeCadence:
         if entry is None or scope in self._woken:
             return True
         cadence, listed = entry
+        if cadence in ("images", "failing"):
+            return True
         # half a round of slack: a round that starts a little early must not wait a whole round
         return self._now() - listed >= self.every(cadence) - self._interval / 2
 

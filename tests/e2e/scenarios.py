@@ -261,8 +261,9 @@ def failing() -> Scenario:
             "img-stuck-lock",
             "img-bm",
         ],
-        # listed: 1/10 and {1,3}/30 of both kinds; failing: 1/12 (403); {1,3}/31: no GPU service
-        scopes={"listed": 5, "failing": 1, "unavailable": 2},
+        # listed: 1/10 and {1,3}/30 of both kinds; failing: 1/12 (403); {1,3}/31 of both kinds:
+        # no GPU service (probed whatever the flags say)
+        scopes={"listed": 5, "failing": 1, "unavailable": 4},
         dead_target=True,
         replicas=2,
     )
@@ -276,7 +277,7 @@ def _wildcards(fake: FakeGcore, now: datetime) -> None:
         make_region(30, "Luxembourg-2", gpu=True, baremetal=True),
         make_region(31, "Frankfurt", gpu=True),
     ]
-    fake.unserved.add(("virtual", 31))
+    fake.unserved.update({("virtual", 31), ("baremetal", 31)})
     # updated_at two days ago: queued ever since
     fake.put_image(3, 30, _image("img-queued", "rocky-9-cuda-12.8", "queued", size=None))
     fake.put_image(3, 30, _image("img-stuck-lock", "debian-12-cuda-12.8", task_id="task-done"))
