@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from exporter.config.settings import load_settings
 from exporter.daemon.lifecycle import POLLING
 from exporter.daemon.wiring import Monitor, Upstream, new_monitor, open_poller
 from exporter.demo.fake_gcore import FakeGcore, make_task
+from exporter.demo.world import PIPELINE_EVERY, PIPELINE_FAILS, DemoWorld
 from exporter.gcore.models import Task
 from exporter.metrics.exposition import render
 from exporter.metrics.task_outcomes import DURATION_BUCKETS
@@ -273,3 +275,29 @@ async def test_task_types_are_bounded(fake: FakeGcore, start: Start) -> None:
     assert len(types) == MAX_TASK_TYPES + 1
     assert finished(s, task_type=OTHER_TYPE, state="FINISHED") == 5
     assert sum(v for (n, _), v in s.items() if n == FINISHED) == count
+
+
+async def test_the_demo_ends_image_tasks_at_a_steady_rate_in_minutes(
+    fake: FakeGcore, start: Start
+) -> None:
+    world = DemoWorld(fake)
+    running = await start(["1/10", "2/10"], Clock(time.time()))
+    await running.poll()
+    ticks = 10 * PIPELINE_EVERY * PIPELINE_FAILS
+    for _ in range(ticks):
+        world.step()
+    s = await running.poll()
+    ended: dict[str, float] = {}  # the demo's other failures are download_image
+    for (name, labels), count in s.items():
+        if name == FINISHED and ("task_type", "create_image") in labels:
+            state = dict(labels)["state"]
+            ended[state] = ended.get(state, 0) + count
+    ended_tasks = ticks // PIPELINE_EVERY
+    failed = ended_tasks / 2 / PIPELINE_FAILS  # half are create_image
+    assert ended == {"FINISHED": ended_tasks / 2 - failed, "ERROR": failed}
+    for task_type in ("create_image", "download_image"):
+        labels = {("task_type", task_type), ("state", "FINISHED")}
+        total = sum(v for (n, ls), v in s.items() if n == DURATION + "_sum" and labels <= ls)
+        count = sum(v for (n, ls), v in s.items() if n == DURATION + "_count" and labels <= ls)
+        assert count > 0
+        assert 2 * 60 <= total / count <= 4 * 3600, task_type
