@@ -609,8 +609,8 @@ def discovery(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]
         stat(
             "Scopes without GPU service",
             "Projects/regions a wildcard found whose image listing answers 404: the region does"
-            " not offer that kind of GPU image. No error, no alert; they are listed again every"
-            " poll, so a region that starts offering it is watched from then on.",
+            " not offer that kind of GPU image. No error, no alert; they are listed again at the"
+            " discovery interval, so a region that starts offering it is watched from then on.",
             [target(f"count({state} == 2) or vector(0)", instant=True)],
             6,
             thresholds=steps((None, "blue")),

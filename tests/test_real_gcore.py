@@ -262,6 +262,15 @@ async def test_an_upper_case_image_id_is_the_same_image_shown_as_gcore_sends_it(
     assert fake.count(f"/images/{IMG}$") == 1
 
 
+async def test_an_image_gcore_sends_in_upper_case_is_still_the_one_asked_for(
+    fake: FakeGcore, exporter: ExporterFactory
+) -> None:
+    fake.images[(1, 10)] = {IMG: make_image(IMG.upper(), "x")}
+    async with exporter(targets=[f"1/10/{IMG}"]) as running:
+        s = await running.samples()
+    assert value(s, "gcore_gpu_image_up", image_id=IMG) == 1
+
+
 @pytest.mark.parametrize(
     ("status", "said", "requests", "up"),
     [

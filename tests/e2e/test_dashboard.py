@@ -44,6 +44,12 @@ PROMETHEUS_METRICS = {"ALERTS", "up"}
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
 # Families the exporter exposes that the dashboard leaves out on purpose, and why.
 NOT_SHOWN = {
+    "gcore_exporter_scope_cadence": "counts scopes per exporter by how often they are listed;"
+    " 'Listing per scope' shows each scope, and the API panels what the listings cost",
+    "gcore_exporter_scope_listing_interval_seconds": "settings (interval, discovery interval),"
+    " constant per exporter",
+    "gcore_exporter_invalid_items": "each skipped item is logged with its endpoint and problem;"
+    " an invalid project or region fails its listing, which 'Account listings' shows",
     "gcore_gpu_image_last_error_info": "'Images failing to fetch' shows the most frequent reason",
     "gcore_exporter_api_retries": "'API requests by code' counts retries among the requests",
     "gcore_exporter_rate_limit_pauses": "429 answers show in 'API requests by code'",
