@@ -296,8 +296,8 @@ async def test_the_demo_ends_image_tasks_at_a_steady_rate_in_minutes(
     failed = ended_tasks / 2 / PIPELINE_FAILS  # half are create_image
     assert ended == {"FINISHED": ended_tasks / 2 - failed, "ERROR": failed}
     for task_type in ("create_image", "download_image"):
-        labels = {("task_type", task_type), ("state", "FINISHED")}
-        total = sum(v for (n, ls), v in s.items() if n == DURATION + "_sum" and labels <= ls)
-        count = sum(v for (n, ls), v in s.items() if n == DURATION + "_count" and labels <= ls)
+        wanted = {("task_type", task_type), ("state", "FINISHED")}
+        total = sum(v for (n, ls), v in s.items() if n == DURATION + "_sum" and wanted <= ls)
+        count = sum(v for (n, ls), v in s.items() if n == DURATION + "_count" and wanted <= ls)
         assert count > 0
         assert 2 * 60 <= total / count <= 4 * 3600, task_type
