@@ -54,7 +54,15 @@ DEFAULTS: Final[Mapping[str, str]] = {
     "api_error_window": "10m",
     "unauthorized_for": "15m",
     "rate_limited_for": "15m",
+    # the image pipeline's SLOs: over `task_slo_window`, once at least `task_slo_min_tasks` ended
+    "task_slo_window": "6h",
+    "task_success_ratio": "0.9",
+    "task_slo_min_tasks": "5",
+    "task_duration_p95": "30m",
+    "task_slo_for": "15m",
 }
+NUMBERS: Final = frozenset({"task_success_ratio", "task_slo_min_tasks"})
+"""Thresholds that are numbers, not durations: `--scale` leaves them as they are."""
 
 DEFAULT_JOB: Final = "gcore-gpu-image-exporter"
 DEFAULT_SELECTOR: Final = f'job="{DEFAULT_JOB}"'
@@ -94,8 +102,25 @@ def format_duration(seconds: float) -> str:
 
 
 def scaled(factor: float, thresholds: Mapping[str, str] = DEFAULTS) -> dict[str, str]:
-    """`thresholds` with every duration multiplied by `factor`."""
-    return {k: format_duration(parse_duration(v) * factor) for k, v in thresholds.items()}
+    """`thresholds` with every duration multiplied by `factor` (numbers stay)."""
+    return {
+        k: v if k in NUMBERS else format_duration(parse_duration(v) * factor)
+        for k, v in thresholds.items()
+    }
+
+
+def _number(name: str, text: str) -> str:
+    """A number threshold in its shortest form: a ratio in (0, 1], a count of at least 1."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(f"{name}: {text!r} is not a number") from None
+    if name == "task_slo_min_tasks":
+        if not number.is_integer() or number < 1:
+            raise ValueError(f"{name}: {text!r} is not a whole number of at least 1")
+    elif not 0 < number <= 1:
+        raise ValueError(f"{name}: {text!r} is not a ratio above 0 and at most 1, such as 0.9")
+    return f"{number:g}"
 
 
 def resolve(thresholds: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -103,11 +128,13 @@ def resolve(thresholds: Mapping[str, str] | None = None) -> dict[str, str]:
     unknown = sorted(set(thresholds or {}) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown threshold(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-    merged = {k: parse_duration(v) for k, v in {**DEFAULTS, **(thresholds or {})}.items()}
+    given = {**DEFAULTS, **(thresholds or {})}
+    merged = {k: parse_duration(v) for k, v in given.items() if k not in NUMBERS}
     empty = [k for k, v in merged.items() if k.endswith("_window") and v <= 0]
     if empty:
         raise ValueError(f"{', '.join(empty)} must be longer than 0s")
-    return {k: format_duration(v) for k, v in merged.items()}
+    numbers = {k: _number(k, v) for k, v in given.items() if k in NUMBERS}
+    return {k: numbers[k] if k in NUMBERS else format_duration(merged[k]) for k in given}
 
 
 def check_selector(selector: str) -> str:
@@ -154,8 +181,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--set",
         action="append",
         default=[],
-        metavar="NAME=DURATION",
-        help=f"override a threshold; names: {', '.join(f'{k} ({v})' for k, v in DEFAULTS.items())}",
+        metavar="NAME=VALUE",
+        help=f"override a threshold (a duration, or a number for {', '.join(sorted(NUMBERS))});"
+        f" names: {', '.join(f'{k} ({v})' for k, v in DEFAULTS.items())}",
     )
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiply every threshold by this factor first"
@@ -182,7 +210,7 @@ def config_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Co
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep:
-            parser.error(f"--set {item!r}: expected NAME=DURATION")
+            parser.error(f"--set {item!r}: expected NAME=VALUE")
         thresholds[name] = value
     selector = args.selector
     if selector is None:

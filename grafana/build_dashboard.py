@@ -856,6 +856,84 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
     ]
 
 
+def pipeline(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The image pipeline's SLOs: image tasks that ended, how many finished, how long they took.
+    Replicas count the same tasks: each series is maxed over them before it is summed."""
+    window, ratio = thresholds["task_slo_window"], float(thresholds["task_success_ratio"])
+    slow = parse_duration(thresholds["task_duration_p95"])
+    ended = f"gcore_gpu_image_tasks_finished_total{{{q.scope}}}"
+    per_scope = f"{q.scope_key}, task_type, state"
+
+    def total(matchers: str, over: str, by: str = "task_type") -> str:
+        return (
+            f"sum by ({by}) (max by ({per_scope}) "
+            f"(increase({ended.removesuffix('}')}{matchers}}}[{over}])))"
+        )
+
+    buckets = "gcore_gpu_image_task_duration_seconds_bucket{" + q.scope + ', state="FINISHED"}'
+    return [
+        row("Image pipeline"),
+        timeseries(
+            "Image tasks ended by type and state",
+            "Image tasks (uploads such as download_image and create_image, deletes) that ended"
+            " per interval, by type and state: FINISHED or ERROR, each task counted once when"
+            " the exporter first saw it end (docs/metrics.md, Image pipeline). A steady stream"
+            " of ERROR is a pipeline that fails: see 'Failed image tasks' for the errors.",
+            [
+                target(
+                    total("", "$__rate_interval", "task_type, state"),
+                    legend="{{task_type}} {{state}}",
+                )
+            ],
+            (8, 8),
+            unit="short",
+            stack=True,
+            bars=True,
+            overrides=[
+                fixed_color(".* FINISHED", "green", regex=True),
+                fixed_color(".* ERROR", "red", regex=True),
+            ],
+        ),
+        timeseries(
+            f"Image task success ratio ({window})",
+            f"The share of the image tasks of each type that ended over the last {window} and"
+            f" finished (the others ended in ERROR); red below {ratio:.0%}, where"
+            " GcoreGpuImageTaskSuccessRatioLow fires once enough tasks ended. No value while no"
+            " task of the type ended.",
+            [
+                target(
+                    total(', state="FINISHED"', window) + "\n/\n" + total("", window),
+                    legend="{{task_type}}",
+                )
+            ],
+            (8, 8),
+            unit="percentunit",
+            thresholds=steps((None, "red"), (ratio, "green")),
+            extra_defaults={"min": 0, "max": 1},
+        ),
+        timeseries(
+            f"Image task duration ({window})",
+            "Percentiles of the time from creation to end of the image tasks of each type that"
+            f" finished over the last {window}, from the exporter's histogram (buckets from 1 min"
+            f" to 4 h); orange above {thresholds['task_duration_p95']}, where"
+            " GcoreGpuImageTaskDurationHigh fires on the p95. Slow uploads: large images or a"
+            " slow source of their URL.",
+            [
+                target(
+                    f"histogram_quantile({quantile}, sum by (le, task_type) (max by"
+                    f" ({q.scope_key}, task_type, le) (rate({buckets}[{window}]))))",
+                    ref,
+                    legend=f"p{round(quantile * 100)} " + "{{task_type}}",
+                )
+                for ref, quantile in (("A", 0.5), ("B", 0.95))
+            ],
+            (8, 8),
+            unit="s",
+            thresholds=steps((None, "green"), (slow, "orange")),
+        ),
+    ]
+
+
 def exporter(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]:
     suspect, stale = thresholds["exporter_down_for"], thresholds["fetch_failing_for"]
     errors = f"gcore_gpu_image_fetch_errors_total{{{q.img}}}"
@@ -1151,7 +1229,16 @@ def dashboard(config: Config | None = None, selector: str = "") -> dict[str, Any
     config = config or Config()
     q, t = queries(config, selector), config.thresholds
     panels = collapse(
-        layout([*overview(q), *attention(q, t), *discovery(q, t), *inventory(q), *exporter(q, t)]),
+        layout(
+            [
+                *overview(q),
+                *attention(q, t),
+                *discovery(q, t),
+                *inventory(q),
+                *pipeline(q, t),
+                *exporter(q, t),
+            ]
+        ),
         OPEN_ROWS,
     )
     return {

@@ -36,6 +36,8 @@ ALERTS = {
     "GcoreGpuImageExporterShardDown",
     "GcoreGpuImageApiUnauthorized",
     "GcoreGpuImageApiRateLimited",
+    "GcoreGpuImageTaskSuccessRatioLow",
+    "GcoreGpuImageTaskDurationHigh",
 }
 LOCKED = "GcoreGpuImageLockedTooLong"
 NOT_ACTIVE = "GcoreGpuImageNotActive"
@@ -160,9 +162,12 @@ def test_the_knob_shortens_every_threshold(render_rules: ModuleType) -> None:
     fast = render_rules.scaled(1 / 60)
     assert fast["transitional_for"] == "1m"
     assert fast["lock_age"] == "30s"
+    assert fast["task_success_ratio"] == "0.9"  # numbers are no durations: they stay
+    assert fast["task_slo_min_tasks"] == "5"
     for rule in _rules(render_rules.render(fast)):
         durations = [*RANGE.findall(rule["expr"]), rule.get("for", "0s")]
-        assert all(render_rules.parse_duration(d) <= 60 for d in durations), rule
+        # the longest default, task_slo_window's 6h, becomes 6m
+        assert all(render_rules.parse_duration(d) <= 360 for d in durations), rule
     lock = _rule(_rules(render_rules.render({"lock_age": "90s"})), LOCKED, "warning")
     assert lock["expr"].endswith("(gcore_gpu_image_lock_age_seconds{" + SELECTOR + "}) > 90")
     assert "(threshold 1m30s)" in lock["annotations"]["description"]
@@ -187,6 +192,8 @@ def test_the_cli_applies_scale_then_set() -> None:
         ("GcoreGpuImageExporterShardDown", "warning"): "3s",
         ("GcoreGpuImageApiUnauthorized", "critical"): "9s",
         ("GcoreGpuImageApiRateLimited", "warning"): "9s",
+        ("GcoreGpuImageTaskSuccessRatioLow", "warning"): "9s",
+        ("GcoreGpuImageTaskDurationHigh", "warning"): "9s",
     }
     down = _rule(_rules(text), "GcoreGpuImageExporterDown", "warning")
     assert down["expr"] == (
@@ -200,6 +207,10 @@ def test_the_cli_applies_scale_then_set() -> None:
         ({"lock_timeout": "1m"}, "unknown threshold"),
         ({"lock_age": "30 minutes"}, "not a Prometheus duration"),
         ({"api_error_window": "0s"}, "must be longer than 0s"),
+        ({"task_success_ratio": "90%"}, "is not a number"),
+        ({"task_success_ratio": "1.5"}, "is not a ratio"),
+        ({"task_slo_min_tasks": "2.5"}, "is not a whole number"),
+        ({"task_slo_min_tasks": "0"}, "is not a whole number"),
     ],
 )
 def test_bad_thresholds_are_rejected(

@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_JOB",
     "DEFAULT_RUNBOOK",
     "DEFAULT_SELECTOR",
+    "PIPELINE_ALERTS",
     "REPLICA_LABELS",
     "Alert",
     "format_duration",
@@ -330,6 +331,70 @@ ALERTS: tuple[Alert, ...] = (
 )
 
 
+# The image pipeline's SLOs (docs/metrics.md#image-pipeline), per project, region and task type
+# over `task_slo_window`; each replica counts the same tasks, so replicas are maxed first. Below
+# `task_slo_min_tasks` ended tasks a ratio or a p95 says little: one failure of two does not page.
+PIPELINE_ALERTS: tuple[Alert, ...] = (
+    Alert(
+        "GcoreGpuImageTaskSuccessRatioLow",
+        expr="%(tasks_finished_ok)s\n/\n%(tasks_finished)s\n< %(task_success_ratio)s\n"
+        "and\n%(tasks_finished)s\n>= %(task_slo_min_tasks)s",
+        for_="%(task_slo_for)s",
+        severity="warning",
+        summary="Too few GPU image tasks succeed.",
+        description="Only {{ $value | humanizePercentage }} of the {{ $labels.task_type }} tasks"
+        " %(where)s that ended in the last %(task_slo_window)s finished; the others ended in"
+        " ERROR (threshold %(task_success_percent)s, at least %(task_slo_min_tasks)s tasks)."
+        " GcoreGpuImageTaskFailed names each failure and its error.",
+        fires_when="of the image tasks of one type that ended in a project/region within "
+        "`task_slo_window` (at least `task_slo_min_tasks`), fewer than `task_success_ratio` "
+        "finished (the others ended in `ERROR`), for `task_slo_for`",
+        labels="`project_id`, `region_id`, `task_type`",
+    ),
+    Alert(
+        "GcoreGpuImageTaskDurationHigh",
+        expr="histogram_quantile(\n  0.95,\n%(task_duration_buckets)s\n)"
+        " > %(task_duration_p95_seconds)s\nand\n%(tasks_timed)s\n>= %(task_slo_min_tasks)s",
+        for_="%(task_slo_for)s",
+        severity="warning",
+        summary="GPU image tasks take too long.",
+        description="The 95th percentile of the time from creation to end of the"
+        " {{ $labels.task_type }} tasks %(where)s that finished in the last %(task_slo_window)s is"
+        " {{ $value | humanizeDuration }} (threshold %(task_duration_p95)s).",
+        fires_when="the p95 of `finished_on - created_on` of the image tasks of one type that "
+        "finished in a project/region within `task_slo_window` (at least `task_slo_min_tasks`) is "
+        "above `task_duration_p95`, for `task_slo_for`",
+        labels="`project_id`, `region_id`, `task_type`",
+    ),
+)
+ALERTS = ALERTS + PIPELINE_ALERTS
+
+
+def _pipeline_context(config: Config, without: str) -> dict[str, str]:
+    """What `%(name)s` may name in PIPELINE_ALERTS."""
+    t, sel = config.thresholds, config.selector
+
+    def ended(metric: str, matchers: str = "") -> str:
+        """The tasks of `metric` that ended in the window, per project, region and task type."""
+        return (
+            f"sum without (state) (\n  max without ({without}) (\n    increase({metric}"
+            f"{{{sel}{matchers}}}[{t['task_slo_window']}])\n  )\n)"
+        )
+
+    finished = ', state="FINISHED"'
+    return {
+        "tasks_finished": ended("gcore_gpu_image_tasks_finished_total"),
+        "tasks_finished_ok": ended("gcore_gpu_image_tasks_finished_total", finished),
+        "tasks_timed": ended("gcore_gpu_image_task_duration_seconds_count", finished),
+        "task_duration_buckets": "\n".join(
+            "  " + line
+            for line in ended("gcore_gpu_image_task_duration_seconds_bucket", finished).split("\n")
+        ),
+        "task_duration_p95_seconds": f"{parse_duration(t['task_duration_p95']):g}",
+        "task_success_percent": f"{float(t['task_success_ratio']) * 100:g}%",
+    }
+
+
 def _context(config: Config, replicas: Sequence[str]) -> dict[str, str]:
     """What `%(name)s` may name in ALERTS: every threshold, plus these."""
     t, sel, cluster = config.thresholds, config.selector, config.cluster_label
@@ -357,6 +422,7 @@ def _context(config: Config, replicas: Sequence[str]) -> dict[str, str]:
         "selector_text": "{" + sel + "}",
         "where": where + in_cluster,
         "in_cluster": in_cluster,
+        **_pipeline_context(config, without),
     }
 
 

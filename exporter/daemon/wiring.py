@@ -28,6 +28,7 @@ from exporter.metrics.image_store import ImageStore
 from exporter.metrics.scope_health import ScopeHealth
 from exporter.metrics.selection import Selection, selected_registry
 from exporter.metrics.snapshot import Publisher
+from exporter.metrics.task_outcomes import OutcomeTally
 from exporter.metrics.telemetry import Telemetry
 from exporter.polling.cadences import Poller
 from exporter.polling.discovery import Discovery
@@ -37,6 +38,7 @@ from exporter.polling.scheduler import Scheduler
 from exporter.polling.scope_cadence import ScopeCadence
 from exporter.polling.task_cache import TaskCache
 from exporter.polling.task_feed import TaskFeed
+from exporter.polling.task_outcomes import TaskOutcomes, watched_pairs
 from exporter.vocabulary import Endpoint, Targets
 
 log = structlog.get_logger("exporter.daemon.wiring")
@@ -134,6 +136,7 @@ class Monitor:
     store: ImageStore
     publisher: Publisher
     scopes: ScopeHealth
+    outcomes: TaskOutcomes  # what image tasks were counted: never twice, even across reloads
 
 
 def selection_of(settings: Settings) -> Selection:
@@ -158,7 +161,8 @@ def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time)
         shown=shown,
     )
     telemetry.images.set_function(lambda: len(store))
-    return Monitor(telemetry, store, publisher, ScopeHealth(telemetry, wall_clock))
+    outcomes = TaskOutcomes(OutcomeTally(telemetry.registry))
+    return Monitor(telemetry, store, publisher, ScopeHealth(telemetry, wall_clock), outcomes)
 
 
 RetryFor = Callable[[Settings], RetryPolicy]
@@ -253,6 +257,13 @@ async def open_poller(
         )
         feed.subscribe(failed_tasks.take)
         feed.subscribe(cadence.take)
+        feed.subscribe(
+            monitor.outcomes.subscriber(
+                pattern=settings.image_task_pattern,
+                lookback=settings.failed_task_window + LOOKBACK,
+                watched=lambda: watched_pairs(discovery.targets),
+            )
+        )
         try:
             if previous is not None:
                 discovery.adopt(previous.discovery)

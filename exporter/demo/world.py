@@ -12,6 +12,7 @@ recreated; one image is stuck in `queued` under the lock of a task that finished
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -29,6 +30,10 @@ FAILED_TASKS_KEPT: Final = 50  # the demo's Tasks API forgets older failures
 _FAILURE_EVERY: Final = 6  # ticks between two failed uploads
 _FAILURE_SCOPES: Final = ((PROJECT, DISCOVERED_REGION), (OTHER_PROJECT, DISCOVERED_REGION))
 STUCK_TASK = "d3m0d3m0-57c4-4000-8000-000000000001"
+PIPELINE_EVERY: Final = 2  # ticks between two image tasks that end (about one every 10 s)
+PIPELINE_FAILS: Final = 5  # one in this many ends in ERROR (acknowledged: no TaskFailed alert)
+PIPELINE_KEPT: Final = 200  # the demo's Tasks API forgets older ones
+PIPELINE_MINUTES: Final = (2.0, 8.0, 240.0)  # shortest, median and longest upload
 
 
 def _image_id(n: int) -> str:
@@ -90,6 +95,7 @@ class DemoWorld:
         self._baremetal(now)
         _flagless(fake, now)
         self._fail_an_upload()  # one at once, then one every _FAILURE_EVERY ticks
+        self._pipeline_rng = random.Random(20)  # its own: the faults' sequence stays
 
     def _other_project(self, now: datetime) -> None:
         """Project 2: a serving image, and one stuck in `queued` under a finished task's lock."""
@@ -168,6 +174,8 @@ class DemoWorld:
         )
         if self.tick % _FAILURE_EVERY == 0:
             self._fail_an_upload()
+        if self.tick % PIPELINE_EVERY == 0:
+            end_an_image_task(self.fake, self.tick // PIPELINE_EVERY, self._pipeline_rng)
         if self.rng.random() < 0.1:
             self.fake.inject(
                 r"/images",
@@ -215,6 +223,35 @@ def _flagless(fake: FakeGcore, now: datetime) -> None:
             project_id=PROJECT,
         )
         fake.put_image(PROJECT, FLAGLESS_REGION, image)
+
+
+def end_an_image_task(fake: FakeGcore, number: int, rng: random.Random) -> None:
+    """The `number`-th image task of CI's pipeline ends: uploads (download_image) and images made
+    from volumes (create_image) take minutes, log-normally around the median, rarely hours; every
+    PIPELINE_FAILS-th ends in ERROR."""
+    shortest, median, longest = PIPELINE_MINUTES
+    minutes = rng.lognormvariate(math.log(median), 0.8)
+    took = timedelta(minutes=min(max(minutes, shortest), longest))
+    failed = number % PIPELINE_FAILS == 0
+    now = datetime.now(UTC)
+    project, region = _FAILURE_SCOPES[number % len(_FAILURE_SCOPES)]
+    fake.put_task(
+        make_task(
+            f"c1c1c1c1-0000-4000-8000-{number:012d}",
+            "ERROR" if failed else "FINISHED",
+            ("download_image", "create_image")[number // 2 % 2],
+            created_on=_ts(now - took),
+            updated_on=_ts(now),
+            finished_on=_ts(now),
+            acknowledged_at=_ts(now) if failed else None,
+            error="Image conversion failed: unsupported qcow2 feature" if failed else None,
+            project_id=project,
+            region_id=region,
+        )
+    )
+    ended = [t for t in fake.tasks if t.startswith("c1c1c1c1")]
+    for old in ended[:-PIPELINE_KEPT]:
+        del fake.tasks[old]
 
 
 async def animate(world: DemoWorld, period: float = 5.0) -> None:

@@ -37,6 +37,12 @@ THRESHOLDS = {
     "api_error_window": "1m",
     "unauthorized_for": "2s",
     "rate_limited_for": "2s",
+    # longer than the run: what the pipeline step adds stays in the window
+    "task_slo_window": "10m",
+    "task_success_ratio": "0.9",
+    "task_slo_min_tasks": "5",
+    "task_duration_p95": "30m",
+    "task_slo_for": "2s",
 }
 
 
@@ -158,6 +164,7 @@ def failing() -> Scenario:
             "1/11/img-flaky",
         ],
         steps=[
+            PIPELINE_STEP,
             Step("uploads queued", _status_is("img-upload-a", "queued"), lambda _: None),
             Step("second upload queued", _status_is("img-upload-b", "queued"), lambda _: None),
             Step(
@@ -246,6 +253,7 @@ def failing() -> Scenario:
                     "region_id": "30",
                 },
             ),
+            *PIPELINE_ALERTS,
         ],
         images=[
             "img-upload-a",
@@ -321,6 +329,41 @@ def _wildcards(fake: FakeGcore, now: datetime) -> None:
             **where,
         )
     )
+
+
+def _pipeline(fake: FakeGcore) -> None:
+    """Uploads in 3/30 that ended after the exporter's first look (which is its baseline): six
+    finished after about 70 minutes, six failed (acknowledged in Gcore, so no TaskFailed alert:
+    they still count against the pipeline)."""
+    now = datetime.now(UTC)
+    for n in range(12):
+        failed = n % 2 == 1
+        fake.put_task(
+            make_task(
+                f"task-pipeline-{n}",
+                "ERROR" if failed else "FINISHED",
+                "download_image",
+                created_on=iso(now - timedelta(minutes=70 + n)),
+                finished_on=iso(now),
+                acknowledged_at=iso(now) if failed else None,
+                error="Image download failed: HTTP 403" if failed else None,
+                project_id=3,
+                region_id=30,
+            )
+        )
+
+
+PIPELINE_STEP = Step(
+    "the image tasks of 3/30 seen once (the baseline) by every replica",
+    'count(gcore_gpu_image_tasks_finished_total{project_id="3", region_id="30",'
+    ' task_type="download_image", state="ERROR"}) == 2',
+    _pipeline,
+)
+PIPELINE_ALERTS = [
+    (name, {"severity": "warning", "project_id": "3", "region_id": "30"} | {"task_type": t})
+    for name in ("GcoreGpuImageTaskSuccessRatioLow", "GcoreGpuImageTaskDurationHigh")
+    for t in ("download_image",)
+]
 
 
 def healthy() -> Scenario:
