@@ -77,7 +77,7 @@ class BasicAuth:
             return Verdict.REFUSED
         running = self._checks.get(digest)  # the same credentials at once share one check
         if running is None:
-            if len(self._checks) >= MAX_CHECKS:
+            if self.checks_waiting >= MAX_CHECKS:
                 return Verdict.BUSY
             running = asyncio.ensure_future(self._run_bcrypt(password, stored or self._decoy))
             self._checks[digest] = running
@@ -85,6 +85,11 @@ class BasicAuth:
         # Shielded: a client that hangs up does not cancel the check the others wait on.
         ok = await asyncio.shield(running)
         return Verdict.ALLOWED if ok and stored is not None else Verdict.REFUSED
+
+    @property
+    def checks_waiting(self) -> int:
+        """Distinct checks running or waiting; at `MAX_CHECKS`, new ones are turned away."""
+        return len(self._checks)
 
     async def _run_bcrypt(self, password: bytes, hashed: bytes) -> bool:
         async with self._bcrypt:
