@@ -93,3 +93,16 @@ async def test_the_other_benches_run_at_a_tiny_size() -> None:
     slices = await run_bench("bench.slices", "50", "--rounds", "1")
     assert "50 discovered images, 1 rounds after the first:" in slices
     assert "| slices over | count | CPU ms | mostly |" in slices
+
+
+async def test_the_auth_flood_bench_runs_at_a_tiny_size() -> None:
+    out = await run_bench("bench.auth_flood", "--requests", "12", "--cost", "4")
+    lines = out.splitlines()
+    assert lines[0] == "bcrypt cost 4; flood and probes from another process than the server"
+    assert lines[1].startswith("12 distinct wrong passwords: answered in ")
+    assert lines[5].startswith("12 times one wrong password: answered in ")
+    assert "(12 x 401)" in lines[5]  # one check, shared by all twelve
+    for line in lines[2:4] + lines[6:8]:
+        assert " requests, p50 " in line
+        assert " ms, p99 " in line
+    assert lines[4].startswith("  a first login:        answered ")

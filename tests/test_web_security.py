@@ -717,3 +717,36 @@ async def test_check_config_validates_the_web_config(pki: Path) -> None:
     )
     assert "plain-pw" not in err
     assert API_KEY not in out + err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, "larger than 1048576 bytes"),
+        ("a: " + "[" * 20_000 + "]" * 20_000, "nested more than 64 levels deep"),
+        (
+            "a: &a ["
+            + "x, " * 9
+            + "x]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+                for i in range(8)
+            ),
+            "more than 100000 values once YAML aliases are expanded",
+        ),
+        ("rate_limit: {interval: " + "x" * 100_000 + ", burst: 1}", "not a Go duration"),
+    ],
+    ids=["dev-zero", "deep", "alias-bomb", "huge-value"],
+)
+async def test_a_hostile_web_config_exits_2_at_start_with_one_short_line(
+    tmp_path: Path, text: str | None, expected: str
+) -> None:
+    path = Path("/dev/zero") if text is None else tmp_path / "web.yml"
+    if text is not None:
+        path.write_text(text)
+    code, _, err = await run("--check-config", "--target", "1/2", "--web-config-file", str(path))
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith(f"gcore-gpu-image-exporter: config error: web config {str(path)!r}")
+    assert expected in line
+    assert len(line) < 400
