@@ -380,7 +380,7 @@ def test_a_certificate_that_is_no_regular_file_is_refused(tls_dir: Path) -> None
     ids=["folded-block", "crlf-and-tab-ends", "inner-tab", "non-ascii"],
 )
 def test_header_values_are_sent_as_go_writes_them(value: str, sent: str) -> None:
-    """net/http's Header.Write: CR and LF become spaces, then spaces and tabs trimmed at the ends."""
+    """net/http's Header.Write: CR and LF become spaces, then spaces and tabs trimmed at ends."""
     assert as_sent(value) == sent
 
 
