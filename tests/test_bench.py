@@ -107,3 +107,16 @@ async def test_the_sparse_account_bench_prints_calls_per_round_before_and_after(
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in out.splitlines()[3:]}
     assert float(rows["before"][0]) == 12.0  # every scope, every round
     assert float(rows["after"][0]) == 1 + 11 / 10  # the scope with images, the rest amortised
+
+
+async def test_the_auth_flood_bench_runs_at_a_tiny_size() -> None:
+    out = await run_bench("bench.auth_flood", "--requests", "12", "--cost", "4")
+    lines = out.splitlines()
+    assert lines[0] == "bcrypt cost 4; flood and probes from another process than the server"
+    assert lines[1].startswith("12 distinct wrong passwords: answered in ")
+    assert lines[5].startswith("12 times one wrong password: answered in ")
+    assert "(12 x 401)" in lines[5]  # one check, shared by all twelve
+    for line in lines[2:4] + lines[6:8]:
+        assert " requests, p50 " in line
+        assert " ms, p99 " in line
+    assert lines[4].startswith("  a first login:        answered ")

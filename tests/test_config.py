@@ -20,6 +20,7 @@ from exporter.config.settings import (
     parse_duration,
     parse_target,
 )
+from exporter.config.yaml_file import MAX_CONFIG_DEPTH
 from exporter.vocabulary import ImageKey, Scope, Wildcard
 
 API_KEY = "sekrit-93be0f1a-API-KEY"
@@ -788,7 +789,9 @@ def test_a_recursive_alias_is_refused(keyed: None, tmp_path: Path) -> None:
 def test_deep_nesting_is_one_line(keyed: None, tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("targets: " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
-    assert problems(config=str(config)) == [f"config: {str(config)!r}: nested too deeply"]
+    assert problems(config=str(config)) == [
+        f"config: {str(config)!r}: nested more than {MAX_CONFIG_DEPTH} levels deep"
+    ]
 
 
 @pytest.mark.parametrize(

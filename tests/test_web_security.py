@@ -18,6 +18,8 @@ import aiohttp
 import bcrypt
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from support.exporter import ExporterFactory
 from support.exposition import parse_samples, value
 from support.fake_api import API_KEY
@@ -27,8 +29,11 @@ from support.web import serving as serving_app
 from test_cli import env_for, is_ready, run, serving
 
 from bench.pki import CertificateAuthority
+from exporter.config.settings import ConfigError
 from exporter.demo.fake_gcore import FakeGcore, make_image
 from exporter.web.app import GUARD, create_app
+from exporter.web.basic_auth import FAILURE_MEMORY, MAX_CHECKS, BasicAuth, Verdict
+from exporter.web.config_file import as_sent
 from exporter.web.guard import RateLimiter, WebGuard
 
 PASSWORD = "correct horse battery staple"
@@ -44,6 +49,8 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 ALICE = basic("alice", PASSWORD)
+LONG = bytes(range(33, 105))  # 72 bytes
+LONG_HASH = bcrypt.hashpw(LONG, bcrypt.gensalt(4)).decode()
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +228,7 @@ async def test_curve_preferences_are_honoured(pki: Path) -> None:
         None,
         basic("alice", "wrong"),
         basic("mallory", PASSWORD),
-        basic("alice", PASSWORD + "x" * 80),  # past bcrypt's 72 bytes
+        basic("alice", PASSWORD + "x" * 80),  # its first 72 bytes are not the password
     ],
     ids=["none", "wrong-password", "unknown-user", "too-long"],
 )
@@ -261,9 +268,29 @@ async def test_probes_are_open_unless_protected(tmp_path: Path, protect: bool, s
         assert (await get(url + "/"))[0] == 401  # the landing page is not a probe
 
 
-async def test_a_verified_password_is_remembered_and_a_wrong_one_never(
+async def test_a_verified_password_is_remembered_and_a_wrong_one_briefly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    checks = counting_bcrypt(monkeypatch)
+    app = app_for(tmp_path, {"basic_auth_users": {"alice": HASH}})
+    async with served(app) as url:
+        for _ in range(3):
+            assert (await get(url + "/metrics", auth=ALICE))[0] == 200
+        assert len(checks) == 1
+        for _ in range(2):
+            assert (await get(url + "/metrics", auth=basic("alice", "no")))[0] == 401
+            assert (await get(url + "/metrics", auth=basic("eve", "no")))[0] == 401
+        assert len(checks) == 3  # a refusal is remembered: the same wrong password costs no bcrypt
+        assert (await get(url + "/metrics", auth=basic("alice", "no!")))[0] == 401
+        assert len(checks) == 4  # but every new guess costs a full check
+    auth = app[GUARD].access.auth
+    assert auth is not None
+    assert not _holds(vars(auth), PASSWORD.encode()), "the password is kept in clear"
+    assert not _holds(vars(auth), b"no!"), "a wrong password is kept in clear"
+
+
+def counting_bcrypt(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The passwords bcrypt is asked to check, in order."""
     checks: list[bytes] = []
     real = bcrypt.checkpw
 
@@ -272,18 +299,106 @@ async def test_a_verified_password_is_remembered_and_a_wrong_one_never(
         return real(password, hashed)
 
     monkeypatch.setattr(bcrypt, "checkpw", counting)
+    return checks
+
+
+async def test_a_refusal_is_forgotten_after_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = counting_bcrypt(monkeypatch)
+    now = [0.0]
+    auth = BasicAuth({"alice": HASH}, clock=lambda: now[0])
+    wrong = basic("alice", "no")["Authorization"]
+    assert await auth.check(wrong) is Verdict.REFUSED
+    now[0] = FAILURE_MEMORY
+    assert await auth.check(wrong) is Verdict.REFUSED
+    assert len(checks) == 1
+    now[0] = FAILURE_MEMORY + 0.1
+    assert await auth.check(wrong) is Verdict.REFUSED
+    assert len(checks) == 2
+
+
+async def test_refusals_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = counting_bcrypt(monkeypatch)
+    monkeypatch.setattr("exporter.web.basic_auth.MAX_FAILURES", 2)
+    auth = BasicAuth({"alice": bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()})
+    guesses = [basic("alice", guess)["Authorization"] for guess in ("a", "b", "c")]
+    for guess in (*guesses, guesses[2], guesses[0]):
+        assert await auth.check(guess) is Verdict.REFUSED
+    assert checks == [b"a", b"b", b"c", b"a"]  # "a", the oldest, was forgotten for "c"
+
+
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [(LONG, 200), (LONG + b"-anything-after", 200), (LONG[:71] + b"!" + b"tail", 401)],
+    ids=["72-bytes", "longer-first-72-match", "differs-within-72"],
+)
+async def test_bcrypt_compares_the_first_72_bytes_as_go(
+    tmp_path: Path, sent: bytes, status: int
+) -> None:
+    token = base64.b64encode(b"alice:" + sent).decode()
+    async with served(app_for(tmp_path, {"basic_auth_users": {"alice": LONG_HASH}})) as url:
+        assert (await get(url + "/metrics", auth={"Authorization": f"Basic {token}"}))[0] == status
+
+
+async def test_a_hash_bcrypt_cannot_read_refuses_and_never_fails(tmp_path: Path) -> None:
+    unreadable = "$2y$04$" + "z" * 53  # the format, but a salt outside bcrypt's alphabet
+    async with served(app_for(tmp_path, {"basic_auth_users": {"alice": unreadable}})) as url:
+        assert (await get(url + "/metrics", auth=ALICE))[0] == 401
+
+
+async def test_a_flood_of_guesses_waits_in_a_bounded_queue_and_probes_never_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_CHECKS distinct checks waiting, 429 at once; probes and remembered users pass."""
     app = app_for(tmp_path, {"basic_auth_users": {"alice": HASH}})
     async with served(app) as url:
-        for _ in range(3):
-            assert (await get(url + "/metrics", auth=ALICE))[0] == 200
-        assert len(checks) == 1
-        for _ in range(2):
-            assert (await get(url + "/metrics", auth=basic("alice", "no")))[0] == 401
-        assert (await get(url + "/metrics", auth=basic("eve", "no")))[0] == 401
-        assert len(checks) == 4  # failures and unknown users cost a bcrypt check every time
-    auth = app[GUARD].access.auth
-    assert auth is not None
-    assert not _holds(vars(auth), PASSWORD.encode()), "the password is kept in clear"
+        assert (await get(url + "/metrics", auth=ALICE))[0] == 200  # remembered from now on
+        release = threading.Event()
+        real = bcrypt.checkpw
+        monkeypatch.setattr(bcrypt, "checkpw", lambda p, h: release.wait(timeout=10) and real(p, h))
+        guesses = [
+            asyncio.create_task(get(url + "/metrics", auth=basic("alice", f"guess {n}")))
+            for n in range(MAX_CHECKS)
+        ]
+        same = asyncio.create_task(get(url + "/metrics", auth=basic("alice", "guess 0")))
+        auth = app[GUARD].access.auth
+        assert auth is not None
+        await wait_until(lambda: auth.checks_waiting == MAX_CHECKS, timeout=10, what="a full queue")
+        busy = [await get(url + "/metrics", auth=basic("alice", "one guess too many"))]
+        assert busy[0][0] == 429
+        assert busy[0][1]["Retry-After"] == "1"
+        assert (await get(url + "/healthz"))[0] == 200
+        assert (await get(url + "/metrics", auth=ALICE))[0] == 200
+        assert not any(task.done() for task in (*guesses, same))
+        release.set()
+        assert [(await task)[0] for task in (*guesses, same)] == [401] * (MAX_CHECKS + 1)
+
+
+async def test_identical_credentials_at_once_share_one_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    checks = counting_bcrypt(monkeypatch)
+    counted = bcrypt.checkpw
+
+    def slow(password: bytes, hashed: bytes) -> bool:
+        entered.set()
+        release.wait(timeout=10)
+        return counted(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", slow)
+    auth, arrived = BasicAuth({"alice": HASH}), []
+
+    async def check() -> Verdict:
+        arrived.append(True)  # `check` then runs without a pause until it waits on bcrypt
+        return await auth.check(ALICE["Authorization"])
+
+    first = asyncio.create_task(check())
+    await wait_until(entered.is_set, timeout=5, what="the bcrypt check to start")
+    others = [asyncio.create_task(check()) for _ in range(3)]
+    await wait_until(lambda: len(arrived) == 4, timeout=5, what="all four to wait")
+    release.set()
+    assert await asyncio.gather(first, *others) == [Verdict.ALLOWED] * 4
+    assert len(checks) == 1  # one check, shared, and remembered
 
 
 def _holds(value: object, secret: bytes) -> bool:
@@ -395,18 +510,162 @@ async def test_a_broken_rotation_keeps_the_previous_config_and_says_so_once(
             assert logs.has("web config reloaded")
 
 
-async def test_settings_fixed_at_startup_wait_for_a_restart_and_say_so(
+async def test_a_hostile_edit_is_refused_and_the_old_config_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with json_logs(capsys, "info") as logs:
+        async with served(app_for(tmp_path, {"basic_auth_users": {"alice": HASH}})) as url:
+            (tmp_path / "web.yml").write_text("a: " + "[" * 20_000 + "]" * 20_000)
+            assert (await get(url + "/metrics", auth=ALICE))[0] == 200
+            assert (await get(url + "/metrics"))[0] == 401
+            (error,) = logs.at_least("error")
+            assert error["msg"] == "web config refused, the previous one stays in force"
+            assert error["problem"].endswith("nested more than 64 levels deep")
+            assert "Traceback" not in logs.text
+
+
+async def test_a_config_waiting_for_its_files_applies_when_they_appear(
+    pki: Path, ca: CertificateAuthority, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ConfigMap naming a Secret's files that arrive later (toolkit: read at each handshake)."""
+    with json_logs(capsys, "info") as logs:
+        async with served(app_for(pki, {"tls_server_config": TLS})) as url:
+            write_config(
+                pki, {"tls_server_config": {"cert_file": "new.crt", "key_file": "new.key"}}
+            )
+            assert await server_name(url, client_tls(pki)) == "server one"
+            assert "new.crt" in logs.at_least("error")[0]["problem"]
+            ca.issue("the new server").write(pki, "new")
+            assert await server_name(url, client_tls(pki)) == "the new server"
+            assert logs.has("web config reloaded")
+
+
+async def test_a_refused_config_is_retried_when_a_file_it_names_is_fixed(
+    pki: Path, ca: CertificateAuthority
+) -> None:
+    async with served(app_for(pki, {"tls_server_config": TLS})) as url:
+        ca.issue("a second server").write(pki, "second")
+        (pki / "second.key").write_text("not yet")
+        write_config(
+            pki, {"tls_server_config": {"cert_file": "second.crt", "key_file": "second.key"}}
+        )
+        assert await server_name(url, client_tls(pki)) == "server one"
+        ca.issue("a third server").write(pki, "second")
+        assert await server_name(url, client_tls(pki)) == "a third server"
+
+
+async def refused(url: str, tls: ssl.SSLContext) -> bool:
+    try:
+        await get(url + "/metrics", tls)
+    except aiohttp.ClientError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [(MTLS, TLS), (TLS, MTLS)], ids=["mutual-tls-off", "mutual-tls-on"]
+)
+async def test_a_client_certificate_policy_edit_applies_whole_at_restart(
+    pki: Path,
+    ca: CertificateAuthority,
+    capsys: pytest.CaptureFixture[str],
+    before: dict[str, str],
+    after: dict[str, str],
+) -> None:
+    """Never the old policy with the new files: until a restart the old config stays, whole."""
+    users = {"basic_auth_users": {"alice": HASH}}
+    with_cert, without = client_tls(pki, "client"), client_tls(pki)
+    with json_logs(capsys, "info") as logs:
+        async with served(app_for(pki, {"tls_server_config": before})) as url:
+            ca.issue("server two").write(pki, "two")
+            edit = {"tls_server_config": {**after, "cert_file": "two.crt", "key_file": "two.key"}}
+            write_config(pki, {**edit, **users})
+            assert (await get(url + "/metrics", with_cert))[0] == 200  # no one locked out
+            assert await refused(url, without) == (before is MTLS)  # the old policy, whole...
+            assert await server_name(url, with_cert) == "server one"  # ...with the old files
+            (error,) = logs.at_least("error")
+            assert error["msg"].startswith("web config waits for a restart")
+            assert error["changed"] == ["client_auth_type"]
+        async with served(app_for(pki, {**edit, **users})) as url:  # the restart
+            assert await refused(url, without) == (after is MTLS)
+            assert (await get(url + "/metrics", with_cert))[0] == 401  # the users, applied too
+            assert (await get(url + "/metrics", with_cert, ALICE))[0] == 200
+            assert await server_name(url, with_cert) == "server two"
+
+
+async def test_turning_tls_off_waits_for_a_restart(
     pki: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with json_logs(capsys, "info") as logs:
-        async with served(app_for(pki, {"tls_server_config": TLS})) as url:
-            write_config(pki, {"tls_server_config": {**TLS, "min_version": "TLS13"}})
-            old = client_tls(pki, maximum_version=ssl.TLSVersion.TLSv1_2)
-            assert (await get(url + "/metrics", old))[0] == 200
-            assert logs.has("change at restart")
+        async with served(app_for(pki, {"tls_server_config": MTLS})) as url:
             write_config(pki, {})
-            assert (await get(url + "/metrics", client_tls(pki)))[0] == 200
-            assert logs.has("TLS is only turned on or off at restart")
+            assert (await get(url + "/metrics", client_tls(pki, "client")))[0] == 200
+            assert logs.at_least("error")[0]["changed"] == ["TLS"]
+
+
+async def test_back_to_the_running_policy_applies_at_once(
+    pki: Path, ca: CertificateAuthority
+) -> None:
+    async with served(app_for(pki, {"tls_server_config": TLS})) as url:
+        write_config(pki, {"tls_server_config": {**TLS, "min_version": "TLS13"}})
+        old = client_tls(pki, maximum_version=ssl.TLSVersion.TLSv1_2)
+        assert (await get(url + "/metrics", old))[0] == 200
+        ca.issue("rotated").write(pki, "server")
+        assert await server_name(url, client_tls(pki)) == "server one"  # the edit waits, whole
+        write_config(pki, {"tls_server_config": TLS})
+        assert await server_name(url, client_tls(pki)) == "rotated"
+
+
+# --- header values -----------------------------------------------------------------------------
+
+
+async def test_a_folded_block_header_is_sent_and_every_path_answers(tmp_path: Path) -> None:
+    """A YAML `>` block ends in a newline: Go writes it as a space and trims it; so do we."""
+    config = (
+        "http_server_config:\n  headers:\n    Content-Security-Policy: >\n"
+        "      default-src 'self';\n      img-src 'self'\n"
+    )
+    (tmp_path / "web.yml").write_text(config)
+    app = create_app(StaticSource(snapshot(b"up 1\n")), WebGuard.load(tmp_path / "web.yml"))
+    async with served(app) as url:
+        for path in ("/healthz", "/readyz", "/metrics", "/"):
+            status, headers, _ = await get(url + path)
+            assert status == 200
+            assert headers["Content-Security-Policy"] == "default-src 'self'; img-src 'self'"
+
+
+async def test_a_header_edit_with_a_control_character_is_refused_and_the_old_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with json_logs(capsys, "info") as logs:
+        config = {"http_server_config": {"headers": {"X-XSS-Protection": "0"}}}
+        async with served(app_for(tmp_path, config)) as url:
+            write_config(
+                tmp_path, {"http_server_config": {"headers": {"X-XSS-Protection": "\x01"}}}
+            )
+            status, headers, _ = await get(url + "/healthz")
+            assert (status, headers["X-XSS-Protection"]) == (200, "0")
+            assert "control character U+0001" in logs.at_least("error")[0]["problem"]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(value=st.text(st.characters(exclude_categories=()), max_size=12))
+async def test_any_header_value_is_refused_at_load_or_answered(tmp_path: Path, value: str) -> None:
+    """Whatever the file says, the server never answers nothing."""
+    config = {"http_server_config": {"headers": {"Content-Security-Policy": value}}}
+    path = write_config(tmp_path, config)
+    try:
+        guard = WebGuard.load(path)
+    except ConfigError as exc:
+        (line,) = exc.problems
+        assert "Content-Security-Policy holds the control character" in line
+        return
+    async with served(create_app(StaticSource(snapshot()), guard)) as url:
+        status, headers, _ = await get(url + "/healthz")
+    assert status == 200
+    assert headers["Content-Security-Policy"] == as_sent(value)
 
 
 # --- wiring: the daemon and the command line ---------------------------------------------------
@@ -464,3 +723,36 @@ async def test_check_config_validates_the_web_config(pki: Path) -> None:
     )
     assert "plain-pw" not in err
     assert API_KEY not in out + err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, "larger than 1048576 bytes"),
+        ("a: " + "[" * 20_000 + "]" * 20_000, "nested more than 64 levels deep"),
+        (
+            "a: &a ["
+            + "x, " * 9
+            + "x]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+                for i in range(8)
+            ),
+            "more than 100000 values once YAML aliases are expanded",
+        ),
+        ("rate_limit: {interval: " + "x" * 100_000 + ", burst: 1}", "not a Go duration"),
+    ],
+    ids=["dev-zero", "deep", "alias-bomb", "huge-value"],
+)
+async def test_a_hostile_web_config_exits_2_at_start_with_one_short_line(
+    tmp_path: Path, text: str | None, expected: str
+) -> None:
+    path = Path("/dev/zero") if text is None else tmp_path / "web.yml"
+    if text is not None:
+        path.write_text(text)
+    code, _, err = await run("--check-config", "--target", "1/2", "--web-config-file", str(path))
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith(f"gcore-gpu-image-exporter: config error: web config {str(path)!r}")
+    assert expected in line
+    assert len(line) < 400

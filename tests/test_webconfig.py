@@ -11,7 +11,8 @@ import yaml
 
 from bench.pki import CertificateAuthority
 from exporter.config.settings import ConfigError
-from exporter.web.config_file import load_web_config
+from exporter.config.yaml_file import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_CONFIG_VALUES
+from exporter.web.config_file import as_sent, load_web_config
 
 HASH = bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode()
 
@@ -88,7 +89,7 @@ rate_limit:
     assert tls12 == {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384"}
     assert loaded.config.rate_limit.interval == 90
     assert set(loaded.config.basic_auth_users) == {"alice", "bob"}
-    assert loaded.files == (
+    assert loaded.files.paths == (
         path,
         tls_dir / "server.crt",
         tls_dir / "server.key",
@@ -303,3 +304,101 @@ def test_rate_limit_intervals_are_go_durations(
 ) -> None:
     config = {"rate_limit": {"interval": value, "burst": 1}}
     assert load_web_config(write(tmp_path, config)).config.rate_limit.interval == seconds
+
+
+# --- a hostile file: the main config's limits --------------------------------------------------
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("#" * MAX_CONFIG_BYTES + "\n", f"larger than {MAX_CONFIG_BYTES} bytes"),
+        ("a: " + "[" * 20_000 + "]" * 20_000, f"nested more than {MAX_CONFIG_DEPTH} levels deep"),
+        (BOMB, f"more than {MAX_CONFIG_VALUES} values once YAML aliases are expanded"),
+        ("rate_limit: {burst: " + "9" * 5000 + "}", "holds a value that cannot be read"),
+        ("tls_server_config: *" + "x" * 100_000, "is not valid YAML: found undefined alias"),
+        (b"\xff\xfe".decode("latin-1"), "not UTF-8 text"),
+    ],
+    ids=["too-big", "too-deep", "alias-bomb", "huge-integer", "huge-alias-name", "not-utf8"],
+)
+def test_a_hostile_file_is_one_short_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "web.yml"
+    path.write_bytes(text.encode("latin-1" if expected == "not UTF-8 text" else "utf-8"))
+    (line,) = problems(path)
+    assert expected in line
+    assert len(line.removeprefix(f"web config {str(path)!r}")) < 150, line
+
+
+def test_dev_zero_is_refused_without_reading_it_all() -> None:
+    (line,) = problems(Path("/dev/zero"))
+    assert line.endswith(f"larger than {MAX_CONFIG_BYTES} bytes")
+
+
+def test_just_within_the_depth_limit_is_read(tmp_path: Path) -> None:
+    depth = MAX_CONFIG_DEPTH - 2  # the document's mapping and http_server_config's are levels too
+    path = write(tmp_path, "http_server_config: {http2: " + "[" * depth + "]" * depth + "}")
+    assert "http2: Input should be a valid boolean" in problems(path)[0]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"http_server_config": {"headers": {"X-Frame-Options": "y" * 100_000}}},
+        {"http_server_config": {"headers": {"X" * 100_000: "a"}}},
+        {"rate_limit": {"interval": "z" * 100_000, "burst": 1}},
+        {"tls_server_config": {"x" * 100_000: 1}},
+    ],
+    ids=["value", "header-name", "duration", "key"],
+)
+def test_a_huge_bad_value_is_cut_in_its_line(tmp_path: Path, config: object) -> None:
+    path = write(tmp_path, config)
+    (line,) = problems(path)
+    assert len(line.removeprefix(f"web config {str(path)!r}")) < 300, line[:400]
+
+
+def test_a_certificate_that_is_no_regular_file_is_refused(tls_dir: Path) -> None:
+    config = {"tls_server_config": {"cert_file": "/dev/zero", "key_file": "server.key"}}
+    (found,) = problems(write(tls_dir, config))
+    assert "cert_file: '/dev/zero' is not a regular file" in found
+
+
+# --- header values -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        ("default-src 'self';\n  img-src 'self'\n", "default-src 'self';   img-src 'self'"),
+        ("\tmax-age=1\r\n", "max-age=1"),
+        ("a\tb", "a\tb"),
+        ("é ✓", "é ✓"),
+    ],
+    ids=["folded-block", "crlf-and-tab-ends", "inner-tab", "non-ascii"],
+)
+def test_header_values_are_sent_as_go_writes_them(value: str, sent: str) -> None:
+    """net/http's Header.Write: CR and LF become spaces, then spaces and tabs trimmed at ends."""
+    assert as_sent(value) == sent
+
+
+@pytest.mark.parametrize(
+    ("value", "code"), [("a\x00b", "U+0000"), ("a\x1bb", "U+001B"), ("a\x7f", "U+007F")]
+)
+def test_a_control_character_in_a_header_is_one_clear_line(
+    tmp_path: Path, value: str, code: str
+) -> None:
+    config = {"http_server_config": {"headers": {"Content-Security-Policy": value}}}
+    (line,) = problems(write(tmp_path, config))
+    assert line.endswith(
+        f"http_server_config: headers: Content-Security-Policy holds the control character "
+        f"{code}, which HTTP does not allow in a header"
+    )
+
+
+def test_a_lone_surrogate_in_a_header_is_refused(tmp_path: Path) -> None:
+    text = 'http_server_config: {headers: {X-XSS-Protection: "a\\ud800"}}'
+    (line,) = problems(write(tmp_path, text))
+    assert "X-XSS-Protection holds the control character U+D800" in line

@@ -10,14 +10,12 @@ import base64
 import ipaddress
 import os
 import re
-import reprlib
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -39,6 +37,10 @@ from yarl import URL
 
 from exporter.config.keys import KeyFile, KeySource, clean_key
 from exporter.config.options import Option, Reload, env_name, named
+from exporter.config.yaml_file import MAX_CONFIG_BYTES as MAX_CONFIG_BYTES
+from exporter.config.yaml_file import MAX_CONFIG_VALUES as MAX_CONFIG_VALUES
+from exporter.config.yaml_file import ConfigError as ConfigError
+from exporter.config.yaml_file import cut, read_yaml, shown
 from exporter.sharding import Shard, ordinal_from_pod_name
 from exporter.vocabulary import ImageKey, Kind, Scope, Targets, Wildcard
 
@@ -49,10 +51,6 @@ CONFIG_ENV = "GCORE_EXPORTER_CONFIG"
 DEFAULT_IMAGE_TASK_PATTERN = r"^(create|download|delete)_image$|^upload_\w*image$"
 """The SDK's image task types (`task_list_params.py`), and GPU image uploads (`upload_*image`:
 their type is not documented, so the pattern guesses; `task type seen` log lines tell)."""
-MAX_CONFIG_BYTES: Final = 1 << 20
-"""A config file larger than this is refused (`--config /dev/zero` must not eat the memory)."""
-MAX_CONFIG_VALUES: Final = 100_000
-"""Most values a config file may hold once YAML aliases are expanded (a "billion laughs")."""
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 _PROM_DURATION = re.compile(
@@ -66,14 +64,6 @@ _TARGET_FORMS = (
     "not a target: write PROJECT/REGION/IMAGE_ID, PROJECT/REGION or IMAGE_ID, "
     "or *, PROJECT/* or */REGION, each optionally after baremetal:"
 )
-
-
-class ConfigError(Exception):
-    """Invalid configuration; `problems` holds one human-readable line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 def parse_duration(value: Any) -> Any:
@@ -908,33 +898,7 @@ def _is_loopback(host: str) -> bool:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     where = f"config: {str(path)!r}"
-    try:
-        with path.open("rb") as file:
-            raw = file.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError([f"{where}: larger than {MAX_CONFIG_BYTES} bytes"])
-    try:
-        data = _parse_yaml(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError([f"{where}: not UTF-8 text"]) from None
-    except RecursionError:
-        raise ConfigError([f"{where}: nested too deeply"]) from None
-    except _TooBig:
-        raise ConfigError(
-            [f"{where}: more than {MAX_CONFIG_VALUES} values once YAML aliases are expanded"]
-        ) from None
-    except yaml.YAMLError as exc:
-        # Only PyYAML's problem and position: its snippet of the line could quote a secret.
-        problem = getattr(exc, "problem", None) or "cannot be parsed"
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{where} is not valid YAML: {problem}{at}"]) from None
-    except ValueError as exc:  # a scalar PyYAML cannot build: a 5,000-digit integer, 2024-13-01
-        raise ConfigError(
-            [f"{where} holds a value that cannot be read: {_cut(str(exc))}"]
-        ) from None
+    data = read_yaml(path, where)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -947,56 +911,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             [f"{where}: {key} belongs in the environment, not a config file" for key in refused]
         )
     return data
-
-
-class _TooBig(Exception):
-    """The document stands for more than `MAX_CONFIG_VALUES` values."""
-
-
-def _parse_yaml(text: str) -> Any:
-    """`yaml.safe_load`, refusing documents whose aliases expand to too many values.
-
-    Aliases share one object, so loading is cheap; but whatever walks the result (validation,
-    an error message) pays for every expanded value: 358 bytes can stand for a billion of them.
-    """
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if _expanded_size(node, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
-            raise _TooBig
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _expanded_size(root: yaml.Node, budget: int) -> int:
-    """Nodes under `root` with every alias expanded, counted up to `budget` + 1 (then it stops).
-
-    Each distinct node is counted once and remembered, so the work is the size of the document.
-    """
-    sizes: dict[int, int] = {}
-
-    def size(node: yaml.Node) -> int:
-        known = sizes.get(id(node))
-        if known is not None:
-            return known
-        sizes[id(node)] = budget + 1  # a node that contains itself expands without end
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [part for pair in node.value for part in pair]
-        total = 1
-        for child in children:
-            total += size(child)
-            if total > budget:
-                break
-        sizes[id(node)] = min(total, budget + 1)
-        return sizes[id(node)]
-
-    return size(root)
 
 
 _SECRET_FIELDS = {"api_key", "GCORE_API_KEY", "proxy_url"}
@@ -1035,29 +949,12 @@ def _check_rereadable(path: str | Path | None) -> None:
         raise ConfigError([f"config: {str(path)!r} is not a regular file: it cannot be re-read"])
 
 
-# An error line shows a bounded rendering of the bad value: a few items, levels and characters.
-_SHOWN = reprlib.Repr()
-_SHOWN.maxlevel = 2
-_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = _SHOWN.maxfrozenset = 4
-_SHOWN.maxstring = _SHOWN.maxother = 60
-_MAX_SHOWN: Final = 100
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
-
-
-def _shown(value: Any) -> str:
-    """`repr(value)`, bounded in size and in the work it costs whatever the value."""
-    return _cut(_SHOWN.repr(value))
-
-
 def _describe_error(err: Any) -> str:
-    location = _cut(".".join(str(part) for part in err["loc"]))
+    location = cut(".".join(str(part) for part in err["loc"]))
     message = str(err["msg"]).removeprefix("Value error, ")
     if not location:
         return message
     if err["type"] == "extra_forbidden":
         return f"{location}: unknown setting"
-    value = "<hidden>" if location in _SECRET_FIELDS else _shown(err.get("input"))
+    value = "<hidden>" if location in _SECRET_FIELDS else shown(err.get("input"))
     return f"{location}: {message} (got {value})"

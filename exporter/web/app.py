@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler, Middleware
 from exporter.identity import DOCS_URL, Identity
 from exporter.metrics.exposition import Body, ExpositionCache, wants_gzip, wants_openmetrics
 from exporter.metrics.snapshot import SnapshotSource
+from exporter.web.basic_auth import Verdict
 from exporter.web.config_file import peer_sans
 from exporter.web.guard import WebGuard
 
@@ -33,6 +34,7 @@ LANDING = web.AppKey("landing", str)
 DEFAULT_IDLE_TIMEOUT: Final = 75.0  # above the usual 60 s scrape interval, so scrapers keep alive
 PIECE: Final = 128 * 1024  # bytes per write: each is above aiohttp's 64 KiB mark, so it drains
 PROBES: Final = frozenset({"/healthz", "/readyz"})
+_RETRY: Final = {"Retry-After": "1"}
 
 log = structlog.get_logger(__name__)
 
@@ -108,12 +110,16 @@ def _guarded(guard: WebGuard, protect_probes: bool) -> Middleware:
             return await handler(request)
         if access.limiter is not None and not access.limiter.allow():
             return web.Response(status=429, text="Too Many Requests\n")
-        if access.auth is not None and not await access.auth.check(
-            request.headers.get("Authorization")
-        ):
-            return web.Response(
-                status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Basic"}
-            )
+        if access.auth is not None:
+            verdict = await access.auth.check(request.headers.get("Authorization"))
+            if verdict is Verdict.BUSY:  # says nothing of the password: a guesser learns nothing
+                return web.Response(
+                    status=429, text="too many password checks waiting\n", headers=_RETRY
+                )
+            if verdict is not Verdict.ALLOWED:
+                return web.Response(
+                    status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Basic"}
+                )
         return await handler(request)
 
     return guarded

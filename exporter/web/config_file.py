@@ -10,12 +10,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import ssl
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.config.settings import ConfigError
+from exporter.config.yaml_file import ConfigError, cut, read_yaml, shown
 
 TLS_VERSIONS: Final = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -179,16 +179,16 @@ class TLSServerConfig(_Section):
         )
 
     @property
-    def policy(self) -> tuple[object, ...]:
+    def policy(self) -> dict[str, object]:
         """What a listening socket fixes at startup; only the files behind it are re-read."""
-        return (
-            self.client_auth_type or "NoClientCert",
-            self.min_version,
-            self.max_version,
-            self.cipher_suites,
-            self.prefer_server_cipher_suites,
-            self.curve_preferences,
-        )
+        return {
+            "client_auth_type": self.client_auth_type or "NoClientCert",
+            "min_version": self.min_version,
+            "max_version": self.max_version,
+            "cipher_suites": self.cipher_suites,
+            "prefer_server_cipher_suites": self.prefer_server_cipher_suites,
+            "curve_preferences": self.curve_preferences,
+        }
 
     @model_validator(mode="after")
     def _check(self) -> TLSServerConfig:
@@ -249,13 +249,36 @@ class HTTPServerConfig(_Section):
             allowed = HEADERS.get(name)
             if allowed is None:
                 problems.append(
-                    f"headers: {name!r} can not be configured (only {', '.join(HEADERS)})"
+                    f"headers: {cut(repr(name))} can not be configured (only {', '.join(HEADERS)})"
                 )
             elif allowed and value not in allowed:
                 problems.append(f"headers: {name} must be one of {', '.join(allowed)}")
+            else:
+                problems += _header_value_problems(name, value)
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+_LINE_BREAKS: Final = str.maketrans("\r\n", "  ")
+# What HTTP forbids in a field value (RFC 9110 5.5) once line breaks are spaces, as aiohttp does.
+_FORBIDDEN_IN_HEADERS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|[\ud800-\udfff]")
+
+
+def as_sent(value: str) -> str:
+    """A header value as Go's net/http writes it: CR and LF become spaces, the ends trimmed."""
+    return value.translate(_LINE_BREAKS).strip(" \t")
+
+
+def _header_value_problems(name: str, value: str) -> list[str]:
+    """Go would send these bytes as they are, and a client would choke; aiohttp cannot send them."""
+    found = _FORBIDDEN_IN_HEADERS.search(as_sent(value))
+    if found is None:
+        return []
+    return [
+        f"headers: {name} holds the control character U+{ord(found.group()):04X}, "
+        "which HTTP does not allow in a header"
+    ]
 
 
 class RateLimit(_Section):
@@ -278,44 +301,68 @@ class WebConfig(_Section):
     )
 
 
+FileStatus = tuple[int, int, int, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Files:
+    """The files one reading came from, and their status taken before they were read."""
+
+    paths: tuple[Path, ...]  # the web config file first; a change to any of them means re-read
+    seen: tuple[FileStatus, ...]
+
+    def changed(self) -> bool:
+        return tuple(file_status(path) for path in self.paths) != self.seen
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedWebConfig:
     """One reading of the file: the model, the server's TLS context, and every file it came from."""
 
     config: WebConfig
     ssl_context: ssl.SSLContext | None
-    files: tuple[Path, ...]  # the web config file first; a change to any of them means re-read
+    files: Files
+
+
+class WebConfigRefused(ConfigError):
+    """A reading that did not validate, with the files it named: when they change, read again."""
+
+    def __init__(self, problems: list[str], files: Files) -> None:
+        super().__init__(problems)
+        self.files = files
 
 
 def load_web_config(path: Path) -> LoadedWebConfig:
-    """Read, validate and build; raises `ConfigError` with one line per problem."""
+    """Read, validate and build; raises `WebConfigRefused` with one line per problem."""
     where = f"web config {str(path)!r}"
-    config = _parse(path, where)
+    files = Files((path,), (file_status(path),))
+    try:
+        config = _parse(path, where)
+    except ConfigError as exc:
+        raise WebConfigRefused(exc.problems, files) from None
     tls = config.tls_server_config
     if not tls.enabled:
-        return LoadedWebConfig(config, None, (path,))
-    directory = path.parent
-    files = [directory / name for name in (tls.cert_file, tls.key_file, tls.client_ca_file) if name]
+        return LoadedWebConfig(config, None, files)
+    named = [path.parent / n for n in (tls.cert_file, tls.key_file, tls.client_ca_file) if n]
+    files = Files((path, *named), (*files.seen, *(file_status(file) for file in named)))
     try:
-        context = server_context(tls, directory)
+        context = server_context(tls, path.parent)
     except ValueError as exc:
-        raise ConfigError([f"{where}: tls_server_config: {exc}"]) from None
-    return LoadedWebConfig(config, context, (path, *files))
+        raise WebConfigRefused([f"{where}: tls_server_config: {exc}"], files) from None
+    return LoadedWebConfig(config, context, files)
+
+
+def file_status(path: Path) -> FileStatus:
+    """What changes when a file is rewritten or a mounted secret's symlink is swapped."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return (status.st_mtime_ns, status.st_ctime_ns, status.st_size, status.st_ino)
 
 
 def _parse(path: Path, where: str) -> WebConfig:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{where}: not UTF-8 text"]) from None
-    except yaml.YAMLError as exc:
-        # Only PyYAML's problem and position: its snippet of the line could quote a secret.
-        problem = getattr(exc, "problem", None) or "cannot be parsed"
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{where} is not valid YAML: {problem}{at}"]) from None
+    data = read_yaml(path, where)
     if data is not None and not isinstance(data, dict):
         raise ConfigError([f"{where} must hold a mapping"])
     try:
@@ -329,7 +376,7 @@ def _parse(path: Path, where: str) -> WebConfig:
 
 def _describe(err: Any) -> str:
     loc = [str(part) for part in err["loc"]]
-    location = ".".join(loc)
+    location = cut(".".join(loc))
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"{location}: unknown key"
@@ -343,7 +390,7 @@ def _describe(err: Any) -> str:
         err.get("input"), dict
     ):
         return "\n".join(f"{location}: {line}" for line in message.splitlines())
-    return f"{location}: {message} (got {err.get('input')!r})"
+    return f"{location}: {message} (got {shown(err.get('input'))})"
 
 
 def server_context(tls: TLSServerConfig, directory: Path) -> ssl.SSLContext:
@@ -409,7 +456,10 @@ def _no_password() -> str:
 
 
 def _readable(path: Path, what: str) -> None:
+    """OpenSSL would wait on a FIFO or read `/dev/zero` without end: only regular files pass."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ValueError(f"{what}: {str(path)!r} is not a regular file")
         with path.open("rb"):
             pass
     except OSError as exc:

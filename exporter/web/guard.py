@@ -2,15 +2,12 @@
 
 The files are re-read when they change (certificates and users rotate without a restart): every
 request and every TLS handshake looks at their status first, which costs a few `stat` calls.
+The files watched are those the newest reading names, applied or not: a config waiting for its
+certificate applies when the certificate appears.
 """
 
 from __future__ import annotations
 
-import asyncio
-import binascii
-import hashlib
-import hmac
-import secrets
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -19,76 +16,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import bcrypt
 import structlog
 
-from exporter.config.settings import ConfigError
-from exporter.web.config_file import LoadedWebConfig, WebConfig, allowed_sans, load_web_config
+from exporter.web.basic_auth import BasicAuth
+from exporter.web.config_file import (
+    LoadedWebConfig,
+    WebConfig,
+    WebConfigRefused,
+    allowed_sans,
+    as_sent,
+    load_web_config,
+)
 
 log = structlog.get_logger(__name__)
-
-
-class BasicAuth:
-    """Checks `Authorization: Basic` against bcrypt hashes: one bcrypt at a time, in a thread.
-
-    A verified password is remembered as a keyed digest of user, stored hash and password (the key
-    lives only in this object), so later scrapes cost a digest, not ~50 ms of bcrypt; failures are
-    never remembered. An unknown user costs a bcrypt check too, so timing does not tell users apart.
-    """
-
-    def __init__(self, users: Mapping[str, str]) -> None:
-        self._users = {name.encode(): hashed.encode() for name, hashed in users.items()}
-        self._decoy = next(iter(self._users.values()), b"")
-        self._key = secrets.token_bytes(32)
-        self._verified: dict[bytes, bytes] = {}  # user -> digest of the last password verified
-        self._bcrypt = asyncio.Lock()
-
-    async def check(self, authorization: str | None) -> bool:
-        credentials = _basic_credentials(authorization)
-        if credentials is None:
-            return False
-        user, password = credentials
-        stored = self._users.get(user)
-        digest = hmac.digest(
-            self._key,
-            b":".join(part.hex().encode() for part in (user, stored or b"", password)),
-            hashlib.sha256,
-        )
-        remembered = self._verified.get(user)
-        if (
-            stored is not None
-            and remembered is not None
-            and hmac.compare_digest(remembered, digest)
-        ):
-            return True
-        async with self._bcrypt:
-            ok = await asyncio.to_thread(_bcrypt_matches, password, stored or self._decoy)
-        if ok and stored is not None:
-            self._verified[user] = digest
-            return True
-        return False
-
-
-def _bcrypt_matches(password: bytes, hashed: bytes) -> bool:
-    try:
-        return bcrypt.checkpw(password, hashed)
-    except ValueError:  # longer than bcrypt's 72 bytes, as Go's bcrypt refuses too
-        return False
-
-
-def _basic_credentials(authorization: str | None) -> tuple[bytes, bytes] | None:
-    """User and password as sent (bytes: bcrypt compares bytes), or None if not Basic."""
-    if not authorization:
-        return None
-    scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = binascii.a2b_base64(encoded.strip().encode("ascii"), strict_mode=True)
-    except (binascii.Error, UnicodeEncodeError):
-        return None
-    user, colon, password = decoded.partition(b":")
-    return (user, password) if colon else None
 
 
 class RateLimiter:
@@ -127,32 +67,31 @@ class WebAccess:
         tls, limit = config.tls_server_config, config.rate_limit
         sans = tls.client_allowed_sans
         return cls(
-            headers=MappingProxyType(dict(config.http_server_config.headers)),
+            headers=MappingProxyType(
+                {name: as_sent(value) for name, value in config.http_server_config.headers.items()}
+            ),
             auth=BasicAuth(config.basic_auth_users) if config.basic_auth_users else None,
             limiter=RateLimiter(limit.interval, limit.burst) if limit.interval > 0 else None,
             sans=None if sans is None else allowed_sans(sans),
         )
 
 
-_Signature = tuple[tuple[int, int, int, int] | None, ...]
-
-
 class WebGuard:
     """The web config as it is now: TLS context, headers, auth; re-read when its files change.
 
-    `ssl_context` is the listening socket's: TLS versions, ciphers, curves and the client
-    certificate policy are fixed at startup, while each handshake is handed the certificate, key
-    and client CA read last. Edits to what is fixed are reported and wait for a restart; an edit
-    that does not validate is reported and the previous configuration stays in force.
+    `ssl_context` is the listening socket's, and OpenSSL fixes some of a handshake from it (the
+    client certificate policy, TLS versions), some from the context a handshake is then handed.
+    So an edit of that policy (`TLSServerConfig.policy`, or TLS on or off) is applied whole at
+    the next start, never now: until then the previous config stays in force, whole, and an error
+    says so. Other edits apply at once: each handshake is handed the certificate, key and client
+    CA read last. An edit that does not validate is reported and the previous config stays.
     """
 
     def __init__(self, path: Path | None, loaded: LoadedWebConfig | None) -> None:
         self._path = path
         self._loaded = loaded
-        # What the listening socket was built with; only a restart changes it.
-        self._fixed = loaded.config.tls_server_config.policy if loaded else None
         self._access = WebAccess.of(loaded.config) if loaded else WebAccess()
-        self._seen = self._signature()
+        self._watched = loaded.files if loaded else None  # the newest reading's, good or not
         self.ssl_context = loaded.ssl_context if loaded else None
         if self.ssl_context is not None:
             self.ssl_context.sni_callback = self._choose_certificate
@@ -169,39 +108,29 @@ class WebGuard:
 
     def refresh(self) -> WebAccess:
         """Re-read the files if any changed since last time; the access rules now in force."""
-        if self._path is None or self._loaded is None:
+        if self._path is None or self._watched is None or not self._watched.changed():
             return self._access
-        signature = self._signature()
-        if signature == self._seen:
-            return self._access
-        self._seen = signature
         try:
             loaded = load_web_config(self._path)
-        except ConfigError as exc:
+        except WebConfigRefused as exc:
+            self._watched = exc.files
             for problem in exc.problems:
-                log.error(
-                    "web config not reloaded, the previous one stays in force", problem=problem
-                )
+                log.error("web config refused, the previous one stays in force", problem=problem)
             return self._access
-        self._adopt(loaded)
-        return self._access
-
-    def _adopt(self, loaded: LoadedWebConfig) -> None:
-        if (self.ssl_context is None) != (loaded.ssl_context is None):
-            log.warning("web config: TLS is only turned on or off at restart")
-        elif self.ssl_context is not None and loaded.config.tls_server_config.policy != self._fixed:
-            log.warning(
-                "web config: client_auth_type, TLS versions, ciphers and curves change at restart; "
-                "certificates, keys, client CA, users, headers and rate limit changed now"
+        self._watched = loaded.files
+        assert self._loaded is not None
+        changed = _policy_changes(self._loaded, loaded)
+        if changed:
+            log.error(
+                "web config waits for a restart: the previous one stays in force, whole, until "
+                "then, as a listening socket keeps its TLS policy",
+                changed=changed,
             )
+            return self._access
         self._loaded = loaded
         self._access = WebAccess.of(loaded.config)
-        self._seen = self._signature()
-        log.info("web config reloaded", files=[str(path) for path in loaded.files])
-
-    def _signature(self) -> _Signature:
-        files = self._loaded.files if self._loaded else ()
-        return tuple(_status(path) for path in files)
+        log.info("web config reloaded", files=[str(path) for path in loaded.files.paths])
+        return self._access
 
     def _choose_certificate(
         self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: Any
@@ -226,10 +155,11 @@ class WebGuard:
         }
 
 
-def _status(path: Path) -> tuple[int, int, int, int] | None:
-    """What changes when a file is rewritten or a mounted secret's symlink is swapped."""
-    try:
-        status = path.stat()
-    except OSError:
-        return None
-    return (status.st_mtime_ns, status.st_ctime_ns, status.st_size, status.st_ino)
+def _policy_changes(running: LoadedWebConfig, new: LoadedWebConfig) -> list[str]:
+    """What `new` changes of what the listening socket fixes (`["TLS"]`: turned on or off)."""
+    if (running.ssl_context is None) != (new.ssl_context is None):
+        return ["TLS"]
+    if running.ssl_context is None:
+        return []
+    old, now = running.config.tls_server_config.policy, new.config.tls_server_config.policy
+    return [name for name in old if old[name] != now[name]]
