@@ -127,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="require the web config's basic auth and rate limit on /healthz and /readyz too",
     )
+    clusters = parser.add_argument_group("GPU clusters (which clusters boot from each image)")
+    clusters.add_argument(
+        "--no-clusters",
+        dest="clusters",
+        action="store_false",
+        default=None,
+        help="do not list GPU clusters (no gcore_gpu_cluster_* nor gcore_gpu_image_clusters)",
+    )
+    clusters.add_argument(
+        "--cluster-interval",
+        dest="cluster_interval",
+        help="time between listings of the GPU clusters (default: the interval)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--once",

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-Endpoint = Literal["images", "image", "task", "projects", "regions", "tasks"]
-"""The Gcore API endpoints the client calls: a scope's list, one image, one task."""
+Endpoint = Literal["images", "image", "task", "projects", "regions", "tasks", "clusters"]
+"""The Gcore API endpoints the client calls: a scope's list, one image, one task, ...;
+`clusters` is a scope's list of GPU clusters."""
 
 Reason = Literal[
     "not_found",

@@ -174,6 +174,8 @@ class Settings(BaseSettings):
     shard: int | None = Field(None, ge=0)
     total_shards: int = Field(1, ge=1, le=10_000)
     pod_name: str | None = Field(None, validation_alias="POD_NAME")  # Kubernetes' downward API
+    clusters: bool = True  # poll the GPU clusters that boot from the watched images
+    cluster_interval: Duration | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -257,6 +259,10 @@ class Settings(BaseSettings):
         return self.task_interval if self.task_interval is not None else self.interval
 
     @property
+    def effective_cluster_interval(self) -> float:
+        return self.cluster_interval if self.cluster_interval is not None else self.interval
+
+    @property
     def effective_timeout(self) -> float:
         """The timeout given, else 10 s or the interval if that is shorter."""
         return self.timeout if self.timeout is not None else min(DEFAULT_TIMEOUT, self.interval)
@@ -308,6 +314,8 @@ class Settings(BaseSettings):
             "protect_probes": self.protect_probes,
             "shard": self.shard_assignment().ordinal,
             "total_shards": self.total_shards,
+            "clusters": self.clusters,
+            "cluster_interval": self.effective_cluster_interval,
         }
 
 

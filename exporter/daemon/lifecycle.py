@@ -73,6 +73,8 @@ def _reloadable(settings: Settings) -> dict[str, Any]:
         "max_response_size": settings.max_response_size,
         "stale_after": settings.effective_stale_after,
         "log_level": settings.log_level,
+        "clusters": settings.clusters,
+        "cluster_interval": settings.effective_cluster_interval,
     }
 
 

@@ -26,6 +26,7 @@ from exporter.metrics.scope_health import ScopeHealth
 from exporter.metrics.snapshot import Publisher
 from exporter.metrics.telemetry import Telemetry
 from exporter.polling.cadences import Poller
+from exporter.polling.clusters import Clusters
 from exporter.polling.discovery import Discovery
 from exporter.polling.failed_tasks import FailedTasks
 from exporter.polling.fetcher import NO_TARGETS, Fetcher
@@ -168,7 +169,7 @@ async def open_poller(
             upstream.targets,
             telemetry=telemetry,
             registry=telemetry.registry,
-            on_change=lambda targets: scheduler.set_targets(targets),
+            on_change=lambda targets: scheduler.set_targets(with_clusters(targets)),
             clock=wall_clock,
         )
         failed_tasks = FailedTasks(
@@ -179,15 +180,21 @@ async def open_poller(
             window=settings.failed_task_window,
             clock=wall_clock,
         )
+        clusters = new_clusters(settings, client, monitor)
+
+        def with_clusters(targets: Targets) -> Targets:
+            return targets if clusters is None else clusters.extend(targets)
+
         try:
             if previous is not None:
                 discovery.adopt(previous.discovery)
                 failed_tasks.adopt(previous.failed_tasks)
+                adopt_clusters(clusters, previous.clusters)
             before = previous.scheduler.targets if previous is not None else NO_TARGETS
-            fetcher.register(discovery.targets, before)
+            fetcher.register(with_clusters(discovery.targets), before)
             scheduler = Scheduler(
                 fetcher,
-                discovery.targets,
+                with_clusters(discovery.targets),
                 store=monitor.store,
                 publisher=monitor.publisher,
                 telemetry=telemetry,
@@ -202,10 +209,36 @@ async def open_poller(
                 publisher=monitor.publisher,
                 discovery_interval=settings.discovery_interval,
                 task_interval=settings.effective_task_interval,
+                clusters=clusters,
+                cluster_interval=settings.effective_cluster_interval,
             )
         finally:
             discovery.close()
             failed_tasks.close()
+            if clusters is not None:
+                clusters.close()
+
+
+def new_clusters(settings: Settings, client: GcoreClient, monitor: Monitor) -> Clusters | None:
+    """The cluster poll feeding `monitor`, unless `--no-clusters`."""
+    if not settings.clusters:
+        return None
+    telemetry = monitor.telemetry
+    return Clusters(
+        client,
+        store=monitor.store,
+        telemetry=telemetry,
+        registry=telemetry.registry,
+        shard=telemetry.shard,
+    )
+
+
+def adopt_clusters(clusters: Clusters | None, previous: Clusters | None) -> None:
+    """A reload keeps what the clusters poll knew, or drops its series if it is turned off."""
+    if previous is not None and clusters is not None:
+        clusters.adopt(previous)
+    elif previous is not None:
+        previous.retire()
 
 
 @asynccontextmanager

@@ -15,11 +15,12 @@ from typing import Final, Literal, TypeVar
 
 from pydantic import ValidationError
 
+from exporter.gcore.cluster_models import GpuCluster
 from exporter.gcore.models import Image, ImagePage, Listing, Project, Region, Task, clean_text
 from exporter.gcore.transport import RateGate, Transport, shown
 from exporter.vocabulary import YIELD_EVERY, Endpoint, FetchError, ImageKey, Scope
 
-__all__ = ["GcoreClient", "Page"]
+__all__ = ["ClusterListing", "GcoreClient", "Page"]
 
 PAGE_SIZE: Final = 1000
 PAGE_MARGIN: Final = 2  # pages a listing may take beyond what its first `count` allows
@@ -39,6 +40,14 @@ class Page:
     images: tuple[Image, ...]
     invalid: tuple[tuple[str | None, str], ...]  # (id when there is one, what is wrong)
     ending: Ending | None = None  # set on the last page only
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterListing:
+    """A scope's GPU clusters; `invalid` counts the items skipped for having no usable `id`."""
+
+    clusters: tuple[GpuCluster, ...]
+    invalid: int = 0
 
 
 class GcoreClient:
@@ -165,6 +174,45 @@ class GcoreClient:
                 return tuple(items)
             if ending is not None:
                 raise FetchError("invalid_response", f"{endpoint}: listing did not end ({ending})")
+
+    async def list_clusters(self, scope: Scope) -> ClusterListing:
+        """Every GPU cluster of a scope, validated one by one (see `cluster_models`).
+
+        Bare metal is asked for `managed_by=user&managed_by=k8s`: its default is `user` only,
+        which would leave out the clusters Gcore's managed Kubernetes runs, and their images
+        would look unused. A listing cut short fails: a partial one would undercount.
+        """
+        path = ("cloud", "v3", "gpu", scope.kind, str(scope.project_id), str(scope.region_id))
+        url = self._transport.url(*path, "clusters")
+        managed = [("managed_by", "user"), ("managed_by", "k8s")]
+        params = managed if scope.kind == "baremetal" else []
+        parse = GpuCluster.virtual if scope.kind == "virtual" else GpuCluster.model_validate
+        clusters: list[GpuCluster] = []
+        invalid = 0
+        pager = _Pager()
+        while True:
+            paging: list[tuple[str, str | int]] = [("limit", PAGE_SIZE), ("offset", pager.offset)]
+            data = await self._transport.get_json("clusters", url, [*params, *paging])
+            try:
+                page = Listing.model_validate(data)
+            except ValidationError as exc:
+                raise FetchError("invalid_response", f"clusters: {_summary(exc)}") from None
+            ids: list[str] = []
+            for number, raw in enumerate(page.results, 1):
+                if number % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                try:
+                    cluster = parse(raw)
+                except ValidationError:
+                    invalid += 1
+                    continue
+                clusters.append(cluster)
+                ids.append(cluster.id)
+            ending = pager.turn(page.count, len(page.results), ids)
+            if ending == "ran_out":
+                return ClusterListing(tuple(clusters), invalid)
+            if ending is not None:
+                raise FetchError("invalid_response", f"clusters: listing did not end ({ending})")
 
 
 class _Pager:
