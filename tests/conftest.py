@@ -134,6 +134,11 @@ class RunningExporter:
         """Run one poll of the failed tasks now and publish it."""
         return await asyncio.wait_for(self.poller.poll_tasks(), 30)
 
+    async def poll_clusters(self) -> bool:
+        """Run one listing of the GPU clusters now (the images they boot from join the
+        targets) and publish it."""
+        return await asyncio.wait_for(self.poller.poll_clusters(), 30)
+
 
 ExporterFactory = Callable[..., Any]
 

@@ -60,6 +60,7 @@ class Clusters(Collector):
         self._now = clock
         self._listed: dict[Scope, tuple[GpuCluster, ...]] = {}  # last known, this shard's
         self._reported: set[Scope] = set()  # scopes with a discovery_up series
+        self._lock = asyncio.Lock()
         self._registry = registry
         registry.register(self)
 
@@ -78,11 +79,13 @@ class Clusters(Collector):
 
     async def poll(self, scopes: Iterable[Scope]) -> bool:
         """List the clusters of `scopes`; True if every listing worked. Scopes no longer
-        watched leave with their clusters."""
+        watched leave with their clusters. Concurrent calls run one after the other, so that
+        an older listing never lands after a newer one."""
         wanted = set(scopes)
-        for scope in {*self._listed, *self._reported} - wanted:
-            self._forget(scope)
-        results = await asyncio.gather(*(self._list(scope) for scope in sorted(wanted)))
+        async with self._lock:
+            for scope in {*self._listed, *self._reported} - wanted:
+                self._forget(scope)
+            results = await asyncio.gather(*(self._list(scope) for scope in sorted(wanted)))
         return all(results)
 
     def extend(self, targets: Targets) -> Targets:
