@@ -42,7 +42,7 @@ LISTED = ["1/10", "baremetal:1/20"]
 async def test_both_kinds_are_listed_with_the_image_each_boots_from(
     account: FakeGcore, exporter: ExporterFactory
 ) -> None:
-    async with exporter(targets=LISTED) as running:
+    async with exporter(targets=LISTED, clusters=True) as running:
         await running.poll_clusters()
         samples = await running.samples()
     info = series(samples, "gcore_gpu_cluster_info")
@@ -80,7 +80,7 @@ async def test_clusters_managed_by_kubernetes_are_counted(
     """Bare metal lists only `managed_by=user` by default: the exporter asks for both."""
     k8s = make_baremetal_cluster(KC, "mk8s-pool", B, managed_by="k8s")
     account.clusters.put("baremetal", 1, 20, k8s)
-    async with exporter(targets=LISTED) as running:
+    async with exporter(targets=LISTED, clusters=True) as running:
         await running.poll_clusters()
         samples = await running.samples()
     assert value(samples, "gcore_gpu_image_clusters", image_id=B) == 2
@@ -96,7 +96,7 @@ async def test_every_page_of_a_listing_is_read(
     for n in range(5):
         cluster = make_virtual_cluster(f"c9{n:06d}-0000-4000-8000-000000000000", f"p{n}", C)
         account.clusters.put("virtual", 1, 10, cluster)
-    async with exporter(targets=LISTED) as running:
+    async with exporter(targets=LISTED, clusters=True) as running:
         await running.poll_clusters()
         samples = await running.samples()
     assert value(samples, "gcore_gpu_image_clusters", image_id=C) == 5
@@ -107,7 +107,7 @@ async def test_a_boot_volume_without_image_counts_for_no_image(
     account: FakeGcore, exporter: ExporterFactory
 ) -> None:
     account.clusters.put("virtual", 1, 10, make_virtual_cluster(KC, "from-snapshot", None))
-    async with exporter(targets=LISTED) as running:
+    async with exporter(targets=LISTED, clusters=True) as running:
         await running.poll_clusters()
         targets = running.scheduler.targets
         samples = await running.samples()
@@ -120,7 +120,7 @@ async def test_a_boot_volume_without_image_counts_for_no_image(
 async def test_status_changes_and_removed_clusters_leave(
     account: FakeGcore, exporter: ExporterFactory
 ) -> None:
-    async with exporter(targets=LISTED) as running:
+    async with exporter(targets=LISTED, clusters=True) as running:
         await running.poll_clusters()
         account.clusters.update("virtual", 1, 10, VC, status="resizing")
         account.clusters.remove("baremetal", 1, 20, BC)
@@ -135,7 +135,7 @@ async def test_status_changes_and_removed_clusters_leave(
 async def test_a_failing_listing_keeps_the_clusters_and_touches_no_image(
     account: FakeGcore, exporter: ExporterFactory
 ) -> None:
-    async with exporter(targets=LISTED) as running:
+    async with exporter(targets=LISTED, clusters=True) as running:
         await running.poll_clusters()
         before = await running.samples()
         account.inject(r"/virtual/1/10/clusters", 500, times=None)
@@ -153,7 +153,7 @@ async def test_an_image_whose_clusters_were_never_listed_has_no_count(
 ) -> None:
     """Unknown is not 0: 0 would call an image in use safe to delete."""
     account.inject(r"/virtual/1/10/clusters", 503, times=None)
-    async with exporter(targets=LISTED) as running:
+    async with exporter(targets=LISTED, clusters=True) as running:
         await running.poll_clusters()
         samples = await running.samples()
     assert value(samples, "gcore_gpu_image_clusters", image_id=C) is None
@@ -164,7 +164,7 @@ async def test_a_region_without_cluster_service_has_none_and_no_error(
     account: FakeGcore, exporter: ExporterFactory
 ) -> None:
     account.inject(r"/virtual/1/10/clusters", 404, times=None)
-    async with exporter(targets=LISTED) as running:
+    async with exporter(targets=LISTED, clusters=True) as running:
         assert await running.poll_clusters()
         samples = await running.samples()
     up = {"endpoint": "clusters", "project_id": "1", "region_id": "10", "kind": "virtual"}
@@ -177,7 +177,7 @@ async def test_an_image_a_cluster_boots_from_is_watched_though_no_target_names_i
 ) -> None:
     """Only image C is a target: the cluster on A (same scope) brings A, fetched by id; when
     the cluster goes, A goes."""
-    async with exporter(targets=[f"1/10/{C}"]) as running:
+    async with exporter(targets=[f"1/10/{C}"], clusters=True) as running:
         await running.poll_clusters()
         await running.round()
         watched = await running.samples()
@@ -198,7 +198,7 @@ async def test_a_cluster_on_a_deleted_image_shows_the_image_missing(
 ) -> None:
     """The listing no longer holds the image: it is fetched by id, and the 404 says it is gone."""
     account.clusters.put("virtual", 1, 10, make_virtual_cluster(KC, "orphan", GONE))
-    async with exporter(targets=LISTED) as running:
+    async with exporter(targets=LISTED, clusters=True) as running:
         await running.poll_clusters()
         await running.round()
         await running.poll_clusters()  # still missing: still watched
@@ -233,7 +233,7 @@ async def test_a_shard_exports_the_clusters_of_its_images(
 ) -> None:
     """Everything about one image on one shard; a cluster without image goes by its own id."""
     account.clusters.put("virtual", 1, 10, make_virtual_cluster(KC, "no-image", None))
-    async with exporter(targets=LISTED, shard=shard, total_shards=2) as running:
+    async with exporter(targets=LISTED, clusters=True, shard=shard, total_shards=2) as running:
         await running.poll_clusters()
         samples = await running.samples()
     owner = {VC: shard_of(A, 2), BC: shard_of(B, 2), KC: shard_of(KC, 2)}

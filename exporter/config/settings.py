@@ -259,10 +259,6 @@ class Settings(BaseSettings):
         return self.task_interval if self.task_interval is not None else self.interval
 
     @property
-    def effective_cluster_interval(self) -> float:
-        return self.cluster_interval if self.cluster_interval is not None else self.interval
-
-    @property
     def effective_timeout(self) -> float:
         """The timeout given, else 10 s or the interval if that is shorter."""
         return self.timeout if self.timeout is not None else min(DEFAULT_TIMEOUT, self.interval)
@@ -315,8 +311,13 @@ class Settings(BaseSettings):
             "shard": self.shard_assignment().ordinal,
             "total_shards": self.total_shards,
             "clusters": self.clusters,
-            "cluster_interval": self.effective_cluster_interval,
+            "cluster_interval": cluster_interval(self),
         }
+
+
+def cluster_interval(settings: Settings) -> float:
+    """Time between listings of the GPU clusters: `cluster_interval`, else the interval."""
+    return settings.interval if settings.cluster_interval is None else settings.cluster_interval
 
 
 def _contradictions(settings: Settings) -> list[str]:

@@ -21,7 +21,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from exporter.config.keys import KeyFile, KeySource
-from exporter.config.settings import ConfigError, Settings
+from exporter.config.settings import ConfigError, Settings, cluster_interval
 from exporter.daemon.wiring import (
     Monitor,
     Upstream,
@@ -74,7 +74,7 @@ def _reloadable(settings: Settings) -> dict[str, Any]:
         "stale_after": settings.effective_stale_after,
         "log_level": settings.log_level,
         "clusters": settings.clusters,
-        "cluster_interval": settings.effective_cluster_interval,
+        "cluster_interval": cluster_interval(settings),
     }
 
 

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from exporter import __version__
 from exporter.config.keys import KeySource
-from exporter.config.settings import Settings
+from exporter.config.settings import Settings, cluster_interval
 from exporter.demo.fake_gcore import FakeGcore
 from exporter.demo.world import DEMO_API_KEY, TARGETS, DemoWorld, animate
 from exporter.gcore.client import GcoreClient
@@ -26,13 +26,13 @@ from exporter.metrics.scope_health import ScopeHealth
 from exporter.metrics.snapshot import Publisher
 from exporter.metrics.telemetry import Telemetry
 from exporter.polling.cadences import Poller
-from exporter.polling.clusters import Clusters
+from exporter.polling.clusters import Clusters, watched_scopes
 from exporter.polling.discovery import Discovery
 from exporter.polling.failed_tasks import FailedTasks
 from exporter.polling.fetcher import NO_TARGETS, Fetcher
 from exporter.polling.scheduler import Scheduler
 from exporter.polling.task_cache import TaskCache
-from exporter.vocabulary import Targets
+from exporter.vocabulary import Scope, Targets
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +189,7 @@ async def open_poller(
             if previous is not None:
                 discovery.adopt(previous.discovery)
                 failed_tasks.adopt(previous.failed_tasks)
-                adopt_clusters(clusters, previous.clusters)
+                adopt_clusters(clusters, previous.clusters, watched_scopes(discovery.targets))
             before = previous.scheduler.targets if previous is not None else NO_TARGETS
             fetcher.register(with_clusters(discovery.targets), before)
             scheduler = Scheduler(
@@ -210,7 +210,7 @@ async def open_poller(
                 discovery_interval=settings.discovery_interval,
                 task_interval=settings.effective_task_interval,
                 clusters=clusters,
-                cluster_interval=settings.effective_cluster_interval,
+                cluster_interval=cluster_interval(settings),
             )
         finally:
             discovery.close()
@@ -233,10 +233,13 @@ def new_clusters(settings: Settings, client: GcoreClient, monitor: Monitor) -> C
     )
 
 
-def adopt_clusters(clusters: Clusters | None, previous: Clusters | None) -> None:
-    """A reload keeps what the clusters poll knew, or drops its series if it is turned off."""
+def adopt_clusters(
+    clusters: Clusters | None, previous: Clusters | None, scopes: set[Scope]
+) -> None:
+    """A reload keeps what the clusters poll knew of `scopes`, or drops its series if it is
+    turned off."""
     if previous is not None and clusters is not None:
-        clusters.adopt(previous)
+        clusters.adopt(previous, scopes)
     elif previous is not None:
         previous.retire()
 

@@ -7,9 +7,10 @@ clusters name their image on the boot volume of `servers_settings`, not at the t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+from uuid import uuid4
 
 from aiohttp import web
 
@@ -98,27 +99,38 @@ class ClusterBook:
     def remove(self, kind: str, project_id: int, region_id: int, cluster_id: str) -> None:
         del self.clusters[(kind, project_id, region_id)][cluster_id]
 
-    def handler(
-        self,
-        unserved: Callable[[str, int], bool],
-        page: Callable[[web.Request, Sequence[Any]], web.Response],
-        not_found: Callable[[], web.Response],
-    ) -> Callable[[web.Request], Any]:
-        """The listing's request handler; `unserved(kind, region)` answers 404 as images do."""
+    def handler(self, fake: Served) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """The listing's request handler: paged like every list of `fake` (`max_page`), and
+        404 for a (kind, region) in its `unserved`, as the images answer."""
 
         async def list_clusters(request: web.Request) -> web.Response:
             kind = request.match_info["kind"]
             try:
                 project_id = int(request.match_info["project_id"])
                 region_id = int(request.match_info["region_id"])
+                limit = int(request.query.get("limit", "10"))
+                offset = int(request.query.get("offset", "0"))
             except ValueError:
-                return not_found()
-            if unserved(kind, region_id):
-                return not_found()
+                return _error(400, "BadRequestError", "invalid path or paging")
+            if (kind, region_id) in fake.unserved:
+                return _error(404, "NotFoundError", "Project or region not found")
             items = list(self.clusters.get((kind, project_id, region_id), {}).values())
             if kind == "baremetal":
                 managed = set(request.query.getall("managed_by", [])) or {"user"}
                 items = [c for c in items if c.get("managed_by", "user") in managed]
-            return page(request, items)
+            page = items[max(offset, 0) : max(offset, 0) + max(1, min(limit, fake.max_page))]
+            return web.json_response({"count": len(items), "results": page})
 
         return list_clusters
+
+
+class Served(Protocol):
+    """What the cluster listing reads of the fake API it is part of."""
+
+    max_page: int
+    unserved: set[tuple[str, int]]
+
+
+def _error(status: int, exception_class: str, message: str) -> web.Response:
+    body = {"exception_class": exception_class, "message": message, "request_id": str(uuid4())}
+    return web.json_response(body, status=status)

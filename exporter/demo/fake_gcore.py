@@ -210,14 +210,7 @@ class FakeGcore:
         app.router.add_get(TASKS_PATH, self._list_tasks)
         app.router.add_get(PROJECTS_PATH, self._list_projects)
         app.router.add_get(REGIONS_PATH, self._list_regions)
-        app.router.add_get(
-            CLUSTERS_PATH,
-            self.clusters.handler(
-                lambda kind, region: (kind, region) in self.unserved,
-                self._page,
-                lambda: error(404, "Project or region not found"),
-            ),
-        )
+        app.router.add_get(CLUSTERS_PATH, self.clusters.handler(self))
         return app
 
     @web.middleware

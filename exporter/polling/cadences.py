@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from exporter.metrics.snapshot import Publisher
-from exporter.polling.clusters import Clusters
+from exporter.polling.clusters import Clusters, watched_scopes
 from exporter.polling.discovery import Discovery
 from exporter.polling.failed_tasks import FailedTasks
 from exporter.polling.scheduler import Scheduler
@@ -49,8 +49,7 @@ class Poller:
 
     def watched(self) -> set[Scope]:
         """The scopes of every target now polled: listed ones and those of explicit images."""
-        targets = self.discovery.targets
-        return {*targets.scopes, *targets.discovered, *(key.scope for key in targets.images)}
+        return watched_scopes(self.discovery.targets)
 
     async def refresh(self) -> bool:
         """One discovery refresh, published; new scopes are polled from the next round."""

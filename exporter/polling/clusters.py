@@ -38,6 +38,11 @@ from exporter.vocabulary import FetchError, ImageKey, Scope, Targets
 log = structlog.get_logger("exporter.polling.clusters")
 
 
+def watched_scopes(targets: Targets) -> set[Scope]:
+    """The scopes of every target: listed ones and those of explicit images."""
+    return {*targets.scopes, *targets.discovered, *(key.scope for key in targets.images)}
+
+
 def _labels(scope: Scope) -> tuple[str, str, str, str]:
     return str(scope.project_id), str(scope.region_id), scope.kind, "clusters"
 
@@ -64,10 +69,12 @@ class Clusters(Collector):
         self._registry = registry
         registry.register(self)
 
-    def adopt(self, previous: Clusters) -> None:
-        """Take over what the poll this one replaces (a reload) knew: no count drops to 0."""
+    def adopt(self, previous: Clusters, scopes: Iterable[Scope]) -> None:
+        """Take over what the poll this one replaces (a reload) knew of `scopes`, the scopes
+        watched now: no count drops to 0, and the clusters of other scopes leave at once."""
         self._listed = dict(previous._listed)
         self._reported = set(previous._reported)
+        self._retain(set(scopes))
 
     def retire(self) -> None:
         """Clusters are no longer polled (a reload turned them off): their series leave."""
@@ -83,8 +90,7 @@ class Clusters(Collector):
         an older listing never lands after a newer one."""
         wanted = set(scopes)
         async with self._lock:
-            for scope in {*self._listed, *self._reported} - wanted:
-                self._forget(scope)
+            self._retain(wanted)
             results = await asyncio.gather(*(self._list(scope) for scope in sorted(wanted)))
         return all(results)
 
@@ -168,6 +174,10 @@ class Clusters(Collector):
         telemetry.discovery_up.labels(*_labels(scope)).set(int(ok))
         if ok:
             telemetry.discovery_last_success.labels(*_labels(scope)).set(self._now())
+
+    def _retain(self, scopes: set[Scope]) -> None:
+        for scope in {*self._listed, *self._reported} - scopes:
+            self._forget(scope)
 
     def _forget(self, scope: Scope) -> None:
         self._listed.pop(scope, None)
