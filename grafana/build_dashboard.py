@@ -580,7 +580,7 @@ def discovery(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]
         f' (gcore_gpu_image_info{{{q.scope}, kind=~"$kind"}}))'
     )
     account = ", ".join([*q.cluster, "endpoint"])
-    account_selector = f'{q.exp}, endpoint!="images"'
+    account_selector = f'{q.exp}, project_id="", endpoint!="images"'
     failing_for = thresholds["discovery_failing_for"]
     columns = (*q.cluster, "project_id", "region_id", "kind")
     return [
@@ -855,6 +855,20 @@ def gpu_clusters(q: Queries) -> list[dict[str, Any]]:
     info = "cluster_name, kind, status, image_id"
     return [
         row("GPU clusters"),
+        stat(
+            "Cluster listings failing",
+            "Projects/regions (per kind) whose last GPU cluster listing failed on every exporter:"
+            " their clusters are as last listed, so counts of clusters per image may be out of"
+            " date. The exporter's log says why ('cluster listing failed').",
+            [
+                target(
+                    f"count(max by ({q.listing_key}) (gcore_exporter_discovery_up"
+                    f'{{{q.scope}, endpoint="clusters", kind=~"$kind"}}) == 0) or vector(0)'
+                )
+            ],
+            8,
+            thresholds=ANY_IS_BAD,
+        ),
         stat(
             "Images in use vs unused",
             "Selected images that GPU clusters boot from, and those no cluster uses: an unused"
