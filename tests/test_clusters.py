@@ -7,6 +7,8 @@ import pytest
 from conftest import API_KEY, ExporterFactory, series, value
 from pydantic import SecretStr
 
+from exporter.config.settings import load_settings
+from exporter.daemon.lifecycle import POLLING
 from exporter.demo.fake_clusters import make_baremetal_cluster, make_virtual_cluster
 from exporter.demo.fake_gcore import FakeGcore, make_image
 from exporter.gcore.client import GcoreClient
@@ -278,3 +280,25 @@ async def test_untrusted_cluster_items_cost_themselves_only(fake: FakeGcore, fak
         (VC, None, None, None),
         (KC, None, None, None),  # `True` is no boot index 0
     ]
+
+
+async def test_a_reload_drops_the_clusters_of_scopes_no_longer_watched_at_once(
+    account: FakeGcore, exporter: ExporterFactory
+) -> None:
+    """Kept across a reload for the scopes that stay (no count drops to 0), gone at once for the
+    others, and every cluster series gone when a reload turns clusters off."""
+    async with exporter(targets=LISTED, clusters=True) as running:
+        await running.poll_clusters()
+        polling = running.app[POLLING]
+        base = {"interval": "1h", "listen": "127.0.0.1:0"}
+        await polling.reload(load_settings(**base, targets=["1/10"], clusters=True))
+        narrowed = await running.samples()
+        await polling.reload(load_settings(**base, targets=["1/10"], clusters=False))
+        off = await running.samples()
+    assert value(narrowed, "gcore_gpu_cluster_info", cluster_id=VC) == 1
+    assert value(narrowed, "gcore_gpu_cluster_info", cluster_id=BC) is None
+    assert series(narrowed, "gcore_exporter_discovery_up", endpoint="clusters") == [
+        {"project_id": "1", "region_id": "10", "kind": "virtual", "endpoint": "clusters"}
+    ]
+    assert not [k for k in off if k[0].startswith(("gcore_gpu_cluster", "gcore_gpu_image_cl"))]
+    assert series(off, "gcore_exporter_discovery_up", endpoint="clusters") == []
