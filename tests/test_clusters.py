@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import pytest
 from conftest import API_KEY, ExporterFactory, series, value
@@ -290,7 +292,7 @@ async def test_a_reload_drops_the_clusters_of_scopes_no_longer_watched_at_once(
     async with exporter(targets=LISTED, clusters=True) as running:
         await running.poll_clusters()
         polling = running.app[POLLING]
-        base = {"interval": "1h", "listen": "127.0.0.1:0"}
+        base: dict[str, Any] = {"interval": "1h", "listen": "127.0.0.1:0"}
         await polling.reload(load_settings(**base, targets=["1/10"], clusters=True))
         narrowed = await running.samples()
         await polling.reload(load_settings(**base, targets=["1/10"], clusters=False))
