@@ -71,7 +71,7 @@ OWN_LABELS: Final = frozenset(
     {
         *("project_id", "region_id", "image_id", "status", "reason", "name", "kind", "endpoint"),
         *("task_id", "task_type", "task_state", "task_error", "error", "code", "state"),
-        *("project_name", "region_name"),
+        *("project_name", "region_name", "cluster_id", "cluster_name"),
     }
 )
 _LABEL: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

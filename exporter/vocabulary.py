@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-Endpoint = Literal["images", "image", "task", "projects", "regions", "tasks"]
+Endpoint = Literal["images", "image", "task", "projects", "regions", "tasks", "clusters"]
 """The Gcore API endpoints the client calls: a scope's image list, one image, one task, the
-projects, the regions and the Tasks list; the `endpoint` label of the API request metrics."""
+projects, the regions, the Tasks list and a scope's GPU clusters; the `endpoint` label of the API
+request metrics."""
 
 Reason = Literal[
     "not_found",

@@ -596,7 +596,7 @@ def discovery(q: Queries, thresholds: Mapping[str, str]) -> list[dict[str, Any]]
         f' (gcore_gpu_image_info{{{q.scope}, kind=~"$kind"}}))'
     )
     account = ", ".join([*q.cluster, "endpoint"])
-    account_selector = f'{q.exp}, endpoint!="images"'
+    account_selector = f'{q.exp}, project_id="", endpoint!="images"'
     failing_for = thresholds["discovery_failing_for"]
     columns = (*q.cluster, "project_id", "region_id", "kind")
     return [
@@ -744,6 +744,7 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
             instant=True,
             table=True,
         ),
+        target(with_info("gcore_gpu_image_clusters"), "F", instant=True, table=True),
     ]
     tags = f"max by ({q.key}, key, value, read_only) (gcore_gpu_image_tag_info{{{q.img}}})"
     return [
@@ -829,7 +830,8 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
             "Image inventory",
             "Every selected image with its OS, GPU driver, CUDA version, size, minimum disk and"
             " RAM for an instance, and when it was created and last changed. Use it to check that"
-            " images carry the driver/CUDA versions you expect.",
+            " images carry the driver/CUDA versions you expect, and how many GPU clusters boot"
+            " from each (-: clusters not listed).",
             inventory_targets,
             (24, 9),
             sort_by="Image",
@@ -841,6 +843,7 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
                 column("Value #C", "Min RAM", "bytes"),
                 column("Value #D", "Created", "dateTimeFromNow"),
                 column("Value #E", "Updated", "dateTimeFromNow"),
+                column("Value #F", "Clusters", "short", noValue="-"),
                 column("kind", "Kind"),
                 column("gpu_driver_version", "Driver"),
                 column("cuda_toolkit_version", "CUDA"),
@@ -849,7 +852,113 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
                 {"id": "merge", "options": {}},
                 organize(
                     ("Time",),
-                    (*INFO_COLUMNS, *(f"Value #{r}" for r in "ABCDE"), *q.key_columns),
+                    (*INFO_COLUMNS, *(f"Value #{r}" for r in "ABCDEF"), *q.key_columns),
+                ),
+            ],
+        ),
+    ]
+
+
+CLUSTER_STATUS_COLORS = {
+    "active": "green",
+    **dict.fromkeys(("creating", "rebooting", "rebuilding", "resizing"), "blue"),
+    **{"degraded": "orange", "shutoff": "text", "deleting": "orange", "error": "red"},
+}
+
+
+def gpu_clusters(q: Queries) -> list[dict[str, Any]]:
+    """The GPU clusters that boot from the selected images: an image alert's blast radius."""
+    used = f"max by ({q.key}) ({image(q, 'gcore_gpu_image_clusters')})"
+    clusters = f'{q.scope}, kind=~"$kind"'
+    cluster_key = f"{q.scope_key}, cluster_id"
+    info = "cluster_name, kind, status, image_id"
+    return [
+        row("GPU clusters"),
+        stat(
+            "Cluster listings failing",
+            "Projects/regions (per kind) whose last GPU cluster listing failed on every exporter:"
+            " their clusters are as last listed, so counts of clusters per image may be out of"
+            " date. The exporter's log says why ('cluster listing failed').",
+            [
+                target(
+                    f"count(max by ({q.listing_key}) (gcore_exporter_discovery_up"
+                    f'{{{q.scope}, endpoint="clusters", kind=~"$kind"}}) == 0) or vector(0)'
+                )
+            ],
+            8,
+            thresholds=ANY_IS_BAD,
+        ),
+        stat(
+            "Images in use vs unused",
+            "Selected images that GPU clusters boot from, and those no cluster uses: an unused"
+            " image is safe to delete as far as clusters go (gcore_gpu_image_clusters == 0). An"
+            " alert on an image in use is critical; see 'Clusters per image'.",
+            [
+                target(f"count({used} > 0) or vector(0)", "A", "in use"),
+                target(f"count({used} == 0) or vector(0)", "B", "unused"),
+            ],
+            8,
+            thresholds=steps((None, "blue")),
+        ),
+        timeseries(
+            "GPU clusters by status",
+            "How many GPU clusters of the selected projects and regions are in each status."
+            " degraded and error need a look; creating, resizing and rebuilding need their image"
+            " to be active (see 'GPU clusters').",
+            [
+                target(
+                    f"count by (status) (max by ({cluster_key}, status) "
+                    f"(gcore_gpu_cluster_info{{{clusters}}}))",
+                    legend="{{status}}",
+                )
+            ],
+            (16, 8),
+            stack=True,
+            unit="short",
+            overrides=[fixed_color(s, c) for s, c in CLUSTER_STATUS_COLORS.items()],
+        ),
+        bargauge(
+            "Clusters per image",
+            "How many GPU clusters boot from each selected image (0: none, safe to delete as"
+            " far as clusters go). An image alert on an image with clusters is critical: they"
+            " cannot scale out, rebuild or recover a server while it is not usable.",
+            [target(f"sort_desc({named(q, used)})", legend="{{name}}", instant=True)],
+            (8, 8),
+            unit="short",
+            thresholds=steps((None, "text"), (1, "blue")),
+        ),
+        table(
+            "GPU clusters",
+            "Every GPU cluster of the selected projects and regions: its kind, status, servers"
+            " and the image its servers boot from (empty: a virtual cluster whose boot volume"
+            " names no image). Bare metal includes clusters of Gcore's managed Kubernetes.",
+            [
+                target(
+                    f"max by ({cluster_key}, {info}) (gcore_gpu_cluster_info{{{clusters}}})",
+                    "A",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    f"max by ({cluster_key}) (gcore_gpu_cluster_servers{{{q.scope}}})",
+                    "B",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            (16, 8),
+            sort_by="Cluster",
+            desc=False,
+            overrides=[
+                column("cluster_name", "Cluster"),
+                column("Value #B", "Servers", "short"),
+                column("image_id", "Image ID"),
+            ],
+            transformations=[
+                {"id": "merge", "options": {}},
+                organize(
+                    ("Time", "Value #A"),
+                    ("cluster_name", "kind", "status", "Value #B", "image_id", "cluster_id"),
                 ),
             ],
         ),
@@ -1235,6 +1344,7 @@ def dashboard(config: Config | None = None, selector: str = "") -> dict[str, Any
                 *attention(q, t),
                 *discovery(q, t),
                 *inventory(q),
+                *gpu_clusters(q),
                 *pipeline(q, t),
                 *exporter(q, t),
             ]

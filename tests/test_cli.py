@@ -240,7 +240,7 @@ async def test_demo_serves_metrics_that_promtool_accepts(tmp_path: Path) -> None
         len(
             {ls["image_id"] for ls in [dict(k[1]) for k in samples if k[0] == "gcore_gpu_image_up"]}
         )
-        == 19
+        == 20  # 19, and the image a cluster boots from that is deleted after a minute
     )
     assert value(samples, "gcore_exporter_scopes", state="unavailable") == 8
     assert series(samples, "gcore_gpu_image_task_failed_info") != []
@@ -272,7 +272,7 @@ async def test_demo_once_covers_the_whole_simulated_account() -> None:
     code, out, err = await run("--demo", "--once", env=env)
     assert code == 0, err
     samples = parse_samples(out)
-    assert value(samples, "gcore_exporter_images") == 19
+    assert value(samples, "gcore_exporter_images") == 20
     assert len(series(samples, "gcore_gpu_image_up", region_id="40")) == 2  # flags say no GPU
     assert {ls["kind"] for ls in series(samples, "gcore_gpu_image_info")} == {
         "virtual",

@@ -29,7 +29,9 @@ Z = "e0000000-0000-4000-8000-00000000000e"
 
 def settings(**options: Any) -> Settings:
     """As the `exporter` fixture builds them: rounds are the test's to start."""
-    return load_settings(**{"interval": "1h", "listen": "127.0.0.1:0", **options})
+    return load_settings(
+        **{"interval": "1h", "listen": "127.0.0.1:0", "clusters": False, **options}
+    )
 
 
 def polling_of(running: RunningExporter) -> Polling:

@@ -38,6 +38,7 @@ ALERTS = {
     "GcoreGpuImageApiRateLimited",
     "GcoreGpuImageTaskSuccessRatioLow",
     "GcoreGpuImageTaskDurationHigh",
+    "GcoreGpuClusterImageNotActive",
 }
 LOCKED = "GcoreGpuImageLockedTooLong"
 NOT_ACTIVE = "GcoreGpuImageNotActive"
@@ -90,9 +91,42 @@ def test_the_renderer_needs_only_pyyaml(tmp_path: Path) -> None:
     assert result.stdout == RULES.read_text(encoding="utf-8")
 
 
+def _escalated(rule: dict[str, Any]) -> bool:
+    """Whether `rule` is the critical copy of a rule, for images that GPU clusters boot from."""
+    return "\nand on (" in rule["expr"] and "(gcore_gpu_image_clusters{" in rule["expr"]
+
+
 def _rule(rules: list[dict[str, Any]], name: str, severity: str) -> dict[str, Any]:
-    (found,) = [r for r in rules if r["alert"] == name and r["labels"]["severity"] == severity]
+    """The rule of `name` at `severity` (for an image that no GPU cluster boots from)."""
+    (found,) = [
+        r
+        for r in rules
+        if r["alert"] == name and r["labels"]["severity"] == severity and not _escalated(r)
+    ]
     return found
+
+
+def test_image_alerts_are_critical_when_clusters_boot_from_the_image(
+    render_rules: ModuleType,
+) -> None:
+    """Each escalated rule is its plain rule for images no cluster boots from, and a critical
+    copy with the same `for` for images that clusters boot from."""
+    used = 'max without (instance, pod, node) (gcore_gpu_image_clusters{job="x"}) > 0'
+    rules = _rules(render_rules.render(job="x"))
+    escalated = [r for r in rules if _escalated(r)]
+    assert {r["alert"] for r in escalated} == {NOT_ACTIVE, LOCKED}
+    for copy in escalated:
+        plain_expr = copy["expr"].removesuffix(
+            f"\nand on (project_id, region_id, image_id)\n{used}"
+        )
+        (plain,) = [
+            r
+            for r in rules
+            if r["expr"] == f"{plain_expr}\nunless on (project_id, region_id, image_id)\n{used}"
+        ]
+        assert copy["labels"]["severity"] == "critical" != plain["labels"]["severity"]
+        assert copy["for"] == plain["for"]
+        assert copy["annotations"] == plain["annotations"]
 
 
 def test_status_groups_split_the_known_statuses(render_rules: ModuleType) -> None:
@@ -169,13 +203,15 @@ def test_the_knob_shortens_every_threshold(render_rules: ModuleType) -> None:
         # the longest default, task_slo_window's 6h, becomes 6m
         assert all(render_rules.parse_duration(d) <= 360 for d in durations), rule
     lock = _rule(_rules(render_rules.render({"lock_age": "90s"})), LOCKED, "warning")
-    assert lock["expr"].endswith("(gcore_gpu_image_lock_age_seconds{" + SELECTOR + "}) > 90")
+    assert "(gcore_gpu_image_lock_age_seconds{" + SELECTOR + "}) > 90\nunless on (" in lock["expr"]
     assert "(threshold 1m30s)" in lock["annotations"]["description"]
 
 
 def test_the_cli_applies_scale_then_set() -> None:
     text = _run_renderer("--scale", "0.01", "--set", "failed_for=2s", "--job", "exp")
-    fors = {(r["alert"], r["labels"]["severity"]): r["for"] for r in _rules(text)}
+    fors = {
+        (r["alert"], r["labels"]["severity"]): r["for"] for r in _rules(text) if not _escalated(r)
+    }
     assert fors == {
         ("GcoreGpuImageNotActive", "critical"): "2s",
         ("GcoreGpuImageNotActive", "warning"): "3s",
@@ -194,6 +230,7 @@ def test_the_cli_applies_scale_then_set() -> None:
         ("GcoreGpuImageApiRateLimited", "warning"): "9s",
         ("GcoreGpuImageTaskSuccessRatioLow", "warning"): "9s",
         ("GcoreGpuImageTaskDurationHigh", "warning"): "9s",
+        ("GcoreGpuClusterImageNotActive", "critical"): "2s",
     }
     down = _rule(_rules(text), "GcoreGpuImageExporterDown", "warning")
     assert down["expr"] == (

@@ -75,7 +75,9 @@ REPLICA_LABELS = ("instance", "pod", "node")
 class Alert(NamedTuple):
     """One alerting rule. `for_` is a duration (usually `%(..._for)s`); empty or 0s means none.
     `summary` is static text; `description` may use the variables of `_lookups` (`$image`,
-    `$task`, `$task_error`, `$reason`, `$error`, `$project`, `$region`)."""
+    `$task`, `$task_error`, `$reason`, `$error`, `$clusters`, `$imagestate`, `$project`,
+    `$region`). `escalate`: the rule is rendered twice, at `severity` for an image no GPU cluster
+    boots from and critical for one that clusters boot from (`gcore_gpu_image_clusters` > 0)."""
 
     name: str
     expr: str
@@ -85,6 +87,7 @@ class Alert(NamedTuple):
     description: str
     fires_when: str = ""  # for docs/deploy.md's alert table (docs/generate.py), in words
     labels: str = ""  # ... and the labels it adds to the scrape's job ("" when none)
+    escalate: bool = False
 
 
 ALERTS: tuple[Alert, ...] = (
@@ -96,7 +99,8 @@ ALERTS: tuple[Alert, ...] = (
         severity="critical",
         summary="A GPU image is in a failed status.",
         description="GPU image {{ $image }} %(where)s has been in the failed status"
-        ' "{{ $labels.status }}" for more than %(failed_for)s; no instance can be created from it.',
+        ' "{{ $labels.status }}" for more than %(failed_for)s; no instance can be created from it.'
+        "{{ $clusters }}",
         fires_when="failed status (`killed`, `deactivated`, `deleted`, `pending_delete`, unknown) "
         "for `failed_for`",
         labels="image, `status`",
@@ -116,11 +120,13 @@ ALERTS: tuple[Alert, ...] = (
         summary="A GPU image is stuck in a transitional status.",
         description="GPU image {{ $image }} %(where)s has been in the transitional status"
         ' "{{ $labels.status }}" for {{ $value | humanizeDuration }}'
-        " (threshold %(transitional_for)s).",
+        " (threshold %(transitional_for)s).{{ $clusters }}",
         fires_when="time in one transitional status (`queued`, `saving`, `uploading`, "
         "`importing`, from `gcore_gpu_image_status_since_timestamp_seconds`) above "
-        "`transitional_for`, for `transitional_pending_for`",
+        "`transitional_for`, for `transitional_pending_for`; critical when GPU clusters boot "
+        "from the image",
         labels="image, `status`",
+        escalate=True,
     ),
     Alert(
         "GcoreGpuImageLockedTooLong",
@@ -130,9 +136,11 @@ ALERTS: tuple[Alert, ...] = (
         severity="warning",
         summary="A task has locked a GPU image for too long.",
         description="GPU image {{ $image }} %(where)s has been locked by {{ $task }} for"
-        " {{ $value | humanizeDuration }} (threshold %(lock_age)s).",
-        fires_when="lock age above `lock_age`, for `lock_age_for`",
+        " {{ $value | humanizeDuration }} (threshold %(lock_age)s).{{ $clusters }}",
+        fires_when="lock age above `lock_age`, for `lock_age_for`; critical when GPU clusters "
+        "boot from the image",
         labels="image",
+        escalate=True,
     ),
     Alert(
         "GcoreGpuImageLockedTooLong",
@@ -146,9 +154,9 @@ ALERTS: tuple[Alert, ...] = (
         description="Task {{ $labels.task_id }} ({{ $labels.task_type }}) that locks GPU image"
         " {{ $image }} %(where)s has been in state ERROR for more than %(lock_error_for)s"
         " (error: {{ $task_error }});"
-        " the image stays locked until the task is cleaned up.",
+        " the image stays locked until the task is cleaned up.{{ $clusters }}",
         fires_when="locking task in state `ERROR` for `lock_error_for`",
-        labels="image, `task_id`, `task_type`, `task_state`, `task_error`",
+        labels="image, `task_id`, `task_type`, `task_state` (the error text is in the description)",
     ),
     Alert(
         # A task in ERROR is GcoreGpuImageLockedTooLong's critical case already.
@@ -193,10 +201,36 @@ ALERTS: tuple[Alert, ...] = (
         summary="A watched GPU image no longer exists.",
         description="The Gcore API answers 404 Not Found for GPU image {{ $image }} %(where)s,"
         " which the exporter is configured to watch: the image was deleted or the target"
-        " is wrong.",
+        " is wrong.{{ $clusters }}",
         fires_when="the API answers 404 for a configured image (on every replica), for "
         "`missing_for`",
         labels="image",
+    ),
+    Alert(
+        # A cluster and its image are on one shard (sharding by the image id), so the join works
+        # per exporter; `image_id!=""` leaves out clusters that boot from no image.
+        "GcoreGpuClusterImageNotActive",
+        expr='max without (%(replicas)s) (gcore_gpu_cluster_info{%(sel)s, image_id!=""})\n'
+        "* on (%(image_key)s) group_left ()\n"
+        "(\n"
+        "  group by (%(image_key)s) (\n"
+        '    gcore_gpu_image_status{%(sel)s, status!="active"} == 1\n'
+        "  )\n"
+        "  or\n"
+        "  group by (%(image_key)s) (\n"
+        '    gcore_gpu_image_last_error_info{%(sel)s, reason="not_found"} == 1\n'
+        "  )\n"
+        ")",
+        for_="%(failed_for)s",
+        severity="critical",
+        summary="A GPU cluster boots from an image that is missing or not active.",
+        description="GPU cluster {{ $labels.cluster_name }} ({{ $labels.cluster_id }},"
+        " {{ $labels.kind }}) %(where)s boots from GPU image {{ $image }}, which has been"
+        " {{ $imagestate }} for more than %(failed_for)s: the cluster cannot scale out, rebuild"
+        " or recover a server until the image is active again or the cluster uses another.",
+        fires_when="a GPU cluster boots from an image that is not `active` or answers 404, for "
+        "`failed_for`",
+        labels="image, `cluster_id`, `cluster_name`, `kind`, `status` (the cluster's)",
     ),
     Alert(
         "GcoreGpuImageFetchFailing",
@@ -228,6 +262,10 @@ ALERTS: tuple[Alert, ...] = (
         " on every replica of the exporter: failed image tasks are not seen meanwhile, so"
         " GcoreGpuImageTaskFailed cannot fire for them, and an upload into an empty project and"
         " region shows only at the next discovery."
+        '{{ else if eq $labels.endpoint "clusters" }}Listing the {{ $labels.kind }} GPU clusters'
+        " %(where)s has failed for more than %(discovery_failing_for)s on every replica of the"
+        " exporter: the clusters last listed are kept, so gcore_gpu_image_clusters and"
+        " GcoreGpuClusterImageNotActive may be out of date."
         '{{ else if eq $labels.endpoint "images" }}Listing the {{ $labels.kind }} GPU images'
         " %(where)s has failed for more than %(discovery_failing_for)s on every replica of the"
         " exporter: images added there are not seen, and those already known are fetched from"
@@ -237,10 +275,11 @@ ALERTS: tuple[Alert, ...] = (
         " targets are expanded with the {{ $labels.endpoint }} last listed (none before the"
         " first success), so new ones are not watched.{{ end }}",
         fires_when="the image listing of a project/region (a `PROJECT/REGION` target or one a "
-        "wildcard found) failed on every replica, for `discovery_failing_for`; or the account's "
-        "projects, regions or failed-tasks listing did",
-        labels='`project_id`, `region_id`, `kind`, `endpoint="images"`; or `endpoint` alone '
-        "(`projects`, `regions`, `tasks`)",
+        "wildcard found) failed on every replica, for `discovery_failing_for`; or a "
+        "project/region's GPU cluster listing did; or the account's projects, regions or tasks "
+        "listing did",
+        labels='`project_id`, `region_id`, `kind`, `endpoint="images"` or `"clusters"`; or '
+        "`endpoint` alone (`projects`, `regions`, `tasks`)",
     ),
     Alert(
         "GcoreGpuImageDiscoveryFailing",
@@ -419,6 +458,7 @@ def _context(config: Config, replicas: Sequence[str]) -> dict[str, str]:
         "images_down": f"max without ({without}) (\n"
         f'  gcore_exporter_discovery_up{{{sel}, endpoint="images"}}\n) == 0',
         "up": f"up{{{sel}}}",
+        "in_use": f"max without ({without}) (gcore_gpu_image_clusters{{{sel}}}) > 0",
         "selector_text": "{" + sel + "}",
         "where": where + in_cluster,
         "in_cluster": in_cluster,
@@ -507,6 +547,25 @@ def _lookups(config: Config) -> tuple[Lookup, ...]:
             "  {{- with . | first | label `error` -}}{{- $error = . -}}{{- end -}}\n"
             "{{- end -}}\n",
         ),
+        # `$clusters`: empty where clusters are not polled (or not yet listed), else a sentence.
+        Lookup(
+            "$clusters",
+            "{{- $clusters := `` -}}\n"
+            "{{- with printf `gcore_gpu_image_clusters{%s}` $sel | query -}}\n"
+            "  {{- $clusters = ` No GPU cluster boots from it.` -}}\n"
+            "  {{- with . | first | value -}}\n"
+            "    {{- $clusters = printf ` %.0f GPU cluster(s) boot from it: they cannot scale out,"
+            " rebuild or recover a server from it.` . -}}\n"
+            "  {{- end -}}\n"
+            "{{- end -}}\n",
+        ),
+        Lookup(
+            "$imagestate",
+            "{{- $imagestate := `missing (404 Not Found)` -}}\n"
+            "{{- with printf `gcore_gpu_image_status{%s} == 1` $sel | query -}}\n"
+            "  {{- $imagestate = printf `in status %q` (. | first | label `status`) -}}\n"
+            "{{- end -}}\n",
+        ),
         named("project"),
         named("region"),
     )
@@ -565,8 +624,20 @@ def groups(
     if not replicas or config.cluster_label in replicas:
         raise ValueError("replica labels must be given and differ from the cluster label")
     context, lookups = _context(config, replicas), _lookups(config)
-    rules = [_rule(alert, context, lookups, runbook) for alert in ALERTS]
+    rules = [_rule(a, context, lookups, runbook) for alert in ALERTS for a in _escalated(alert)]
     return [{"name": GROUP, "rules": rules}]
+
+
+def _escalated(alert: Alert) -> tuple[Alert, ...]:
+    """`alert`, or with `escalate` its two rules: as it is for an image that no GPU cluster
+    boots from, critical for one that clusters boot from."""
+    if not alert.escalate:
+        return (alert,)
+    on = "\n%s on (%%(image_key)s)\n%%(in_use)s"
+    return (
+        alert._replace(expr=alert.expr + on % "unless"),
+        alert._replace(expr=alert.expr + on % "and", severity="critical"),
+    )
 
 
 class _Dumper(yaml.SafeDumper):

@@ -32,7 +32,7 @@ class _SettingAction(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        value = True if self.option.switch else values
+        value = self.option.switch_value if self.option.switch else values
         if self.option.repeatable:
             value = [*(getattr(namespace, self.dest) or []), value]
         setattr(namespace, self.dest, value)

@@ -68,6 +68,7 @@ class Option:
     metavar: str | None = None
     repeatable: bool = False
     switch: bool = False
+    switch_value: bool = True  # what a switch stores: False for a `--no-...` flag
     doc: str | None = None
 
     @property

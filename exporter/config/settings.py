@@ -649,8 +649,40 @@ class _Cardinality(BaseSettings):
     ] = None
 
 
+class _Clusters(BaseSettings):
+    """The GPU clusters that boot from the watched images (their blast radius)."""
+
+    clusters: Annotated[
+        bool,
+        Option(
+            _NEW_POLLER,
+            "do not list GPU clusters (no gcore_gpu_cluster_* nor gcore_gpu_image_clusters)",
+            "on: clusters are listed",
+            flag="--no-clusters",
+            group="GPU clusters",
+            switch=True,
+            switch_value=False,
+            doc="list the GPU clusters of every watched project/region and kind, and watch the "
+            "images they boot from; `--no-clusters` (or `false`) turns it off",
+        ),
+    ] = True
+    cluster_interval: Annotated[
+        Duration | None,
+        Option(
+            _NEW_POLLER,
+            "time between listings of the GPU clusters",
+            "the interval",
+            flag="--cluster-interval",
+            group="GPU clusters",
+            metavar="DURATION",
+        ),
+    ] = None
+
+
 # pydantic orders the fields from the last base to the first: as the groups above.
-class Settings(_Cardinality, _Proxy, _Gcore, _Logging, _Web, _Sharding, _Polling, _General):
+class Settings(
+    _Clusters, _Cardinality, _Proxy, _Gcore, _Logging, _Web, _Sharding, _Polling, _General
+):
     """Every setting, each declaring its flag, help and how a reload applies it (`Option`)."""
 
     model_config = SettingsConfigDict(env_prefix="GCORE_EXPORTER_", extra="forbid", frozen=True)
@@ -749,6 +781,11 @@ class Settings(_Cardinality, _Proxy, _Gcore, _Logging, _Web, _Sharding, _Polling
             "total_shards": self.total_shards,
             **_describe_proxy_and_cardinality(self),
         }
+
+
+def cluster_interval(settings: Settings) -> float:
+    """Time between listings of the GPU clusters: `cluster_interval`, else the interval."""
+    return settings.interval if settings.cluster_interval is None else settings.cluster_interval
 
 
 def _contradictions(settings: Settings) -> list[str]:

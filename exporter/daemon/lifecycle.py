@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from exporter.config.keys import KeyFile, KeySource
 from exporter.config.options import Reload, named
-from exporter.config.settings import ConfigError, Settings
+from exporter.config.settings import ConfigError, Settings, cluster_interval
 from exporter.daemon.wiring import (
     Monitor,
     RetryFor,
@@ -69,6 +69,7 @@ _EFFECTIVE: Final[dict[str, Callable[[Settings], Any]]] = {
     "timeout": lambda s: s.effective_timeout,
     "task_interval": lambda s: s.effective_task_interval,
     "stale_after": lambda s: s.effective_stale_after,
+    "cluster_interval": cluster_interval,
 }
 """The value a reloadable setting takes effect as, where it is not the field itself."""
 

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from exporter import __version__
 from exporter.config.keys import KeySource
-from exporter.config.settings import Settings, proxy_address
+from exporter.config.settings import Settings, cluster_interval, proxy_address
 from exporter.demo.fake_gcore import FakeGcore
 from exporter.demo.world import DEMO_API_KEY, TARGETS, DemoWorld, animate
 from exporter.gcore.client import GcoreClient
@@ -31,6 +31,7 @@ from exporter.metrics.snapshot import Publisher
 from exporter.metrics.task_outcomes import OutcomeTally
 from exporter.metrics.telemetry import Telemetry
 from exporter.polling.cadences import Poller
+from exporter.polling.clusters import Clusters, watched_scopes
 from exporter.polling.discovery import Discovery
 from exporter.polling.failed_tasks import LOOKBACK, FailedTasks
 from exporter.polling.fetcher import NO_TARGETS, Fetcher
@@ -39,9 +40,9 @@ from exporter.polling.scope_cadence import ScopeCadence
 from exporter.polling.task_cache import TaskCache
 from exporter.polling.task_feed import TaskFeed
 from exporter.polling.task_outcomes import TaskOutcomes, watched_pairs
-from exporter.vocabulary import Endpoint, Targets
+from exporter.vocabulary import Endpoint, Scope, Targets
 
-log = structlog.get_logger("exporter.daemon.wiring")
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +240,7 @@ async def open_poller(
             upstream.targets,
             telemetry=telemetry,
             registry=telemetry.registry,
-            on_change=lambda targets: scheduler.set_targets(targets),
+            on_change=lambda targets: scheduler.set_targets(with_clusters(targets)),
             clock=wall_clock,
         )
         failed_tasks = FailedTasks(
@@ -264,16 +265,22 @@ async def open_poller(
                 watched=lambda: watched_pairs(discovery.targets),
             )
         )
+        clusters = new_clusters(settings, client, monitor)
+
+        def with_clusters(targets: Targets) -> Targets:
+            return targets if clusters is None else clusters.extend(targets)
+
         try:
             if previous is not None:
                 discovery.adopt(previous.discovery)
                 failed_tasks.adopt(previous.failed_tasks)
                 cadence.adopt(previous.scheduler.cadence)
+                adopt_clusters(clusters, previous.clusters, watched_scopes(discovery.targets))
             before = previous.scheduler.targets if previous is not None else NO_TARGETS
-            fetcher.register(discovery.targets, before)
+            fetcher.register(with_clusters(discovery.targets), before)
             scheduler = Scheduler(
                 fetcher,
-                discovery.targets,
+                with_clusters(discovery.targets),
                 store=monitor.store,
                 publish_round=lambda: poller.publish(ready=True),
                 telemetry=telemetry,
@@ -289,12 +296,41 @@ async def open_poller(
                 publisher=monitor.publisher,
                 discovery_interval=settings.discovery_interval,
                 task_interval=settings.effective_task_interval,
+                clusters=clusters,
+                cluster_interval=cluster_interval(settings),
             )
             await poller.publish()
             yield poller
         finally:
             discovery.close()
             failed_tasks.close()
+            if clusters is not None:
+                clusters.close()
+
+
+def new_clusters(settings: Settings, client: GcoreClient, monitor: Monitor) -> Clusters | None:
+    """The cluster poll feeding `monitor`, unless `--no-clusters`."""
+    if not settings.clusters:
+        return None
+    telemetry = monitor.telemetry
+    return Clusters(
+        client,
+        store=monitor.store,
+        telemetry=telemetry,
+        registry=telemetry.registry,
+        shard=telemetry.shard,
+    )
+
+
+def adopt_clusters(
+    clusters: Clusters | None, previous: Clusters | None, scopes: set[Scope]
+) -> None:
+    """A reload keeps what the clusters poll knew of `scopes`, or drops its series if it is
+    turned off."""
+    if previous is not None and clusters is not None:
+        clusters.adopt(previous, scopes)
+    elif previous is not None:
+        previous.retire()
 
 
 def _invalid_item(telemetry: Telemetry) -> Callable[[Endpoint, str | None, str], None]:

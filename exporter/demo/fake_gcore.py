@@ -4,8 +4,9 @@ It backs `--demo` and every test above the client's unit tests, so it behaves li
 matters: `APIKey` auth (scheme case-insensitive), `{"count", "results"}` pages capped at `max_page`
 (10 items when no `limit` is given), Gcore's JSON error bodies, and injectable faults (status
 codes, HTML bodies, `Retry-After`, delays, answers held until the test releases them). It serves
-virtual and bare-metal GPU images, projects, regions, and the Tasks list with its filters; a
-(kind, region) pair in `unserved` answers 404, like a region without that GPU service.
+virtual and bare-metal GPU images and clusters (`fake_clusters`), projects, regions, and the Tasks
+list with its filters; a (kind, region) pair in `unserved` answers 404, like a region without that
+GPU service.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+
+from exporter.demo.fake_clusters import CLUSTERS_PATH, ClusterBook
 
 IMAGES_PATH = "/cloud/v3/gpu/{kind:virtual|baremetal}/{project_id}/{region_id}/images"
 IMAGE_PATH = IMAGES_PATH + "/{image_id}"
@@ -167,6 +170,7 @@ class FakeGcore:
     claimed_count: Callable[[int], int] | None = None  # a lying `count`, from the true one
     in_flight: int = 0
     peak_in_flight: int = 0
+    clusters: ClusterBook = field(default_factory=ClusterBook)  # GPU clusters, both kinds
 
     def put_image(
         self, project_id: int, region_id: int, image: dict[str, Any], kind: str = "virtual"
@@ -206,6 +210,7 @@ class FakeGcore:
         app.router.add_get(TASKS_PATH, self._list_tasks)
         app.router.add_get(PROJECTS_PATH, self._list_projects)
         app.router.add_get(REGIONS_PATH, self._list_regions)
+        app.router.add_get(CLUSTERS_PATH, self.clusters.handler(self))
         return app
 
     @web.middleware

@@ -6,7 +6,10 @@ service: counted as unavailable, no error), and region 40's capability flags say
 yet it holds images (flags are hints: every ACTIVE region is probed). Every few seconds an upload
 moves through queued -> saving -> active under a task lock and another image is killed and
 recreated; one image is stuck in `queued` under the lock of a task that finished long ago; every
-~30 s an image upload fails (an ERROR task); now and then the API answers 502 or 429.
+~30 s an image upload fails (an ERROR task); image tasks end at a steady rate (the pipeline); now
+and then the API answers 502 or 429. GPU clusters of both kinds boot from the images
+(`_clusters`): one from the image that is killed now and then, one from an image that is deleted
+after a minute, one run by Gcore's managed Kubernetes, and one without image.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from exporter.demo.fake_clusters import make_baremetal_cluster, make_virtual_cluster
 from exporter.demo.fake_gcore import FakeGcore, make_image, make_project, make_region, make_task
 
 DEMO_API_KEY = "demo-key"
@@ -34,6 +38,10 @@ PIPELINE_EVERY: Final = 2  # ticks between two image tasks that end (about one e
 PIPELINE_FAILS: Final = 5  # one in this many ends in ERROR (acknowledged: no TaskFailed alert)
 PIPELINE_KEPT: Final = 200  # the demo's Tasks API forgets older ones
 PIPELINE_MINUTES: Final = (2.0, 8.0, 240.0)  # shortest, median and longest upload
+LEGACY_IMAGE = (
+    "6f1e0b9c-0099-4c2a-9d3e-0123456789ab"  # deleted at LEGACY_GONE_AT, its cluster stays
+)
+LEGACY_GONE_AT: Final = 12  # ticks: about a minute
 
 
 def _image_id(n: int) -> str:
@@ -94,6 +102,7 @@ class DemoWorld:
         self._other_project(now)
         self._baremetal(now)
         _flagless(fake, now)
+        put_clusters(fake)
         self._fail_an_upload()  # one at once, then one every _FAILURE_EVERY ticks
         self._pipeline_rng = random.Random(20)  # its own: the faults' sequence stays
 
@@ -172,6 +181,8 @@ class DemoWorld:
         self.fake.update_image(
             PROJECT, BAREMETAL_REGION, killed, status="killed" if phase >= 6 else "active"
         )
+        if self.tick == LEGACY_GONE_AT:  # deleted while a cluster still boots from it
+            self.fake.remove_image(PROJECT, DISCOVERED_REGION, LEGACY_IMAGE)
         if self.tick % _FAILURE_EVERY == 0:
             self._fail_an_upload()
         if self.tick % PIPELINE_EVERY == 0:
@@ -252,6 +263,36 @@ def end_an_image_task(fake: FakeGcore, number: int, rng: random.Random) -> None:
     ended = [t for t in fake.tasks if t.startswith("c1c1c1c1")]
     for old in ended[:-PIPELINE_KEPT]:
         del fake.tasks[old]
+
+
+def put_clusters(fake: FakeGcore) -> None:
+    """GPU clusters on the demo's images (ids c1a57e70-…): one on the image that is killed now
+    and then, one on an image deleted after a minute, one run by Gcore's managed Kubernetes and
+    one whose boot volume names no image."""
+    book = fake.clusters
+    fake.put_image(PROJECT, DISCOVERED_REGION, make_image(LEGACY_IMAGE, "cuda-11-legacy"))
+
+    def cid(n: int) -> str:
+        return f"c1a57e70-{n:04d}-4000-8000-000000000000"
+
+    virtual = (
+        (PROJECT, DISCOVERED_REGION, cid(1), "train-a", _image_id(0), 4),
+        (PROJECT, DISCOVERED_REGION, cid(2), "legacy-infer", LEGACY_IMAGE, 2),
+        (PROJECT, DISCOVERED_REGION, cid(3), "from-snapshot", None, 1),
+        (PROJECT, BAREMETAL_REGION, cid(4), "eval", _image_id(8), 2),
+    )
+    for project, region, cluster_id, name, image, servers in virtual:
+        cluster = make_virtual_cluster(cluster_id, name, image, servers=servers)
+        book.put("virtual", project, region, cluster)
+    baremetal = (
+        (PROJECT, cid(5), "h100-train", _image_id(14), "user", 8),
+        (OTHER_PROJECT, cid(6), "mk8s-gpu-pool", _image_id(16), "k8s", 3),
+    )
+    for project, cluster_id, name, image_id, managed_by, servers in baremetal:
+        cluster = make_baremetal_cluster(
+            cluster_id, name, image_id, managed_by=managed_by, servers=servers
+        )
+        book.put("baremetal", project, BAREMETAL_REGION, cluster)
 
 
 async def animate(world: DemoWorld, period: float = 5.0) -> None:

@@ -11,10 +11,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from pydantic import ValidationError
 
+from exporter.gcore.cluster_models import GpuCluster
 from exporter.gcore.models import Image, Listing, Project, Region, Task, clean_text
 from exporter.gcore.transport import RateGate, Transport, shown
 from exporter.vocabulary import YIELD_EVERY, Endpoint, FetchError, ImageKey, Scope
@@ -24,7 +25,7 @@ __all__ = ["GcoreClient", "Page"]
 PAGE_SIZE: Final = 1000
 PAGE_MARGIN: Final = 2  # pages a listing may take beyond what its first `count` allows
 _MAX_ITEMS: Final = 10_000_000  # a bound on pagination, whatever `count` claims
-Item = TypeVar("Item", Project, Region, Task)
+Item = TypeVar("Item", Project, Region, Task, GpuCluster)
 
 Ending = Literal["ran_out", "stuck", "bounded"]
 """Why a listing stopped: its pages ran out (it is whole), a page brought no new id (the server
@@ -123,11 +124,12 @@ class GcoreClient:
 
     async def list_projects(self) -> tuple[Project, ...]:
         return await self._list_all(
-            "projects", ("cloud", "v1", "projects"), (), Project, whole=True
+            "projects", ("cloud", "v1", "projects"), (), Project.model_validate, whole=True
         )
 
     async def list_regions(self) -> tuple[Region, ...]:
-        return await self._list_all("regions", ("cloud", "v1", "regions"), (), Region, whole=True)
+        regions = ("cloud", "v1", "regions")
+        return await self._list_all("regions", regions, (), Region.model_validate, whole=True)
 
     async def list_tasks(
         self,
@@ -146,14 +148,14 @@ class GcoreClient:
             params.append(("state", state))
         params += [("project_id", p) for p in sorted(set(project_ids))]
         params += [("region_id", r) for r in sorted(set(region_ids))]
-        return await self._list_all("tasks", ("cloud", "v1", "tasks"), params, Task)
+        return await self._list_all("tasks", ("cloud", "v1", "tasks"), params, Task.model_validate)
 
     async def _list_all(
         self,
         endpoint: Endpoint,
         path: tuple[str, ...],
         params: Sequence[tuple[str, str | int]],
-        model: type[Item],
+        parse: Callable[[Any], Item],
         *,
         whole: bool = False,
     ) -> tuple[Item, ...]:
@@ -177,7 +179,7 @@ class GcoreClient:
                 if number % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
                 try:
-                    item = model.model_validate(raw)
+                    item = parse(raw)
                 except ValidationError as exc:
                     item_id = _raw_id(raw)
                     problem = problem or _summary(exc)
@@ -193,6 +195,19 @@ class GcoreClient:
                 return tuple(items)
             if ending is not None:
                 raise FetchError("invalid_response", f"{endpoint}: listing did not end ({ending})")
+
+    async def list_clusters(self, scope: Scope) -> tuple[GpuCluster, ...]:
+        """Every GPU cluster of a scope, validated one by one (see `cluster_models`).
+
+        Bare metal is asked for `managed_by=user&managed_by=k8s`: its default is `user` only,
+        which would leave out the clusters Gcore's managed Kubernetes runs, and their images
+        would look unused. A listing cut short fails: a partial one would undercount.
+        """
+        path = ("cloud", "v3", "gpu", scope.kind, str(scope.project_id), str(scope.region_id))
+        managed = [("managed_by", "user"), ("managed_by", "k8s")]
+        params = managed if scope.kind == "baremetal" else []
+        parse = GpuCluster.virtual if scope.kind == "virtual" else GpuCluster.model_validate
+        return await self._list_all("clusters", (*path, "clusters"), params, parse)
 
 
 class _Pager:

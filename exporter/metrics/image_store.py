@@ -102,6 +102,10 @@ class ImageStore:
     def __contains__(self, key: object) -> bool:
         return key in self._states
 
+    def keys(self) -> list[ImageKey]:
+        """Every image watched now (a copy: polls may change the store meanwhile)."""
+        return list(self._states)
+
     def get(self, key: ImageKey) -> ImageState | None:
         return self._states.get(key)
 

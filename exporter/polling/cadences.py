@@ -1,10 +1,12 @@
-"""Everything that polls, each on its own cadence: discovery, image rounds, failed tasks; and the
-one path by which what they found is published (`Poller.publish`).
+"""Everything that polls, each on its own cadence: discovery, image rounds, the Tasks feed, GPU
+clusters; and the one path by which what they found is published (`Poller.publish`).
 
 Discovery refreshes the scope set every `discovery_interval` and hands it to the scheduler,
-which polls it from its next round; the Tasks feed (failed image tasks, wake-ups of empty scopes)
-polls every `task_interval`. The first
-refresh comes before the first round, so that `*` is polled from the start.
+which polls it from its next round; the Tasks feed (failed image tasks, the pipeline's counters,
+wake-ups of empty scopes) polls every `task_interval`. The first refresh comes before the first
+round, so that `*` is polled from the start. The clusters are listed every `cluster_interval` from
+the end of the first round (what the round's listings hold needs no fetch of its own), and the
+images they boot from join the scheduler's targets.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import structlog
 
 from exporter.metrics.snapshot import Publisher
+from exporter.polling.clusters import Clusters, watched_scopes
 from exporter.polling.discovery import Discovery
 from exporter.polling.failed_tasks import FailedTasks
 from exporter.polling.scheduler import Scheduler
@@ -36,6 +39,8 @@ class Poller:
         publisher: Publisher,
         discovery_interval: float,
         task_interval: float,
+        clusters: Clusters | None = None,
+        cluster_interval: float = 60.0,
     ) -> None:
         self.scheduler = scheduler
         self.discovery = discovery
@@ -44,11 +49,12 @@ class Poller:
         self._publisher = publisher
         self._discovery_interval = discovery_interval
         self._task_interval = task_interval
+        self.clusters = clusters
+        self._cluster_interval = cluster_interval
 
     def watched(self) -> set[Scope]:
         """The scopes of every target now polled: listed ones and those of explicit images."""
-        targets = self.discovery.targets
-        return {*targets.scopes, *targets.discovered, *(key.scope for key in targets.images)}
+        return watched_scopes(self.discovery.targets)
 
     async def publish(self, *, ready: bool = False) -> None:
         """Publish a snapshot now: the one path polling publishes by. It runs when the poller is
@@ -71,6 +77,24 @@ class Poller:
         finally:
             await self.publish()
 
+    async def poll_clusters(self) -> bool:
+        """One listing of the clusters of every watched scope, published; the images they boot
+        from are polled from the next round. True if every listing worked (or none is made)."""
+        if self.clusters is None:
+            return True
+        try:
+            ok = await self.clusters.poll(self.watched())
+            targets = self.clusters.extend(self.discovery.targets)
+            if targets != self.scheduler.targets:
+                self.scheduler.set_targets(targets)
+            return ok
+        finally:
+            await self.publish()
+
+    async def _clusters_after_first_round(self) -> None:
+        await self.scheduler.wait_for_rounds(1)
+        await _every(self._cluster_interval, self.poll_clusters, wait_first=False)
+
     async def run(self) -> None:
         """Discover, then poll on every cadence, and publish changes between rounds, until
         cancelled."""
@@ -81,6 +105,8 @@ class Poller:
             asyncio.create_task(_every(self._discovery_interval, self.refresh, wait_first=True)),
             asyncio.create_task(_every(self._task_interval, self.poll_tasks, wait_first=False)),
         ]
+        if self.clusters is not None:
+            loops.append(asyncio.create_task(self._clusters_after_first_round()))
         try:
             await asyncio.gather(*loops)
         finally:
@@ -89,10 +115,14 @@ class Poller:
             await asyncio.gather(*loops, return_exceptions=True)
 
     async def once(self) -> bool:
-        """Discover, poll every target and the failed tasks once, publish; True if every
-        listing of projects, regions and images and every image fetch succeeded."""
+        """Discover, poll every target, the clusters and the failed tasks once, publish; True if
+        every listing of projects, regions and images and every image fetch succeeded."""
         discovered = await self.refresh()
         result = await self.scheduler.run_once()
+        before = self.scheduler.targets
+        await self.poll_clusters()  # like the Tasks list: reported, but decides no exit status
+        if self.scheduler.targets != before:  # images clusters boot from, fetched by id
+            result = await self.scheduler.run_once()
         await self.poll_tasks()  # a failed Tasks list is reported, but decides no exit status
         return discovered and result.failed == 0
 

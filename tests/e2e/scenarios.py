@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from exporter.demo.fake_clusters import make_baremetal_cluster, make_virtual_cluster
 from exporter.demo.fake_gcore import FakeGcore, make_image, make_project, make_region, make_task
 
 # Every threshold of deploy/prometheus/rules.yaml (the names of DEFAULTS in exporter/alerting.py),
@@ -142,6 +143,7 @@ def failing() -> Scenario:
         fake.put_image(1, 11, _image(image_id, name))
 
     _wildcards(fake, now)
+    _clusters(fake)
 
     def faults(fake: FakeGcore) -> None:
         # The key loses access to one image; a burst of 429s (each pauses the whole exporter for
@@ -243,6 +245,14 @@ def failing() -> Scenario:
             ),
             ("GcoreGpuImageLockStuck", {"severity": "warning", "image_id": "img-stuck-lock"}),
             (
+                "GcoreGpuClusterImageNotActive",
+                {"severity": "critical", "cluster_id": "cl-train", "image_id": "img-broken"},
+            ),
+            (
+                "GcoreGpuClusterImageNotActive",
+                {"severity": "critical", "cluster_id": "cl-orphan", "image_id": "img-deleted"},
+            ),
+            (
                 "GcoreGpuImageTaskFailed",
                 {
                     "severity": "warning",
@@ -275,6 +285,17 @@ def failing() -> Scenario:
         dead_target=True,
         replicas=2,
     )
+
+
+def _clusters(fake: FakeGcore) -> None:
+    """GPU clusters: one on img-broken (killed later) and one on img-deleted (404) alert; one
+    Kubernetes-managed bare-metal cluster on img-bm and one without image stay quiet."""
+    book = fake.clusters
+    book.put("virtual", 1, 10, make_virtual_cluster("cl-train", "train-a", "img-broken"))
+    book.put("virtual", 1, 10, make_virtual_cluster("cl-snap", "from-snapshot", None))
+    book.put("virtual", 1, 11, make_virtual_cluster("cl-orphan", "old-infer", "img-deleted"))
+    k8s = make_baremetal_cluster("cl-k8s", "mk8s-pool", "img-bm", managed_by="k8s", servers=4)
+    book.put("baremetal", 3, 30, k8s)
 
 
 def _wildcards(fake: FakeGcore, now: datetime) -> None:

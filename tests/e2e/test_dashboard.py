@@ -163,13 +163,18 @@ def test_colours_follow_the_alert_thresholds(overrides: dict[str, str]) -> None:
     )
     rules = [rule for group in yaml.safe_load(rendered.stdout)["groups"] for rule in group["rules"]]
     fors = {rule["alert"]: rule.get("for") for rule in rules}
-    (lock,) = [r for r in rules if "gcore_gpu_image_lock_age_seconds" in r["expr"]]
+    (lock,) = [
+        r
+        for r in rules
+        if "gcore_gpu_image_lock_age_seconds" in r["expr"] and r["labels"]["severity"] == "warning"
+    ]
     thresholds = {**DEFAULTS, **overrides}
     lock_age = parse_duration(thresholds["lock_age"])
     down_for = parse_duration(thresholds["exporter_down_for"])
     failing_for = parse_duration(thresholds["fetch_failing_for"])
-    assert lock["expr"].endswith(
-        f"(gcore_gpu_image_lock_age_seconds{{{DEFAULT_SELECTOR}}}) > {lock_age:g}"
+    assert (
+        f"(gcore_gpu_image_lock_age_seconds{{{DEFAULT_SELECTOR}}}) > {lock_age:g}\n"
+        in (lock["expr"])
     )
     assert parse_duration(fors["GcoreGpuImageExporterDown"]) == down_for
     assert parse_duration(fors["GcoreGpuImageFetchFailing"]) == failing_for

@@ -63,6 +63,11 @@ class RunningExporter:
         """Run one poll of the failed tasks now and publish it."""
         return await asyncio.wait_for(self.poller.poll_tasks(), 30)
 
+    async def poll_clusters(self) -> bool:
+        """Run one listing of the GPU clusters now (the images they boot from join the
+        targets) and publish it."""
+        return await asyncio.wait_for(self.poller.poll_clusters(), 30)
+
 
 ExporterFactory = Callable[..., Any]
 
@@ -77,7 +82,14 @@ async def running_exporter(
     the wall clock (`running.clock`) stands at `NOW` until the test moves it, so times and ages
     are exact. Retries do not back off unless `retry` says so (`retry_policy`, the daemon's).
     """
-    options: dict[str, Any] = {"interval": "1h", "listen": "127.0.0.1:0", **overrides}
+    # Clusters are listed in the background after the first round: tests that count requests
+    # would race with it, so the tests of clusters turn them on (and drive their polls).
+    options: dict[str, Any] = {
+        "interval": "1h",
+        "listen": "127.0.0.1:0",
+        "clusters": False,
+        **overrides,
+    }
     settings = load_settings(**options)
     clock = Clock()
     app = create_daemon(settings, settings.read_api_key(), wall_clock=clock, retry=retry)

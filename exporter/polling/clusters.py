@@ -1,0 +1,179 @@
+"""The GPU clusters of the watched scopes, and the images they boot from.
+
+Every `cluster_interval` the clusters of each watched project/region and kind are listed (bare
+metal with `managed_by=user&managed_by=k8s`). A listing that fails keeps the scope's last known
+clusters and shows as `gcore_exporter_discovery_up{endpoint="clusters"} 0`; it touches no image
+series. A 404 is a region without that cluster service: no clusters, no error.
+
+An image a cluster boots from is watched even when no target names it: it is added to the
+scheduler's targets as an explicit image, fetched by id, so that a cluster on a deleted or failed
+image is known as such (404, `gcore_gpu_image_up` 0) rather than as an image nobody watches. In a
+listed scope the listing covers it already, so it is added only while the listing lacks it.
+
+Sharded, a shard exports the clusters whose image it owns (a cluster without image: by its id),
+so that everything about one image is on one shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+
+import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from exporter.gcore.client import GcoreClient
+from exporter.gcore.cluster_models import GpuCluster
+from exporter.metrics.cluster_families import Listed, cluster_metrics
+from exporter.metrics.image_store import ImageStore
+from exporter.metrics.telemetry import Telemetry
+from exporter.sharding import EVERYTHING, Shard
+from exporter.vocabulary import FetchError, ImageKey, Scope, Targets
+
+log = structlog.get_logger("exporter.polling.clusters")
+
+
+def watched_scopes(targets: Targets) -> set[Scope]:
+    """The scopes of every target: listed ones and those of explicit images."""
+    return {*targets.scopes, *targets.discovered, *(key.scope for key in targets.images)}
+
+
+def _labels(scope: Scope) -> tuple[str, str, str, str]:
+    return str(scope.project_id), str(scope.region_id), scope.kind, "clusters"
+
+
+class Clusters(Collector):
+    def __init__(
+        self,
+        client: GcoreClient,
+        *,
+        store: ImageStore,
+        telemetry: Telemetry,
+        registry: CollectorRegistry,
+        shard: Shard = EVERYTHING,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._telemetry = telemetry
+        self._shard = shard
+        self._now = clock
+        self._listed: dict[Scope, tuple[GpuCluster, ...]] = {}  # last known, this shard's
+        self._reported: set[Scope] = set()  # scopes with a discovery_up series
+        self._lock = asyncio.Lock()
+        self._registry = registry
+        registry.register(self)
+
+    def adopt(self, previous: Clusters, scopes: Iterable[Scope]) -> None:
+        """Take over what the poll this one replaces (a reload) knew of `scopes`, the scopes
+        watched now: no count drops to 0, and the clusters of other scopes leave at once."""
+        self._listed = dict(previous._listed)
+        self._reported = set(previous._reported)
+        self._retain(set(scopes))
+
+    def retire(self) -> None:
+        """Clusters are no longer polled (a reload turned them off): their series leave."""
+        for scope in {*self._listed, *self._reported}:
+            self._forget(scope)
+
+    def close(self) -> None:
+        self._registry.unregister(self)
+
+    async def poll(self, scopes: Iterable[Scope]) -> bool:
+        """List the clusters of `scopes`; True if every listing worked. Scopes no longer
+        watched leave with their clusters. Concurrent calls run one after the other, so that
+        an older listing never lands after a newer one."""
+        wanted = set(scopes)
+        async with self._lock:
+            self._retain(wanted)
+            results = await asyncio.gather(*(self._list(scope) for scope in sorted(wanted)))
+        return all(results)
+
+    def extend(self, targets: Targets) -> Targets:
+        """`targets` and, as explicit images, the images clusters boot from that they do not
+        cover: outside the listed scopes, or missing from their scope's listing (a 404 then
+        says the image is gone)."""
+        listed = {*targets.scopes, *targets.discovered}
+        explicit = set(targets.images)
+        extra: set[ImageKey] = set()
+        for scope, clusters in self._listed.items():
+            for cluster in clusters:
+                if cluster.image_id is None:
+                    continue
+                key = ImageKey(scope, cluster.image_id)
+                if key not in explicit and (scope not in listed or self._unlisted(key)):
+                    extra.add(key)
+        if not extra:
+            return targets
+        return replace(targets, images=(*targets.images, *sorted(extra)))
+
+    def collect(self) -> Iterator[Metric]:
+        seen: set[tuple[int, int, str]] = set()  # a cluster twice (both kinds, or paging): once
+        listed: list[Listed] = []
+        for scope in sorted(self._listed):
+            for cluster in self._listed[scope]:
+                ident = (scope.project_id, scope.region_id, cluster.id)
+                if ident not in seen:
+                    seen.add(ident)
+                    listed.append(Listed(scope, cluster))
+        known = self._listed.keys()
+        images = (
+            (k.scope.project_id, k.scope.region_id, k.image_id)
+            for k in self._store.keys()  # noqa: SIM118 (a copy, not a view)
+            if k.scope in known  # an image whose clusters were never listed: count unknown
+        )
+        return cluster_metrics(listed, images)
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+    def _unlisted(self, key: ImageKey) -> bool:
+        """Whether the image is missing from its scope's listing: not in the store, or kept there
+        only as an explicit image that its last fetch did not find."""
+        state = self._store.get(key)
+        return state is None or (state.explicit and not state.up)
+
+    async def _list(self, scope: Scope) -> bool:
+        try:
+            listed = await self._client.list_clusters(scope)
+        except FetchError as exc:
+            if exc.reason != "not_found":
+                self._up(scope, False)
+                log.warning(
+                    "cluster listing failed: the last known clusters are kept",
+                    project_id=scope.project_id,
+                    region_id=scope.region_id,
+                    kind=scope.kind,
+                    **exc.log_fields(),
+                )
+                return False
+            clusters: tuple[GpuCluster, ...] = ()  # no cluster service there: none to count
+        else:  # a cluster without a usable id is skipped and counted by the client
+            owns = self._shard.owns
+            clusters = tuple(c for c in listed if owns(c.image_id or c.id))
+        self._listed[scope] = clusters
+        self._up(scope, True)
+        return True
+
+    def _up(self, scope: Scope, ok: bool) -> None:
+        telemetry = self._telemetry
+        self._reported.add(scope)
+        telemetry.discovery_up.labels(*_labels(scope)).set(int(ok))
+        if ok:
+            telemetry.discovery_last_success.labels(*_labels(scope)).set(self._now())
+
+    def _retain(self, scopes: set[Scope]) -> None:
+        for scope in {*self._listed, *self._reported} - scopes:
+            self._forget(scope)
+
+    def _forget(self, scope: Scope) -> None:
+        self._listed.pop(scope, None)
+        self._reported.discard(scope)
+        for gauge in (self._telemetry.discovery_up, self._telemetry.discovery_last_success):
+            with contextlib.suppress(KeyError):  # a listing that never worked has no last success
+                gauge.remove(*_labels(scope))
