@@ -744,7 +744,7 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
             instant=True,
             table=True,
         ),
-        target(with_info("gcore_gpu_image_clusters"), "F", instant=True, table=True),
+        target(of_newest(with_info("gcore_gpu_image_clusters")), "F", instant=True, table=True),
     ]
     tags = f"max by ({q.key}, key, value, read_only) (gcore_gpu_image_tag_info{{{q.img}}})"
     return [
@@ -919,10 +919,10 @@ def gpu_clusters(q: Queries) -> list[dict[str, Any]]:
         ),
         bargauge(
             "Clusters per image",
-            "How many GPU clusters boot from each selected image (0: none, safe to delete as"
-            " far as clusters go). An image alert on an image with clusters is critical: they"
+            "How many GPU clusters boot from each selected image, the 100 most used (0: none,"
+            " safe to delete as far as clusters go). An image alert on an image with clusters is critical: they"
             " cannot scale out, rebuild or recover a server while it is not usable.",
-            [target(f"sort_desc({named(q, used)})", legend="{{name}}", instant=True)],
+            [target(f"sort_desc({top(named(q, used))})", legend="{{name}}", instant=True)],
             (8, 8),
             unit="short",
             thresholds=steps((None, "text"), (1, "blue")),
