@@ -311,6 +311,16 @@ class _Polling(BaseSettings):
             metavar="DURATION",
         ),
     ] = 600.0
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _targets_from_text(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+
+class _Tasks(BaseSettings):
+    """The Tasks feed: which tasks are image tasks, how often and how far back they are read."""
+
     task_interval: Annotated[
         Duration | None,
         Option(
@@ -357,11 +367,6 @@ class _Polling(BaseSettings):
             switch=True,
         ),
     ] = False
-
-    @field_validator("targets", mode="before")
-    @classmethod
-    def _targets_from_text(cls, value: Any) -> Any:
-        return _split_commas(value)
 
     @field_validator("image_task_pattern")
     @classmethod
@@ -681,7 +686,7 @@ class _Clusters(BaseSettings):
 
 # pydantic orders the fields from the last base to the first: as the groups above.
 class Settings(
-    _Clusters, _Cardinality, _Proxy, _Gcore, _Logging, _Web, _Sharding, _Polling, _General
+    _Clusters, _Cardinality, _Proxy, _Gcore, _Logging, _Web, _Sharding, _Tasks, _Polling, _General
 ):
     """Every setting, each declaring its flag, help and how a reload applies it (`Option`)."""
 
