@@ -123,13 +123,27 @@ class GcoreClient:
             raise FetchError("invalid_response", f"task: {_summary(exc)}") from None
 
     async def list_projects(self) -> tuple[Project, ...]:
-        return await self._list_all(
-            "projects", ("cloud", "v1", "projects"), (), Project.model_validate, whole=True
+        return await _list_all(
+            self._transport,
+            self._on_invalid,
+            "projects",
+            ("cloud", "v1", "projects"),
+            (),
+            Project.model_validate,
+            whole=True,
         )
 
     async def list_regions(self) -> tuple[Region, ...]:
         regions = ("cloud", "v1", "regions")
-        return await self._list_all("regions", regions, (), Region.model_validate, whole=True)
+        return await _list_all(
+            self._transport,
+            self._on_invalid,
+            "regions",
+            regions,
+            (),
+            Region.model_validate,
+            whole=True,
+        )
 
     async def list_tasks(
         self,
@@ -148,53 +162,14 @@ class GcoreClient:
             params.append(("state", state))
         params += [("project_id", p) for p in sorted(set(project_ids))]
         params += [("region_id", r) for r in sorted(set(region_ids))]
-        return await self._list_all("tasks", ("cloud", "v1", "tasks"), params, Task.model_validate)
-
-    async def _list_all(
-        self,
-        endpoint: Endpoint,
-        path: tuple[str, ...],
-        params: Sequence[tuple[str, str | int]],
-        parse: Callable[[Any], Item],
-        *,
-        whole: bool = False,
-    ) -> tuple[Item, ...]:
-        """Every valid item of a `{count, results}` list, each validated on its own: a malformed
-        item is reported and skipped (it cannot be used anyway), the rest are kept. A listing cut
-        short fails, and so does one with a malformed item when it must be `whole` (projects and
-        regions: discovery would drop the scopes of what it could not read)."""
-        url = self._transport.url(*path)
-        items: list[Item] = []
-        pager = _Pager()
-        while True:
-            paging: list[tuple[str, str | int]] = [("limit", PAGE_SIZE), ("offset", pager.offset)]
-            data = await self._transport.get_json(endpoint, url, [*params, *paging])
-            try:
-                page = Listing.model_validate(data)
-            except ValidationError as exc:
-                raise FetchError("invalid_response", f"{endpoint}: {_summary(exc)}") from None
-            ids: list[str] = []
-            problem = None  # the first invalid item's
-            for number, raw in enumerate(page.results, 1):
-                if number % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
-                try:
-                    item = parse(raw)
-                except ValidationError as exc:
-                    item_id = _raw_id(raw)
-                    problem = problem or _summary(exc)
-                    self._on_invalid(endpoint, item_id, _summary(exc))
-                    ids += [item_id] if item_id is not None else []
-                else:
-                    items.append(item)
-                    ids.append(str(item.id))
-            if whole and problem is not None:
-                raise FetchError("invalid_response", f"{endpoint}: {problem}")
-            ending = pager.turn(page.count, len(page.results), ids)
-            if ending == "ran_out":
-                return tuple(items)
-            if ending is not None:
-                raise FetchError("invalid_response", f"{endpoint}: listing did not end ({ending})")
+        return await _list_all(
+            self._transport,
+            self._on_invalid,
+            "tasks",
+            ("cloud", "v1", "tasks"),
+            params,
+            Task.model_validate,
+        )
 
     async def list_clusters(self, scope: Scope) -> tuple[GpuCluster, ...]:
         """Every GPU cluster of a scope, validated one by one (see `cluster_models`).
@@ -207,7 +182,57 @@ class GcoreClient:
         managed = [("managed_by", "user"), ("managed_by", "k8s")]
         params = managed if scope.kind == "baremetal" else []
         parse = GpuCluster.virtual if scope.kind == "virtual" else GpuCluster.model_validate
-        return await self._list_all("clusters", (*path, "clusters"), params, parse)
+        return await _list_all(
+            self._transport, self._on_invalid, "clusters", (*path, "clusters"), params, parse
+        )
+
+
+async def _list_all(
+    transport: Transport,
+    on_invalid: InvalidItem,
+    endpoint: Endpoint,
+    path: tuple[str, ...],
+    params: Sequence[tuple[str, str | int]],
+    parse: Callable[[Any], Item],
+    *,
+    whole: bool = False,
+) -> tuple[Item, ...]:
+    """Every valid item of a `{count, results}` list, each validated on its own: a malformed
+    item is reported and skipped (it cannot be used anyway), the rest are kept. A listing cut
+    short fails, and so does one with a malformed item when it must be `whole` (projects and
+    regions: discovery would drop the scopes of what it could not read)."""
+    url = transport.url(*path)
+    items: list[Item] = []
+    pager = _Pager()
+    while True:
+        paging: list[tuple[str, str | int]] = [("limit", PAGE_SIZE), ("offset", pager.offset)]
+        data = await transport.get_json(endpoint, url, [*params, *paging])
+        try:
+            page = Listing.model_validate(data)
+        except ValidationError as exc:
+            raise FetchError("invalid_response", f"{endpoint}: {_summary(exc)}") from None
+        ids: list[str] = []
+        problem = None  # the first invalid item's
+        for number, raw in enumerate(page.results, 1):
+            if number % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            try:
+                item = parse(raw)
+            except ValidationError as exc:
+                item_id = _raw_id(raw)
+                problem = problem or _summary(exc)
+                on_invalid(endpoint, item_id, _summary(exc))
+                ids += [item_id] if item_id is not None else []
+            else:
+                items.append(item)
+                ids.append(str(item.id))
+        if whole and problem is not None:
+            raise FetchError("invalid_response", f"{endpoint}: {problem}")
+        ending = pager.turn(page.count, len(page.results), ids)
+        if ending == "ran_out":
+            return tuple(items)
+        if ending is not None:
+            raise FetchError("invalid_response", f"{endpoint}: listing did not end ({ending})")
 
 
 class _Pager:
