@@ -18,7 +18,7 @@ from exporter.demo.fake_gcore import FakeGcore, make_image
 from exporter.gcore.client import GcoreClient
 from exporter.gcore.cluster_models import GpuCluster
 from exporter.gcore.transport import Transport
-from exporter.metrics.cluster_families import Listed, cluster_metrics
+from exporter.metrics.cluster_families import ClusterCounts, Listed, cluster_metrics
 from exporter.metrics.telemetry import Telemetry
 from exporter.sharding import shard_of
 from exporter.vocabulary import Scope
@@ -254,9 +254,9 @@ def test_clusters_render_each_once_and_drop_counts_no_float_holds() -> None:
     scope = Scope(1, 10)
     twice = GpuCluster(id=VC, image_id=A, servers_count=10**400)
     listed = [Listed(scope, twice), Listed(Scope(1, 10, "baremetal"), twice)]
-    metrics = {m.name: m.samples for m in cluster_metrics(listed[:1], [(1, 10, C)])}
+    metrics = {m.name: m.samples for m in cluster_metrics(listed[:1])}
     assert metrics["gcore_gpu_cluster_servers"] == []
-    assert [s.labels["image_id"] for s in metrics["gcore_gpu_image_clusters"]] == [A, C]
+    assert ClusterCounts.of_listing([scope], listed).counts == {(1, 10, A): 2}
 
 
 async def test_untrusted_cluster_items_cost_themselves_only(fake: FakeGcore, fake_url: str) -> None:
