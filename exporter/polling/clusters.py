@@ -120,15 +120,15 @@ class Clusters(Collector):
         cover: outside the listed scopes, or missing from their scope's listing (a 404 then
         says the image is gone)."""
         listed = {*targets.scopes, *targets.discovered}
-        explicit = {(k.scope, k.image_id.lower()) for k in targets.images}
+        explicit = set(targets.images)
         stored = _Folded(self._store)
         extra: set[ImageKey] = set()
         for scope, clusters in self._listed.items():
             for cluster in clusters:
-                if cluster.image_id is None or (scope, cluster.image_id.lower()) in explicit:
+                if cluster.image_id is None:
                     continue
                 key = stored.key(ImageKey(scope, as_gcore_writes(cluster.image_id)))
-                if scope not in listed or self._unlisted(key):
+                if key not in explicit and (scope not in listed or self._unlisted(key)):
                     extra.add(key)
         if not extra:
             return targets
