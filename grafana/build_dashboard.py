@@ -744,7 +744,7 @@ def inventory(q: Queries) -> list[dict[str, Any]]:
             instant=True,
             table=True,
         ),
-        target(with_info("gcore_gpu_image_clusters"), "F", instant=True, table=True),
+        target(of_newest(with_info("gcore_gpu_image_clusters")), "F", instant=True, table=True),
     ]
     tags = f"max by ({q.key}, key, value, read_only) (gcore_gpu_image_tag_info{{{q.img}}})"
     return [

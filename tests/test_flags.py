@@ -238,6 +238,8 @@ CHANGED: dict[str, dict[str, Any]] = {
     "metric_allowlist": {"metric_allowlist": ["gcore_gpu_image_up"]},
     "metric_denylist": {"metric_denylist": ["gcore_gpu_image_tag_info"]},
     "tag_keys": {"tag_keys": ["team"]},
+    "clusters": {"clusters": True},  # the base below has them off
+    "cluster_interval": {"cluster_interval": "5m"},
 }
 """A changed value for every setting a config file may hold."""
 
@@ -251,7 +253,7 @@ async def test_a_reload_applies_each_setting_as_it_declares(
     name: str, fake: FakeGcore, exporter: ExporterFactory
 ) -> None:
     fake.put_image(P, R, make_image(IMG, "gpu"))
-    base = {"interval": "1h", "listen": "127.0.0.1:0", "targets": [f"{P}/{R}"]}
+    base = {"interval": "1h", "listen": "127.0.0.1:0", "targets": [f"{P}/{R}"], "clusters": False}
     reload = declared(Settings)[name].reload
     async with exporter(**base) as running:
         polling = running.app[POLLING]

@@ -425,6 +425,7 @@ def test_rows_below_the_first_two_start_collapsed(dashboard: dict[str, Any]) -> 
         ("Needs attention", False),
         ("Discovery", True),
         ("Images", True),
+        ("GPU clusters", True),
         ("Image pipeline", True),
         ("Exporter and Gcore API", True),
     ]
