@@ -4,7 +4,8 @@ An account of P projects x R regions x 2 kinds (both wildcards), S scopes holdin
 polled for N rounds of a minute on a moved clock, with a discovery refresh and a Tasks poll
 as the daemon runs them. Printed: calls per round by kind of call, averaged over the rounds,
 "before" (every scope listed every round, as when the cadence equals the round) and "after"
-(empty and unavailable scopes listed at the discovery interval).
+(empty and unavailable scopes listed at the discovery interval), for images and GPU clusters
+(polled after each round, the default cluster interval).
 Usage: `python -m bench.sparse_account [--projects 10 --regions 12 --with-images 5 --rounds 20]`.
 """
 
@@ -30,12 +31,13 @@ DISCOVERY = 600.0
 @dataclass(frozen=True)
 class Figures:
     listings: float
+    clusters: float
     tasks: float
     discovery: float
 
     @property
     def total(self) -> float:
-        return self.listings + self.tasks + self.discovery
+        return self.listings + self.clusters + self.tasks + self.discovery
 
 
 class Clock:
@@ -76,9 +78,11 @@ async def measure(url: str, fake: FakeGcore, rounds: int, relist: float) -> Figu
                 last_refresh = clock.now
             await poller.poll_tasks()
             await poller.scheduler.run_once()
+            await poller.poll_clusters()  # the cluster interval is the round's, by default
             clock.now += INTERVAL
     return Figures(
         listings=fake.count(r"/images\?") / rounds,
+        clusters=fake.count(r"/clusters\?") / rounds,
         tasks=fake.count(r"^/cloud/v1/tasks\?") / rounds,
         discovery=fake.count(r"^/cloud/v1/(projects|regions)\?") / rounds,
     )
@@ -102,11 +106,14 @@ async def main(projects: int, regions: int, with_images: int, rounds: int) -> No
         f"{with_images} with images; {rounds} rounds of {INTERVAL:g}s, discovery every "
         f"{DISCOVERY:g}s"
     )
-    print("| | image listings/round | tasks pages/round | projects+regions/round | total |")
-    print("|---|---|---|---|---|")
+    print(
+        "| | image listings/round | cluster listings/round | tasks pages/round "
+        "| projects+regions/round | total |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, figures in (("before", before), ("after", after)):
         print(
-            f"| {name} | {figures.listings:.1f} | {figures.tasks:.1f} | "
+            f"| {name} | {figures.listings:.1f} | {figures.clusters:.1f} | {figures.tasks:.1f} | "
             f"{figures.discovery:.1f} | {figures.total:.1f} |"
         )
 

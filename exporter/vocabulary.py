@@ -9,6 +9,7 @@ A name that one layer owns and others use is imported from its owner (the web co
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -30,6 +31,15 @@ Reason = Literal[
 
 Kind = Literal["virtual", "baremetal"]
 """Which GPU image service: the word in the API path `/cloud/v3/gpu/{kind}/...`."""
+
+
+_UUID: Final = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$", re.IGNORECASE)
+
+
+def as_gcore_writes(image_id: str) -> str:
+    """A UUID in lower case, as Gcore sends image ids: one typed in upper case (in a target, or
+    named so by a cluster) is the same image, not a mismatch forever. Other ids are left as is."""
+    return image_id.lower() if _UUID.match(image_id) else image_id
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -920,8 +920,8 @@ def gpu_clusters(q: Queries) -> list[dict[str, Any]]:
         bargauge(
             "Clusters per image",
             "How many GPU clusters boot from each selected image, the 100 most used (0: none,"
-            " safe to delete as far as clusters go). An image alert on an image with clusters is critical: they"
-            " cannot scale out, rebuild or recover a server while it is not usable.",
+            " safe to delete as far as clusters go). An image alert on an image with clusters is"
+            " critical: they cannot scale out, rebuild or recover a server while it is not usable.",
             [target(f"sort_desc({top(named(q, used))})", legend="{{name}}", instant=True)],
             (8, 8),
             unit="short",

@@ -93,6 +93,7 @@ async def test_the_memory_profile_says_what_the_bytes_are_for() -> None:
 async def test_the_other_benches_run_at_a_tiny_size() -> None:
     assert "images:          50 (1 listing ok, 0 failed)" in await run_bench("bench.loop_lag", "50")
     assert "| 20 | " in await run_bench("bench.explicit_ids", "20")
+    assert "| 50 | 5 | " in await run_bench("bench.cluster_publication", "50", "--repeat", "1")
     slices = await run_bench("bench.slices", "50", "--rounds", "1")
     assert "50 discovered images, 1 rounds after the first:" in slices
     assert "| slices over | count | CPU ms | mostly |" in slices
@@ -105,8 +106,9 @@ async def test_the_sparse_account_bench_prints_calls_per_round_before_and_after(
         *("--rounds", "10"),
     )
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in out.splitlines()[3:]}
-    assert float(rows["before"][0]) == 12.0  # every scope, every round
-    assert float(rows["after"][0]) == 1 + 11 / 10  # the scope with images, the rest amortised
+    for listings in (0, 1):  # images, then clusters
+        assert float(rows["before"][listings]) == 12.0  # every scope, every round
+        assert float(rows["after"][listings]) == 1 + 11 / 10  # the scope with images; the rest
 
 
 async def test_the_auth_flood_bench_runs_at_a_tiny_size() -> None:

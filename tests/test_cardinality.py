@@ -17,6 +17,7 @@ from support.tooling import ROOT
 from exporter.config.settings import ConfigError, load_settings
 from exporter.demo.fake_gcore import FakeGcore, make_image, make_task
 from exporter.gcore.models import Image
+from exporter.metrics.cluster_families import ClusterCounts
 from exporter.metrics.families import FAMILIES, VALUE_FAMILIES
 from exporter.metrics.image_store import ImageStore
 from exporter.metrics.selection import Selection
@@ -114,7 +115,12 @@ async def test_every_tag_key_by_default(exporter: ExporterFactory) -> None:
 def test_a_denied_family_takes_no_bytes_in_the_store() -> None:
     """Its lines are never built: blocks hold nothing of it; the other families are as without a
     list."""
-    denied = {"gcore_gpu_image_info", "gcore_gpu_image_tag_info", "gcore_gpu_image_up"}
+    denied = {
+        "gcore_gpu_image_info",
+        "gcore_gpu_image_tag_info",
+        "gcore_gpu_image_up",
+        "gcore_gpu_image_clusters",
+    }
     clock = lambda: NOW  # noqa: E731
     selected = ImageStore(stale_after=300, clock=clock, shown=Selection(deny=tuple(denied)).shown())
     full = ImageStore(stale_after=300, clock=clock)
@@ -123,6 +129,8 @@ def test_a_denied_family_takes_no_bytes_in_the_store() -> None:
         image = Image.model_validate(make_image(f"{IMG[:-2]}{n:02d}", "x", tags=TAGS))
         for store in (selected, full):
             store.succeeded(ImageKey(scope, image.id), image, None)
+    for store in (selected, full):
+        store.count_clusters(ClusterCounts(frozenset({scope})))  # each image used by none: 0
     (block,), (whole,) = selected.rendered(), full.rendered()
     for index, family in enumerate(FAMILIES):
         if family.name in denied:

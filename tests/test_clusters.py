@@ -18,10 +18,10 @@ from exporter.demo.fake_gcore import FakeGcore, make_image
 from exporter.gcore.client import GcoreClient
 from exporter.gcore.cluster_models import GpuCluster
 from exporter.gcore.transport import Transport
-from exporter.metrics.cluster_families import Listed, cluster_metrics
+from exporter.metrics.cluster_families import ClusterCounts, Listed, cluster_metrics
 from exporter.metrics.telemetry import Telemetry
 from exporter.sharding import shard_of
-from exporter.vocabulary import Scope
+from exporter.vocabulary import ImageKey, Scope
 
 A = "0a6c2f1e-5b7d-4e89-9c3a-1f2e3d4c5b6a"  # virtual, 1/10
 B = "1b7d3a2f-6c8e-4f9a-8d4b-2a3f4e5d6c7b"  # bare metal, 1/20
@@ -30,6 +30,8 @@ GONE = "3d9f5c4b-8e0a-4b1c-8f6d-4c5b6a7f8e9d"  # a cluster's image that no longe
 VC = "c1000000-0000-4000-8000-000000000001"
 BC = "c2000000-0000-4000-8000-000000000002"
 KC = "c3000000-0000-4000-8000-000000000003"
+UC = "c4000000-0000-4000-8000-000000000004"  # names its image in upper case
+GC = "c5000000-0000-4000-8000-000000000005"
 
 
 @pytest.fixture
@@ -239,10 +241,11 @@ async def test_a_shard_exports_the_clusters_of_its_images(
 ) -> None:
     """Everything about one image on one shard; a cluster without image goes by its own id."""
     account.clusters.put("virtual", 1, 10, make_virtual_cluster(KC, "no-image", None))
+    account.clusters.put("virtual", 1, 10, make_virtual_cluster(UC, "shouting", C.upper()))
     async with exporter(targets=LISTED, clusters=True, shard=shard, total_shards=2) as running:
         await running.poll_clusters()
         samples = await running.samples()
-    owner = {VC: shard_of(A, 2), BC: shard_of(B, 2), KC: shard_of(KC, 2)}
+    owner = {VC: shard_of(A, 2), BC: shard_of(B, 2), KC: shard_of(KC, 2), UC: shard_of(C, 2)}
     assert {s["cluster_id"] for s in series(samples, "gcore_gpu_cluster_info")} == {
         cluster for cluster, owned_by in owner.items() if owned_by == shard
     }
@@ -254,9 +257,9 @@ def test_clusters_render_each_once_and_drop_counts_no_float_holds() -> None:
     scope = Scope(1, 10)
     twice = GpuCluster(id=VC, image_id=A, servers_count=10**400)
     listed = [Listed(scope, twice), Listed(Scope(1, 10, "baremetal"), twice)]
-    metrics = {m.name: m.samples for m in cluster_metrics(listed[:1], [(1, 10, C)])}
+    metrics = {m.name: m.samples for m in cluster_metrics(listed[:1])}
     assert metrics["gcore_gpu_cluster_servers"] == []
-    assert [s.labels["image_id"] for s in metrics["gcore_gpu_image_clusters"]] == [A, C]
+    assert ClusterCounts.of_listing([scope], listed).counts == {(1, 10, A): 2}
 
 
 async def test_untrusted_cluster_items_cost_themselves_only(fake: FakeGcore, fake_url: str) -> None:
@@ -308,3 +311,44 @@ async def test_a_reload_drops_the_clusters_of_scopes_no_longer_watched_at_once(
     ]
     assert not [k for k in off if k[0].startswith(("gcore_gpu_cluster", "gcore_gpu_image_cl"))]
     assert series(off, "gcore_exporter_discovery_up", endpoint="clusters") == []
+
+
+async def test_an_image_id_a_cluster_writes_in_upper_case_is_the_same_image(
+    account: FakeGcore, exporter: ExporterFactory
+) -> None:
+    """UUIDs: case does not matter, as for targets. The cluster counts for the image as listed
+    or configured, and brings no second image; one outside the listings is fetched by its id in
+    lower case."""
+    other = "4e0a6d5c-9f1b-4c2d-8a7e-5d6c7b8a9f0e"
+    account.put_image(1, 20, make_image(other, "bm-other"), kind="baremetal")
+    account.clusters.put("virtual", 1, 10, make_virtual_cluster(UC, "shouting", C.upper()))
+    account.clusters.put("baremetal", 1, 20, make_baremetal_cluster(KC, "loud", B.upper()))
+    account.clusters.put("baremetal", 1, 20, make_baremetal_cluster(GC, "louder", other.upper()))
+    async with exporter(targets=["1/10", f"baremetal:1/20/{B}"], clusters=True) as running:
+        await running.poll_clusters()
+        await running.round()
+        samples = await running.samples()
+        targets = running.scheduler.targets
+    assert value(samples, "gcore_gpu_image_clusters", image_id=C) == 1
+    assert value(samples, "gcore_gpu_image_clusters", image_id=A) == 1
+    assert value(samples, "gcore_gpu_image_clusters", image_id=B) == 2
+    bare_metal = Scope(1, 20, "baremetal")
+    assert targets.images == (ImageKey(bare_metal, B), ImageKey(bare_metal, other))
+    assert value(samples, "gcore_gpu_image_up", image_id=other) == 1
+    assert value(samples, "gcore_gpu_image_clusters", image_id=other) == 1
+    named = {dict(k[1]).get("image_id") for k in samples if k[0].startswith("gcore_gpu_image_")}
+    assert named - {None} == {A, B, C, other}  # None: the families of no image
+
+
+async def test_image_counts_are_rendered_with_the_images_not_at_each_publication(
+    account: FakeGcore, exporter: ExporterFactory
+) -> None:
+    """A publication renders the exporter's own registry: the counts are not in it, they are
+    lines of the image store, re-rendered when the cluster poll changes them."""
+    async with exporter(targets=LISTED, clusters=True) as running:
+        await running.poll_clusters()
+        snapshot = running.app[POLLING].monitor.publisher.current
+        samples = await running.samples()
+    assert b"gcore_gpu_cluster_info" in snapshot.own_text
+    assert b"gcore_gpu_image_clusters" not in snapshot.own_text + snapshot.own_openmetrics
+    assert value(samples, "gcore_gpu_image_clusters", image_id=A) == 1

@@ -14,7 +14,13 @@ from support.tooling import require_tool
 
 from exporter.gcore.models import Image, Task
 from exporter.metrics.exposition import render, wants_gzip, wants_openmetrics
-from exporter.metrics.families import FAMILIES, NO_VALUES, render_health, render_values
+from exporter.metrics.families import (
+    FAMILIES,
+    NO_VALUES,
+    render_health,
+    render_usage,
+    render_values,
+)
 from exporter.metrics.snapshot import Snapshot, by_family
 from exporter.vocabulary import ImageKey, Scope
 
@@ -59,7 +65,8 @@ def rendered() -> list[tuple[bytes, ...]]:
     )
     return [
         render_values(active, image("img-active", "base"), now=NOW, status_since=NOW - 86400)
-        + render_health(active, up=True, last_success=NOW),
+        + render_health(active, up=True, last_success=NOW)
+        + render_usage(active, 2),
         render_values(
             locked,
             image("img-locked", "uploading", status="saving", task_id="t-1", size=None),
@@ -67,7 +74,8 @@ def rendered() -> list[tuple[bytes, ...]]:
             task=task,
             lock_started=NOW - 1800,
         )
-        + render_health(locked, up=True, last_success=NOW),
+        + render_health(locked, up=True, last_success=NOW)
+        + render_usage(locked, 0),
         render_values(
             odd, image("img-odd", 'q"uote\\back\nnew ünï', status="Quarantined", tags=[]), now=NOW
         )
@@ -77,11 +85,13 @@ def rendered() -> list[tuple[bytes, ...]]:
             last_success=NOW - 60,
             errors={"server_error": 2},
             last_error="server_error",
-        ),
+        )
+        + render_usage(odd, None),  # its clusters never listed: no count
         NO_VALUES
         + render_health(
             gone, up=False, errors={"not_found": 1, "timeout": 3}, last_error="not_found"
-        ),
+        )
+        + render_usage(gone, 1),  # a cluster boots from an image that is gone
     ]
 
 
@@ -121,6 +131,7 @@ def test_rendered_values_follow_the_views() -> None:
     assert samples[("gcore_gpu_image_lock_age_seconds", frozenset(locked.items()))] == 1800
     gone = [k for k in samples if dict(k[1]).get("image_id") == "img-gone"]
     assert sorted(k[0] for k in gone) == [
+        "gcore_gpu_image_clusters",
         "gcore_gpu_image_fetch_errors_total",
         "gcore_gpu_image_fetch_errors_total",
         "gcore_gpu_image_last_error_info",

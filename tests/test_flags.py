@@ -238,8 +238,8 @@ CHANGED: dict[str, dict[str, Any]] = {
     "metric_allowlist": {"metric_allowlist": ["gcore_gpu_image_up"]},
     "metric_denylist": {"metric_denylist": ["gcore_gpu_image_tag_info"]},
     "tag_keys": {"tag_keys": ["team"]},
-    "clusters": {"clusters": True},
-    "cluster_interval": {"cluster_interval": "2h"},
+    "clusters": {"clusters": True},  # the base below has them off
+    "cluster_interval": {"cluster_interval": "5m"},
 }
 """A changed value for every setting a config file may hold."""
 

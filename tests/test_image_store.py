@@ -9,6 +9,7 @@ import pytest
 from support.clock import Clock
 
 from exporter.gcore.models import Image, Task
+from exporter.metrics.cluster_families import NO_CLUSTERS, ClusterCounts
 from exporter.metrics.families import FAMILIES, NO_VALUES
 from exporter.metrics.image_store import ImageStore
 from exporter.vocabulary import FetchError, ImageKey, Reason, Scope
@@ -223,3 +224,33 @@ def test_kind_of_a_bare_metal_image_is_in_its_info(store: ImageStore) -> None:
     key = ImageKey(Scope(1, 2, "baremetal"), "metal")
     store.succeeded(key, image(id="metal"), None)
     assert family(store, "gcore_gpu_image_info").endswith(',kind="baremetal"} 1\n')
+
+
+def test_cluster_counts_rerender_only_the_images_whose_count_changed(store: ImageStore) -> None:
+    """`gcore_gpu_image_clusters` is an image's line like the others: the cluster poll re-renders
+    the images whose count changed, a publication renders none; unknown (its scope's clusters
+    never listed) is absent, not 0; an id a cluster writes in another case is the same image."""
+    used, upper, elsewhere = (
+        ImageKey(SCOPE, "img-a"),
+        ImageKey(SCOPE, "IMG-B"),
+        ImageKey(Scope(1, 3), "img-c"),
+    )
+    for key in (used, upper, elsewhere):
+        store.add(key, explicit=True)
+    listed = frozenset({SCOPE})
+    assert store.count_clusters(ClusterCounts(listed, {(1, 2, "img-a"): 2})) == 2
+    assert family(store, "gcore_gpu_image_clusters") == (
+        'gcore_gpu_image_clusters{project_id="1",region_id="2",image_id="img-a"} 2\n'
+        'gcore_gpu_image_clusters{project_id="1",region_id="2",image_id="IMG-B"} 0\n'
+    )
+    assert store.count_clusters(ClusterCounts(listed, {(1, 2, "img-a"): 2})) == 0
+    assert store.count_clusters(ClusterCounts(listed, {(1, 2, "img-b"): 1})) == 2
+    store.failed(upper, error("not_found"))  # a cluster on a missing image: still counted
+    store.add(ImageKey(SCOPE, "img-d"))  # a new image of a listed scope: counted at once
+    assert family(store, "gcore_gpu_image_clusters") == (
+        'gcore_gpu_image_clusters{project_id="1",region_id="2",image_id="img-a"} 0\n'
+        'gcore_gpu_image_clusters{project_id="1",region_id="2",image_id="IMG-B"} 1\n'
+        'gcore_gpu_image_clusters{project_id="1",region_id="2",image_id="img-d"} 0\n'
+    )
+    assert store.count_clusters(NO_CLUSTERS) == 3  # clusters turned off: every count leaves
+    assert family(store, "gcore_gpu_image_clusters") == ""

@@ -29,7 +29,7 @@ from exporter.gcore.client import GcoreClient
 from exporter.gcore.models import Image
 from exporter.gcore.transport import RetryPolicy, Transport
 from exporter.metrics.exposition import render
-from exporter.metrics.families import format_value, render_health, render_values
+from exporter.metrics.families import format_value, render_health, render_usage, render_values
 from exporter.metrics.image_store import ImageStore
 from exporter.metrics.scope_health import ScopeHealth
 from exporter.metrics.snapshot import Snapshot, by_family
@@ -231,7 +231,7 @@ def test_any_well_typed_image_renders_without_a_duplicate_series(data: dict[str,
         return
     key = ImageKey(Scope(1, 1), image.id)
     chunks = render_values(key, image, now=1.8e9, lock_started=1.7e9)
-    rendered = (chunks + render_health(key, up=True, last_success=1.8e9),)
+    rendered = (chunks + render_health(key, up=True, last_success=1.8e9) + render_usage(key, 1),)
     parse_samples(exposition(rendered, openmetrics=False))
 
 

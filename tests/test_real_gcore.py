@@ -19,6 +19,7 @@ from support.fake_api import API_KEY
 
 from exporter.config.settings import load_settings
 from exporter.daemon.wiring import Monitor, Upstream, new_monitor, open_poller
+from exporter.demo.fake_clusters import make_virtual_cluster
 from exporter.demo.fake_gcore import FakeGcore, make_image, make_project, make_region, make_task
 from exporter.metrics.exposition import render
 from exporter.polling.cadences import Poller
@@ -27,6 +28,8 @@ from exporter.polling.scheduler import RoundResult
 IMG = "a1b2c3d4-0000-4000-8000-0000000000ab"
 FAILED = "gcore_gpu_image_task_failed_timestamp_seconds"
 LISTINGS = r"^/cloud/v3/gpu/\w+/\d+/\d+/images\?"
+CLUSTER = "c1000000-0000-4000-8000-000000000001"
+CLUSTER_LISTINGS = r"^/cloud/v3/gpu/\w+/\d+/\d+/clusters\?"
 
 
 def ts(seconds: float) -> str:
@@ -62,6 +65,12 @@ class Driven:
         before = self.fake.count(LISTINGS)
         result = await self.poller.scheduler.run_once()
         return self.fake.count(LISTINGS) - before, result
+
+    async def cluster_listings(self) -> int:
+        """Cluster listings requested by one cluster poll."""
+        before = self.fake.count(CLUSTER_LISTINGS)
+        assert await self.poller.poll_clusters()
+        return self.fake.count(CLUSTER_LISTINGS) - before
 
 
 Start = Callable[..., Awaitable[Driven]]
@@ -143,6 +152,37 @@ async def test_an_image_task_wakes_an_empty_scope_and_its_image_shows_within_a_r
     assert await driven.poller.poll_tasks()  # the same task in the same state: no news
     calls, _ = await driven.listings_of_a_round()
     assert calls == 2  # 2/2 now holds an image: every round
+
+
+async def test_the_clusters_of_resting_scopes_rest_with_their_images(
+    fake: FakeGcore, start: Start
+) -> None:
+    """Clusters are listed every interval where images are (2 scopes) or clusters were found
+    (3/4, on an image from elsewhere); in empty and unavailable scopes at the discovery interval,
+    or at once when an image task wakes the scope."""
+    sparse_account(fake, projects=3, regions=4, with_images=2)
+    fake.clusters.put("virtual", 3, 4, make_virtual_cluster(CLUSTER, "elsewhere", None))
+    driven = await start(["*", "baremetal:*"])
+    await driven.listings_of_a_round()
+    assert await driven.cluster_listings() == 24  # every scope once: the probe
+    assert await driven.poller.poll_tasks()
+    for _ in range(4):
+        driven.clock.now += 60
+        await driven.listings_of_a_round()
+        assert await driven.cluster_listings() == 3
+    where = {"created_on": ts(NOW), "project_id": 2}
+    fake.put_task(make_task("t-up", "RUNNING", "create_image", region_id=2, **where))
+    driven.clock.now += 60
+    assert await driven.poller.poll_tasks()
+    await driven.listings_of_a_round()  # the woken scopes' images: still none
+    assert await driven.cluster_listings() == 3 + 2  # 2/2, virtual and bare metal, woken
+    assert fake.count(r"/baremetal/2/2/clusters\?") == 2
+    driven.clock.now += 60
+    await driven.listings_of_a_round()
+    assert await driven.cluster_listings() == 3  # woken once, listed once
+    driven.clock.now += 600 - 6 * 60  # the discovery interval since the first listing
+    await driven.listings_of_a_round()
+    assert await driven.cluster_listings() == 24 - 2  # 2/2's were listed 5 minutes ago
 
 
 # --- regions: flags are hints, the listing is the truth -------------------------------------

@@ -42,7 +42,7 @@ from exporter.config.yaml_file import MAX_CONFIG_VALUES as MAX_CONFIG_VALUES
 from exporter.config.yaml_file import ConfigError as ConfigError
 from exporter.config.yaml_file import cut, read_yaml, shown
 from exporter.sharding import Shard, ordinal_from_pod_name
-from exporter.vocabulary import ImageKey, Kind, Scope, Targets, Wildcard
+from exporter.vocabulary import ImageKey, Kind, Scope, Targets, Wildcard, as_gcore_writes
 
 DEFAULT_PORT = 10150
 DEFAULT_TIMEOUT = 10.0
@@ -59,7 +59,6 @@ _PROM_DURATION = re.compile(
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _TARGET = re.compile(rf"^(?:(baremetal):)?(?:(\d+|\*)/(\d+|\*)(?:/({_ID}))?/?|({_ID})|(\*))$")
 _PATH = re.compile(r"^(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 _TARGET_FORMS = (
     "not a target: write PROJECT/REGION/IMAGE_ID, PROJECT/REGION or IMAGE_ID, "
     "or *, PROJECT/* or */REGION, each optionally after baremetal:"
@@ -123,7 +122,7 @@ def parse_target(spec: str) -> ImageKey | Scope | Wildcard | BareImage:
     if star:
         return Wildcard(None, None, kind)
     if bare:
-        return BareImage(_as_gcore_writes(bare), kind)
+        return BareImage(as_gcore_writes(bare), kind)
     if "*" in (project, region):
         if image_id or project == region:  # `*/*/ID`, `7/*/ID`, `*/*`
             raise ValueError(_TARGET_FORMS)
@@ -131,13 +130,7 @@ def parse_target(spec: str) -> ImageKey | Scope | Wildcard | BareImage:
             None if project == "*" else int(project), None if region == "*" else int(region), kind
         )
     scope = Scope(int(project), int(region), kind)
-    return ImageKey(scope, _as_gcore_writes(image_id)) if image_id else scope
-
-
-def _as_gcore_writes(image_id: str) -> str:
-    """A UUID in lower case, as Gcore sends image ids: one typed in upper case is the same
-    image, not a mismatch forever. Other ids are left as typed."""
-    return image_id.lower() if _UUID.match(image_id) else image_id
+    return ImageKey(scope, as_gcore_writes(image_id)) if image_id else scope
 
 
 def _check_target(spec: str) -> str:

@@ -265,7 +265,7 @@ async def open_poller(
                 watched=lambda: watched_pairs(discovery.targets),
             )
         )
-        clusters = new_clusters(settings, client, monitor)
+        clusters = new_clusters(settings, client, monitor, cadence, wall_clock)
 
         def with_clusters(targets: Targets) -> Targets:
             return targets if clusters is None else clusters.extend(targets)
@@ -308,8 +308,15 @@ async def open_poller(
                 clusters.close()
 
 
-def new_clusters(settings: Settings, client: GcoreClient, monitor: Monitor) -> Clusters | None:
-    """The cluster poll feeding `monitor`, unless `--no-clusters`."""
+def new_clusters(
+    settings: Settings,
+    client: GcoreClient,
+    monitor: Monitor,
+    cadence: ScopeCadence,
+    wall_clock: Callable[[], float],
+) -> Clusters | None:
+    """The cluster poll feeding `monitor`, unless `--no-clusters`; its calls follow the image
+    listings' `cadence`."""
     if not settings.clusters:
         return None
     telemetry = monitor.telemetry
@@ -319,6 +326,9 @@ def new_clusters(settings: Settings, client: GcoreClient, monitor: Monitor) -> C
         telemetry=telemetry,
         registry=telemetry.registry,
         shard=telemetry.shard,
+        cadence=cadence,
+        interval=cluster_interval(settings),
+        clock=wall_clock,
     )
 
 

@@ -4,16 +4,15 @@ a source becomes samples. They answer "which clusters run on this image?":
     gcore_gpu_cluster_info{project_id="1",region_id="10",cluster_id="c1…",cluster_name="train",
         kind="virtual",status="active",image_id="f0e1…"} 1
     gcore_gpu_cluster_servers{project_id="1",region_id="10",cluster_id="c1…"} 4
-    gcore_gpu_image_clusters{project_id="1",region_id="10",image_id="f0e1…"} 1
 
-`gcore_gpu_image_clusters` is 0 for a watched image that no cluster boots from (safe to delete, as
-far as clusters go) and absent for an image whose clusters were never listed (unknown is not 0).
+and `ClusterCounts` says how many boot from each image: the image store renders that as the
+per-image family `gcore_gpu_image_clusters` (`families.USAGE_FAMILIES`), once per change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -21,10 +20,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from exporter.gcore.cluster_models import GpuCluster
 from exporter.gcore.models import clean_text
 from exporter.metrics.families import CACHED_HELP, truncate
-from exporter.vocabulary import Scope
+from exporter.vocabulary import ImageKey, Scope
 
 Source = TypeVar("Source")
-ImageRef = tuple[int, int, str]  # project_id, region_id, image_id: how the image series name it
+ImageRef = tuple[int, int, str]  # project_id, region_id, image_id in lower case
 NO_STATUS: Final = "unknown"  # a cluster that came without a status
 MAX_EXACT: Final = 2**53  # the largest count a float64 holds exactly
 
@@ -39,15 +38,13 @@ class Listed:
     @property
     def image(self) -> ImageRef | None:
         image_id = self.cluster.image_id
-        return None if image_id is None else (self.scope.project_id, self.scope.region_id, image_id)
+        return None if image_id is None else image_ref(self.scope, image_id)
 
 
-@dataclass(frozen=True, slots=True)
-class Used:
-    """A watched image and how many clusters boot from it."""
-
-    image: ImageRef
-    clusters: int
+def image_ref(scope: Scope, image_id: str) -> ImageRef:
+    """An image as a cluster names it: in either kind's scope (an image listed under both is
+    exported under one), and whatever the case of its id (UUIDs: case does not matter)."""
+    return scope.project_id, scope.region_id, image_id.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,28 +100,36 @@ CLUSTER_FAMILIES: Final[tuple[ClusterFamily[Listed], ...]] = (
 )
 
 
-def _used(used: Used) -> tuple[tuple[str, ...], float]:
-    project_id, region_id, image_id = used.image
-    return (str(project_id), str(region_id), clean_text(image_id)), used.clusters
-
-
-IMAGE_CLUSTERS: Final[ClusterFamily[Used]] = ClusterFamily(
-    "gcore_gpu_image_clusters",
-    CACHED_HELP + "GPU clusters whose servers boot from the image; 0 for a watched image that "
-    "none uses, absent while the clusters of its project and region were never listed.",
-    ("project_id", "region_id", "image_id"),
-    _used,
-)
-
-
-def cluster_metrics(clusters: Iterable[Listed], images: Iterable[ImageRef]) -> Iterator[Metric]:
-    """Every cluster family: `clusters` (one per project, region and id), and a count for each of
-    `images` and of the images the clusters boot from."""
+def cluster_metrics(clusters: Iterable[Listed]) -> Iterator[Metric]:
+    """Every cluster family of `clusters` (one per project, region and id)."""
     listed = list(clusters)
-    counts = dict.fromkeys(sorted(set(images)), 0)
-    for item in listed:
-        if item.image is not None:
-            counts[item.image] = counts.get(item.image, 0) + 1
     for family in CLUSTER_FAMILIES:
         yield family.metric(listed)
-    yield IMAGE_CLUSTERS.metric(Used(image, count) for image, count in sorted(counts.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterCounts:
+    """What the cluster poll knows of images: the scopes whose clusters were listed, and how
+    many of their clusters boot from each image (by `image_ref`)."""
+
+    listed: frozenset[Scope] = frozenset()
+    counts: Mapping[ImageRef, int] = field(default_factory=dict)
+
+    @classmethod
+    def of_listing(cls, listed: Iterable[Scope], clusters: Iterable[Listed]) -> ClusterCounts:
+        counts: dict[ImageRef, int] = {}
+        for item in clusters:
+            image = item.image
+            if image is not None:
+                counts[image] = counts.get(image, 0) + 1
+        return cls(frozenset(listed), counts)
+
+    def of(self, key: ImageKey) -> int | None:
+        """`gcore_gpu_image_clusters` of the image: None (absent) while its scope's clusters
+        were never listed, unknown is not 0; 0 for one that no cluster names."""
+        if key.scope not in self.listed:
+            return None
+        return self.counts.get(image_ref(key.scope, key.image_id), 0)
+
+
+NO_CLUSTERS: Final = ClusterCounts()

@@ -1,8 +1,9 @@
 """Per-image metric families as data: each owns its name, type, help and samples.
 
 An image is rendered into byte chunks indexed like `FAMILIES`: its values once per successful
-fetch, its health once per attempt, so a scrape only concatenates (kube-state-metrics'
-per-object rendering) and last known values survive failures unchanged. For one active, unlocked
+fetch, its health once per attempt, what uses it (its clusters) when the cluster poll changes
+that; so a scrape only concatenates (kube-state-metrics' per-object rendering) and last known
+values survive failures unchanged. For one active, unlocked
 image the chunks read, family by family:
 
     gcore_gpu_image_info{project_id="1",region_id="10",image_id="f0e1…",name="ubuntu-22.04-gpu",…} 1
@@ -208,6 +209,11 @@ def _last_error(h: Health) -> Iterator[Sample]:
         yield (("reason", h.last_error),), 1
 
 
+def _clusters(count: int | None) -> Iterator[Sample]:
+    if count is not None:
+        yield (), count
+
+
 VALUE_FAMILIES: Final[tuple[Family[Fetched], ...]] = (
     Family(
         "gcore_gpu_image_info", "gauge", "Descriptive attributes of a GPU image, always 1.", _info
@@ -298,24 +304,37 @@ HEALTH_FAMILIES: Final[tuple[Family[Health], ...]] = (
         _last_error,
     ),
 )
-AnyFamily = Family[Fetched] | Family[Health]
-FAMILIES: Final[tuple[AnyFamily, ...]] = VALUE_FAMILIES + HEALTH_FAMILIES
+USAGE_FAMILIES: Final[tuple[Family[int | None], ...]] = (
+    Family(
+        "gcore_gpu_image_clusters",
+        "gauge",
+        "GPU clusters whose servers boot from the image; 0 for a watched image that none uses, "
+        "absent while the clusters of its project and region were never listed.",
+        _clusters,
+    ),
+)
+"""What uses the image: rendered when the cluster poll changes a count, never per publication."""
+AnyFamily = Family[Fetched] | Family[Health] | Family[int | None]
+FAMILIES: Final[tuple[AnyFamily, ...]] = VALUE_FAMILIES + HEALTH_FAMILIES + USAGE_FAMILIES
 NO_VALUES: Final = (b"",) * len(VALUE_FAMILIES)
 
 
 @dataclass(frozen=True, slots=True)
 class Shown:
-    """Which families an image renders (masks indexed like `VALUE_FAMILIES` and `HEALTH_FAMILIES`)
-    and which tag keys (None: every key): a `selection.Selection` resolved once, not per image."""
+    """Which families an image renders (masks indexed like `VALUE_FAMILIES`, `HEALTH_FAMILIES`
+    and `USAGE_FAMILIES`) and which tag keys (None: every key): a `selection.Selection` resolved
+    once, not per image."""
 
     values: tuple[bool, ...] = (True,) * len(VALUE_FAMILIES)
     health: tuple[bool, ...] = (True,) * len(HEALTH_FAMILIES)
     tag_keys: frozenset[str] | None = None
+    usage: tuple[bool, ...] = (True,) * len(USAGE_FAMILIES)
 
     @property
     def hidden(self) -> frozenset[int]:
         """Indices in `FAMILIES` of the families not exported: their headers are not written."""
-        return frozenset(i for i, shown in enumerate(self.values + self.health) if not shown)
+        masks = self.values + self.health + self.usage
+        return frozenset(i for i, shown in enumerate(masks) if not shown)
 
 
 SHOW_ALL: Final = Shown()
@@ -402,4 +421,13 @@ def render_health(
     return tuple(
         family.render(ident, health) if on else b""
         for family, on in zip(HEALTH_FAMILIES, shown.health, strict=True)
+    )
+
+
+def render_usage(key: ImageKey, clusters: int | None, shown: Shown = SHOW_ALL) -> tuple[bytes, ...]:
+    """What uses the image (None: unknown), one chunk per family of `USAGE_FAMILIES`."""
+    ident = identity(key)
+    return tuple(
+        family.render(ident, clusters) if on else b""
+        for family, on in zip(USAGE_FAMILIES, shown.usage, strict=True)
     )

@@ -26,18 +26,23 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Final
 
 import structlog
 
 from exporter.gcore.models import Image, Task
 from exporter.metrics.blocks import Block, Blocks
+from exporter.metrics.cluster_families import NO_CLUSTERS, ClusterCounts
 from exporter.metrics.families import (
     FAMILIES,
+    HEALTH_FAMILIES,
     NO_VALUES,
     SHOW_ALL,
+    USAGE_FAMILIES,
     VALUE_FAMILIES,
     Shown,
     render_health,
+    render_usage,
     render_values,
     status_of,
 )
@@ -45,6 +50,8 @@ from exporter.metrics.snapshot import FamilyLines, by_family
 from exporter.vocabulary import FetchError, ImageKey, Reason, Scope, Targets
 
 log = structlog.get_logger(__name__)
+_KEEP_USAGE: Final = (None,) * len(USAGE_FAMILIES)  # a fetch leaves the cluster count as it is
+_KEEP_FETCHED: Final = (None,) * (len(VALUE_FAMILIES) + len(HEALTH_FAMILIES))  # and vice versa
 
 
 @dataclass(slots=True)
@@ -59,6 +66,7 @@ class ImageState:
     lock_seen: float | None = None
     status: str | None = None
     status_since: float | None = None
+    clusters: int | None = None  # clusters booting from it; None while unknown
     block: Block | None = None  # where its lines are, once placed
 
     @property
@@ -78,6 +86,10 @@ class ImageState:
             shown=shown,
         )
 
+    def usage(self, shown: Shown) -> tuple[bytes, ...]:
+        """The lines of what uses it (its clusters), as last counted."""
+        return render_usage(self.key, self.clusters, shown)
+
 
 class ImageStore:
     def __init__(
@@ -95,6 +107,7 @@ class ImageStore:
         self._states: dict[ImageKey, ImageState] = {}
         self._blocks = Blocks(len(FAMILIES))
         self._twins: set[ImageKey] = set()  # logged once each
+        self._clusters = NO_CLUSTERS
 
     def __len__(self) -> int:
         return len(self._states)
@@ -122,6 +135,7 @@ class ImageStore:
             if _has_twin(self._states, self._twins, key):
                 return state
             self._states[key] = state
+            state.clusters = self._clusters.of(key)
             self._render(state, NO_VALUES)
         state.explicit = state.explicit or explicit
         return state
@@ -191,6 +205,17 @@ class ImageStore:
             self.add(key, explicit=True)
         return dropped
 
+    def count_clusters(self, clusters: ClusterCounts) -> int:
+        """What the cluster poll found: only the images whose count changed are re-rendered, so
+        a publication costs nothing per image. Returns how many changed."""
+        self._clusters = clusters
+        changed = _recounted(self._states.values(), clusters)
+        for state, block in changed:
+            self._blocks.stage(block, state.key, _KEEP_FETCHED + state.usage(self.shown))
+        if changed:
+            self._on_change()
+        return len(changed)
+
     def failing(self) -> int:
         return sum(1 for state in self._states.values() if not state.up)
 
@@ -231,10 +256,10 @@ class ImageStore:
         health = state.health(self.shown)
         if state.block is None:
             assert values is not None
-            state.block = self._blocks.place(state.key, values + health)
+            state.block = self._blocks.place(state.key, values + health + state.usage(self.shown))
         else:
             kept = (None,) * len(VALUE_FAMILIES) if values is None else values
-            self._blocks.stage(state.block, state.key, kept + health)
+            self._blocks.stage(state.block, state.key, kept + health + _KEEP_USAGE)
         self._on_change()
 
 
@@ -258,6 +283,19 @@ def _observe(
     return render_values(
         state.key, image, shown, now=now, task=task, lock_started=lock_started, status_since=since
     )
+
+
+def _recounted(
+    states: Iterable[ImageState], clusters: ClusterCounts
+) -> list[tuple[ImageState, Block]]:
+    """The placed images whose cluster count `clusters` changes, with the count updated."""
+    changed = []
+    for state in states:
+        count = clusters.of(state.key)
+        if count != state.clusters and state.block is not None:
+            state.clusters = count
+            changed.append((state, state.block))
+    return changed
 
 
 def _has_twin(states: Collection[ImageKey], logged: set[ImageKey], key: ImageKey) -> bool:

@@ -17,7 +17,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Metric
 from prometheus_client.registry import Collector
 
-from exporter.metrics.families import HEALTH_FAMILIES, VALUE_FAMILIES, Shown
+from exporter.metrics.families import HEALTH_FAMILIES, USAGE_FAMILIES, VALUE_FAMILIES, Shown
 
 FILTERED_PREFIX: Final = "gcore_gpu_"
 """Families the lists apply to: what the exporter reports of Gcore, not of itself."""
@@ -49,6 +49,7 @@ class Selection:
             values=self.mask(family.name for family in VALUE_FAMILIES),
             health=self.mask(family.name for family in HEALTH_FAMILIES),
             tag_keys=self.tag_keys,
+            usage=self.mask(family.name for family in USAGE_FAMILIES),
         )
 
 

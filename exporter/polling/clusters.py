@@ -12,6 +12,16 @@ listed scope the listing covers it already, so it is added only while the listin
 
 Sharded, a shard exports the clusters whose image it owns (a cluster without image: by its id),
 so that everything about one image is on one shard.
+
+Calls follow the images, as for the image listings (`scope_cadence`): the clusters of a scope
+that holds images (or whose image listing fails) are listed every `cluster_interval`; those of a
+scope whose images rest (`empty`, `unavailable`) rest with it once their own listing found none:
+listed again at the discovery cadence, or at once when an image task wakes the scope. Where
+clusters were found, or their listing failed, they are listed every interval.
+
+How many clusters boot from each image is handed to the image store (`count_clusters`), which
+renders `gcore_gpu_image_clusters` with the image's other lines, only where a count changed.
+Image ids are compared whatever their case (UUIDs), as for targets.
 """
 
 from __future__ import annotations
@@ -29,11 +39,12 @@ from prometheus_client.registry import Collector
 
 from exporter.gcore.client import GcoreClient
 from exporter.gcore.cluster_models import GpuCluster
-from exporter.metrics.cluster_families import Listed, cluster_metrics
+from exporter.metrics.cluster_families import ClusterCounts, Listed, cluster_metrics
 from exporter.metrics.image_store import ImageStore
 from exporter.metrics.telemetry import Telemetry
+from exporter.polling.scope_cadence import ScopeCadence
 from exporter.sharding import EVERYTHING, Shard
-from exporter.vocabulary import FetchError, ImageKey, Scope, Targets
+from exporter.vocabulary import FetchError, ImageKey, Scope, Targets, as_gcore_writes
 
 log = structlog.get_logger("exporter.polling.clusters")
 
@@ -56,14 +67,19 @@ class Clusters(Collector):
         telemetry: Telemetry,
         registry: CollectorRegistry,
         shard: Shard = EVERYTHING,
+        cadence: ScopeCadence | None = None,
+        interval: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._store = store
         self._telemetry = telemetry
         self._shard = shard
+        self._cadence = cadence  # the image listings' (None: every scope every interval)
+        self._interval = interval
         self._now = clock
         self._listed: dict[Scope, tuple[GpuCluster, ...]] = {}  # last known, this shard's
+        self._resting: dict[Scope, tuple[float, int]] = {}  # found none: when, and wakes then
         self._reported: set[Scope] = set()  # scopes with a discovery_up series
         self._lock = asyncio.Lock()
         self._registry = registry
@@ -73,25 +89,30 @@ class Clusters(Collector):
         """Take over what the poll this one replaces (a reload) knew of `scopes`, the scopes
         watched now: no count drops to 0, and the clusters of other scopes leave at once."""
         self._listed = dict(previous._listed)
+        self._resting = dict(previous._resting)
         self._reported = set(previous._reported)
         self._retain(set(scopes))
+        self._count()
 
     def retire(self) -> None:
         """Clusters are no longer polled (a reload turned them off): their series leave."""
         for scope in {*self._listed, *self._reported}:
             self._forget(scope)
+        self._count()
 
     def close(self) -> None:
         self._registry.unregister(self)
 
     async def poll(self, scopes: Iterable[Scope]) -> bool:
-        """List the clusters of `scopes`; True if every listing worked. Scopes no longer
-        watched leave with their clusters. Concurrent calls run one after the other, so that
-        an older listing never lands after a newer one."""
+        """List the clusters of those of `scopes` that are due; True if every listing worked.
+        Scopes no longer watched leave with their clusters. Concurrent calls run one after the
+        other, so that an older listing never lands after a newer one."""
         wanted = set(scopes)
         async with self._lock:
             self._retain(wanted)
-            results = await asyncio.gather(*(self._list(scope) for scope in sorted(wanted)))
+            due = sorted(scope for scope in wanted if self._due(scope))
+            results = await asyncio.gather(*(self._list(scope) for scope in due))
+            self._count()
         return all(results)
 
     def extend(self, targets: Targets) -> Targets:
@@ -100,12 +121,13 @@ class Clusters(Collector):
         says the image is gone)."""
         listed = {*targets.scopes, *targets.discovered}
         explicit = set(targets.images)
+        stored = _Folded(self._store)
         extra: set[ImageKey] = set()
         for scope, clusters in self._listed.items():
             for cluster in clusters:
                 if cluster.image_id is None:
                     continue
-                key = ImageKey(scope, cluster.image_id)
+                key = stored.key(ImageKey(scope, as_gcore_writes(cluster.image_id)))
                 if key not in explicit and (scope not in listed or self._unlisted(key)):
                     extra.add(key)
         if not extra:
@@ -113,7 +135,14 @@ class Clusters(Collector):
         return replace(targets, images=(*targets.images, *sorted(extra)))
 
     def collect(self) -> Iterator[Metric]:
-        seen: set[tuple[int, int, str]] = set()  # a cluster twice (both kinds, or paging): once
+        return cluster_metrics(self._unique())
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+    def _unique(self) -> list[Listed]:
+        """Every cluster known, once (a cluster listed twice, by both kinds or by paging)."""
+        seen: set[tuple[int, int, str]] = set()
         listed: list[Listed] = []
         for scope in sorted(self._listed):
             for cluster in self._listed[scope]:
@@ -121,16 +150,26 @@ class Clusters(Collector):
                 if ident not in seen:
                     seen.add(ident)
                     listed.append(Listed(scope, cluster))
-        known = self._listed.keys()
-        images = (
-            (k.scope.project_id, k.scope.region_id, k.image_id)
-            for k in self._store.keys()  # noqa: SIM118 (a copy, not a view)
-            if k.scope in known  # an image whose clusters were never listed: count unknown
-        )
-        return cluster_metrics(listed, images)
+        return listed
 
-    def describe(self) -> Iterator[Metric]:
-        return self.collect()
+    def _count(self) -> None:
+        """Hand the images' cluster counts to the store, which re-renders those that changed."""
+        self._store.count_clusters(ClusterCounts.of_listing(self._listed, self._unique()))
+
+    def _due(self, scope: Scope) -> bool:
+        """Whether `scope`'s clusters are listed now: unless they were found none and the scope's
+        images rest (and it was not woken since), within their cadence's interval."""
+        resting, cadence = self._resting.get(scope), self._cadence
+        if resting is None or cadence is None:
+            return True
+        state = cadence.cadence(scope)
+        if state is None or state in ("images", "failing"):
+            return True
+        since, wakes = resting
+        if cadence.wakes(scope) != wakes:
+            return True
+        # half a round of slack, as for images: a poll a little early must not wait a whole one
+        return self._now() - since >= cadence.every(state) - self._interval / 2
 
     def _unlisted(self, key: ImageKey) -> bool:
         """Whether the image is missing from its scope's listing: not in the store, or kept there
@@ -143,6 +182,7 @@ class Clusters(Collector):
             listed = await self._client.list_clusters(scope)
         except FetchError as exc:
             if exc.reason != "not_found":
+                self._resting.pop(scope, None)  # listed again every interval until it works
                 self._up(scope, False)
                 log.warning(
                     "cluster listing failed: the last known clusters are kept",
@@ -155,8 +195,13 @@ class Clusters(Collector):
             clusters: tuple[GpuCluster, ...] = ()  # no cluster service there: none to count
         else:  # a cluster without a usable id is skipped and counted by the client
             owns = self._shard.owns
-            clusters = tuple(c for c in listed if owns(c.image_id or c.id))
+            clusters = tuple(c for c in listed if owns(as_gcore_writes(c.image_id or c.id)))
         self._listed[scope] = clusters
+        if clusters:
+            self._resting.pop(scope, None)
+        else:
+            wakes = self._cadence.wakes(scope) if self._cadence is not None else 0
+            self._resting[scope] = (self._now(), wakes)
         self._up(scope, True)
         return True
 
@@ -173,7 +218,24 @@ class Clusters(Collector):
 
     def _forget(self, scope: Scope) -> None:
         self._listed.pop(scope, None)
+        self._resting.pop(scope, None)
         self._reported.discard(scope)
         for gauge in (self._telemetry.discovery_up, self._telemetry.discovery_last_success):
             with contextlib.suppress(KeyError):  # a listing that never worked has no last success
                 gauge.remove(*_labels(scope))
+
+
+class _Folded:
+    """The store's key for an image named in any case, looked up case-insensitively only when the
+    exact key misses (the index built once, on the first miss)."""
+
+    def __init__(self, store: ImageStore) -> None:
+        self._store = store
+        self._index: dict[tuple[Scope, str], ImageKey] | None = None
+
+    def key(self, key: ImageKey) -> ImageKey:
+        if key in self._store:
+            return key
+        if self._index is None:
+            self._index = {(k.scope, k.image_id.lower()): k for k in self._store.keys()}  # noqa: SIM118 (a copy)
+        return self._index.get((key.scope, key.image_id.lower()), key)

@@ -53,6 +53,7 @@ class ScopeCadence:
         self._now = clock
         self._last: dict[Scope, tuple[Cadence, float]] = {}  # cadence and time of last listing
         self._woken: set[Scope] = set()
+        self._wakes: dict[Scope, int] = {}  # how often each was woken: what clusters follow
         self._task_states: dict[str, str] = {}  # image tasks of the last feed poll
         if telemetry is not None:
             for cadence in CADENCES:
@@ -78,6 +79,7 @@ class ScopeCadence:
         """Take over what the cadence this one replaces (a reload) knew."""
         self._last = dict(previous._last)
         self._woken = set(previous._woken)
+        self._wakes = dict(previous._wakes)
         self._task_states = dict(previous._task_states)
 
     def due(self, scope: Scope) -> bool:
@@ -101,12 +103,20 @@ class ScopeCadence:
         for scope in [s for s in self._last if s not in watched]:
             del self._last[scope]
         self._woken &= set(watched)
+        for scope in [s for s in self._wakes if s not in watched]:
+            del self._wakes[scope]
+
+    def wakes(self, scope: Scope) -> int:
+        """How often `scope` was woken: a listing of what else it holds (its GPU clusters) that
+        rests with the scope is due again when this changes."""
+        return self._wakes.get(scope, 0)
 
     def wake(self, project_id: int, region_id: int) -> None:
         """List the known scopes of this project and region (every kind) in the next round."""
-        self._woken.update(
-            s for s in self._last if (s.project_id, s.region_id) == (project_id, region_id)
-        )
+        woken = [s for s in self._last if (s.project_id, s.region_id) == (project_id, region_id)]
+        self._woken.update(woken)
+        for scope in woken:
+            self._wakes[scope] = self._wakes.get(scope, 0) + 1
 
     def take(self, tasks: Sequence[Task], now: float) -> None:
         """A subscriber of the Tasks feed: an image-creating task new or changed since the last
