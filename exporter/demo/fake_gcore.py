@@ -16,7 +16,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -227,17 +227,13 @@ class FakeGcore:
     async def _answer(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append(request.path_qs)
         self.request_times.append(time.monotonic())
-        for fault in self.faults:
-            if fault.times != 0 and re.search(fault.pattern, request.path_qs):
-                if fault.times is not None:
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self.faults.remove(fault)
-                if fault.delay:
-                    await asyncio.sleep(fault.delay)
-                if fault.hold is not None:
-                    await fault.hold.wait()
-                return _fault_response(fault)
+        fault = _take_fault(self.faults, request.path_qs)
+        if fault is not None:
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.hold is not None:
+                await fault.hold.wait()
+            return _fault_response(fault)
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "apikey" or key != self.api_key:
             return error(401, "Invalid API key")
@@ -284,29 +280,10 @@ class FakeGcore:
         return self._page(request, self.regions)
 
     async def _list_tasks(self, request: web.Request) -> web.Response:
-        """Gcore's filters: `state`, `project_id`, `region_id` (each repeatable), `task_type`,
-        and `from_timestamp`/`to_timestamp` on the creation time."""
-        query = request.query
         try:
-            projects = {int(v) for v in query.getall("project_id", [])}
-            regions = {int(v) for v in query.getall("region_id", [])}
-            since = _timestamp(query.get("from_timestamp"))
-            until = _timestamp(query.get("to_timestamp"))
+            items = _tasks_matching(self.tasks.values(), request)
         except ValueError:
             return error(400, "invalid filter")
-        states = set(query.getall("state", []))
-        wanted: list[Callable[[dict[str, Any]], bool]] = []
-        if states:
-            wanted.append(lambda t: t.get("state") in states)
-        if projects:
-            wanted.append(lambda t: t.get("project_id") in projects)
-        if regions:
-            wanted.append(lambda t: t.get("region_id") in regions)
-        if "task_type" in query:
-            wanted.append(lambda t: t.get("task_type") == query["task_type"])
-        if since is not None or until is not None:
-            wanted.append(lambda t: _created_within(t, since, until))
-        items = [t for t in self.tasks.values() if all(test(t) for test in wanted)]
         return self._page(request, items)
 
     async def _get_image(self, request: web.Request) -> web.Response:
@@ -321,6 +298,43 @@ class FakeGcore:
         if task is None:
             return error(404, f"Task {request.match_info['task_id']} not found")
         return web.json_response(task)
+
+
+def _tasks_matching(tasks: Iterable[dict[str, Any]], request: web.Request) -> list[dict[str, Any]]:
+    """The Tasks list's filters as Gcore applies them: `state`, `project_id`, `region_id` (each
+    repeatable), `task_type`, and `from_timestamp`/`to_timestamp` on the creation time.
+    ValueError: a filter that does not parse."""
+    query = request.query
+    projects = {int(v) for v in query.getall("project_id", [])}
+    regions = {int(v) for v in query.getall("region_id", [])}
+    since = _timestamp(query.get("from_timestamp"))
+    until = _timestamp(query.get("to_timestamp"))
+    states = set(query.getall("state", []))
+    wanted: list[Callable[[dict[str, Any]], bool]] = []
+    if states:
+        wanted.append(lambda t: t.get("state") in states)
+    if projects:
+        wanted.append(lambda t: t.get("project_id") in projects)
+    if regions:
+        wanted.append(lambda t: t.get("region_id") in regions)
+    if "task_type" in query:
+        wanted.append(lambda t: t.get("task_type") == query["task_type"])
+    if since is not None or until is not None:
+        wanted.append(lambda t: _created_within(t, since, until))
+    return [t for t in tasks if all(test(t) for test in wanted)]
+
+
+def _take_fault(faults: list[Fault], path: str) -> Fault | None:
+    """The first fault injected for `path` with uses left, one use taken (and dropped from
+    `faults` with its last)."""
+    for fault in faults:
+        if fault.times != 0 and re.search(fault.pattern, path):
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times == 0:
+                    faults.remove(fault)
+            return fault
+    return None
 
 
 def _timestamp(text: str | None) -> datetime | None:

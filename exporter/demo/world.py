@@ -99,56 +99,12 @@ class DemoWorld:
                 for key in ("disk_format", "hw_firmware_type", "cuda_toolkit_version"):
                     del image[key]
             fake.put_image(PROJECT, region, image)
-        self._other_project(now)
-        self._baremetal(now)
+        _other_project(fake, now)
+        _baremetal(fake, now)
         _flagless(fake, now)
         put_clusters(fake)
-        self._fail_an_upload()  # one at once, then one every _FAILURE_EVERY ticks
+        _fail_an_upload(fake, 0)  # one at once, then one every _FAILURE_EVERY ticks
         self._pipeline_rng = random.Random(20)  # its own: the faults' sequence stays
-
-    def _other_project(self, now: datetime) -> None:
-        """Project 2: a serving image, and one stuck in `queued` under a finished task's lock."""
-        fake = self.fake
-        fake.put_image(
-            OTHER_PROJECT,
-            DISCOVERED_REGION,
-            make_image(_image_id(12), "llama-serving-gpu", created_at=_ts(now - timedelta(days=9))),
-        )
-        fake.put_task(
-            make_task(
-                STUCK_TASK,
-                "FINISHED",
-                "download_image",
-                created_on=_ts(now - timedelta(hours=3, minutes=5)),
-                finished_on=_ts(now - timedelta(hours=3)),
-                project_id=OTHER_PROJECT,
-                region_id=DISCOVERED_REGION,
-            )
-        )
-        fake.put_image(
-            OTHER_PROJECT,
-            DISCOVERED_REGION,
-            make_image(
-                _image_id(13),
-                "stuck-upload-gpu",
-                status="queued",
-                size=None,
-                task_id=STUCK_TASK,
-                created_at=_ts(now - timedelta(hours=3, minutes=5)),
-                updated_at=_ts(now - timedelta(hours=3, minutes=5)),
-            ),
-        )
-
-    def _baremetal(self, now: datetime) -> None:
-        for n, project in ((14, PROJECT), (15, PROJECT), (16, OTHER_PROJECT)):
-            image = make_image(
-                _image_id(n),
-                f"ubuntu-22.04-baremetal-h100-{n}",
-                created_at=_ts(now - timedelta(days=20 + n)),
-                os_distro="ubuntu",
-                gpu_driver_version="570.148.08",
-            )
-            self.fake.put_image(project, BAREMETAL_REGION, image, kind="baremetal")
 
     def step(self) -> None:
         """Advance the story by one tick (the demo ticks every few seconds)."""
@@ -184,7 +140,7 @@ class DemoWorld:
         if self.tick == LEGACY_GONE_AT:  # deleted while a cluster still boots from it
             self.fake.remove_image(PROJECT, DISCOVERED_REGION, LEGACY_IMAGE)
         if self.tick % _FAILURE_EVERY == 0:
-            self._fail_an_upload()
+            _fail_an_upload(self.fake, self.tick // _FAILURE_EVERY)
         if self.tick % PIPELINE_EVERY == 0:
             end_an_image_task(self.fake, self.tick // PIPELINE_EVERY, self._pipeline_rng)
         if self.rng.random() < 0.1:
@@ -198,29 +154,76 @@ class DemoWorld:
         if self.rng.random() < 0.03:
             self.fake.inject(r"/images", 429, headers={"Retry-After": "3"}, times=1)
 
-    def _fail_an_upload(self) -> None:
-        """An upload from a URL that fails before it becomes an image: only a task tells."""
-        number = self.tick // _FAILURE_EVERY
-        project, region = _FAILURE_SCOPES[number % len(_FAILURE_SCOPES)]
-        now = datetime.now(UTC)
-        created = {"images": [f"0badf00d-{number:04d}-4000-8000-000000000000"]}
-        self.fake.put_task(
-            make_task(
-                f"fa11ed00-0000-4000-8000-{number:012d}",
-                "ERROR",
-                "download_image",
-                created_on=_ts(now - timedelta(seconds=25)),
-                updated_on=_ts(now),
-                finished_on=_ts(now),
-                error="Failed to download https://images.example.com/cuda-12.8.qcow2: HTTP 404",
-                project_id=project,
-                region_id=region,
-                created_resources=created if number % 2 else None,
-            )
+
+def _other_project(fake: FakeGcore, now: datetime) -> None:
+    """Project 2: a serving image, and one stuck in `queued` under a finished task's lock."""
+    fake.put_image(
+        OTHER_PROJECT,
+        DISCOVERED_REGION,
+        make_image(_image_id(12), "llama-serving-gpu", created_at=_ts(now - timedelta(days=9))),
+    )
+    fake.put_task(
+        make_task(
+            STUCK_TASK,
+            "FINISHED",
+            "download_image",
+            created_on=_ts(now - timedelta(hours=3, minutes=5)),
+            finished_on=_ts(now - timedelta(hours=3)),
+            project_id=OTHER_PROJECT,
+            region_id=DISCOVERED_REGION,
         )
-        failed = [t for t, task in self.fake.tasks.items() if t.startswith("fa11ed00")]
-        for old in failed[:-FAILED_TASKS_KEPT]:
-            del self.fake.tasks[old]
+    )
+    fake.put_image(
+        OTHER_PROJECT,
+        DISCOVERED_REGION,
+        make_image(
+            _image_id(13),
+            "stuck-upload-gpu",
+            status="queued",
+            size=None,
+            task_id=STUCK_TASK,
+            created_at=_ts(now - timedelta(hours=3, minutes=5)),
+            updated_at=_ts(now - timedelta(hours=3, minutes=5)),
+        ),
+    )
+
+
+def _baremetal(fake: FakeGcore, now: datetime) -> None:
+    """Region 20: bare-metal images in both projects."""
+    for n, project in ((14, PROJECT), (15, PROJECT), (16, OTHER_PROJECT)):
+        image = make_image(
+            _image_id(n),
+            f"ubuntu-22.04-baremetal-h100-{n}",
+            created_at=_ts(now - timedelta(days=20 + n)),
+            os_distro="ubuntu",
+            gpu_driver_version="570.148.08",
+        )
+        fake.put_image(project, BAREMETAL_REGION, image, kind="baremetal")
+
+
+def _fail_an_upload(fake: FakeGcore, number: int) -> None:
+    """The `number`-th upload from a URL fails before it becomes an image: only a task tells;
+    the Tasks API keeps the last FAILED_TASKS_KEPT."""
+    project, region = _FAILURE_SCOPES[number % len(_FAILURE_SCOPES)]
+    now = datetime.now(UTC)
+    created = {"images": [f"0badf00d-{number:04d}-4000-8000-000000000000"]}
+    fake.put_task(
+        make_task(
+            f"fa11ed00-0000-4000-8000-{number:012d}",
+            "ERROR",
+            "download_image",
+            created_on=_ts(now - timedelta(seconds=25)),
+            updated_on=_ts(now),
+            finished_on=_ts(now),
+            error="Failed to download https://images.example.com/cuda-12.8.qcow2: HTTP 404",
+            project_id=project,
+            region_id=region,
+            created_resources=created if number % 2 else None,
+        )
+    )
+    failed = [t for t, task in fake.tasks.items() if t.startswith("fa11ed00")]
+    for old in failed[:-FAILED_TASKS_KEPT]:
+        del fake.tasks[old]
 
 
 def _flagless(fake: FakeGcore, now: datetime) -> None:

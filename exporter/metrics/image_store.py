@@ -90,6 +90,18 @@ class ImageState:
         """The lines of what uses it (its clusters), as last counted."""
         return render_usage(self.key, self.clusters, shown)
 
+    def fail(self, reason: Reason, now: float, stale_after: float) -> bool:
+        """Count a failed fetch; True if its values are withdrawn: a 404, or none fetched within
+        `stale_after`."""
+        self.up, self.last_error = False, reason
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+        stale = self.last_success is None or now - self.last_success > stale_after
+        if reason == "not_found" or stale:
+            self.lock_task_id = self.lock_seen = None
+            self.status = self.status_since = None
+            return True
+        return False
+
 
 class ImageStore:
     def __init__(
@@ -107,7 +119,7 @@ class ImageStore:
         self._states: dict[ImageKey, ImageState] = {}
         self._blocks = Blocks(len(FAMILIES))
         self._twins: set[ImageKey] = set()  # logged once each
-        self._clusters = NO_CLUSTERS
+        self._lines = _Lines(self._blocks, shown, on_change)
 
     def __len__(self) -> int:
         return len(self._states)
@@ -135,8 +147,7 @@ class ImageStore:
             if _has_twin(self._states, self._twins, key):
                 return state
             self._states[key] = state
-            state.clusters = self._clusters.of(key)
-            self._render(state, NO_VALUES)
+            self._lines.render(state, NO_VALUES)
         state.explicit = state.explicit or explicit
         return state
 
@@ -152,22 +163,14 @@ class ImageStore:
         now = self._now()
         values = _observe(state, image, task, now, self.shown)
         state.up, state.last_success, state.last_error = True, now, None
-        self._render(state, values)
+        self._lines.render(state, values)
 
     def failed(self, key: ImageKey, error: FetchError) -> None:
         state = self.add(key)
         if state.block is None:  # a twin: not exported
             return
-        now = self._now()
-        state.up, state.last_error = False, error.reason
-        state.errors[error.reason] = state.errors.get(error.reason, 0) + 1
-        stale = state.last_success is None or now - state.last_success > self.stale_after
-        if error.reason == "not_found" or stale:
-            state.lock_task_id = state.lock_seen = None
-            state.status = state.status_since = None
-            self._render(state, NO_VALUES)
-        else:
-            self._render(state, None)
+        withdrawn = state.fail(error.reason, self._now(), self.stale_after)
+        self._lines.render(state, NO_VALUES if withdrawn else None)
 
     def retain(self, scope: Scope, listed: Collection[str]) -> int:
         """After a complete listing of `scope` (the ids it held): drop its discovered images that
@@ -208,13 +211,7 @@ class ImageStore:
     def count_clusters(self, clusters: ClusterCounts) -> int:
         """What the cluster poll found: only the images whose count changed are re-rendered, so
         a publication costs nothing per image. Returns how many changed."""
-        self._clusters = clusters
-        changed = _recounted(self._states.values(), clusters)
-        for state, block in changed:
-            self._blocks.stage(block, state.key, _KEEP_FETCHED + state.usage(self.shown))
-        if changed:
-            self._on_change()
-        return len(changed)
+        return self._lines.count_clusters(self._states.values(), clusters)
 
     def failing(self) -> int:
         return sum(1 for state in self._states.values() if not state.up)
@@ -251,17 +248,6 @@ class ImageStore:
             self._on_change()
         return len(removed)
 
-    def _render(self, state: ImageState, values: tuple[bytes, ...] | None) -> None:
-        """Render health; stage it with `values` (None: keep the values as they are)."""
-        health = state.health(self.shown)
-        if state.block is None:
-            assert values is not None
-            state.block = self._blocks.place(state.key, values + health + state.usage(self.shown))
-        else:
-            kept = (None,) * len(VALUE_FAMILIES) if values is None else values
-            self._blocks.stage(state.block, state.key, kept + health + _KEEP_USAGE)
-        self._on_change()
-
 
 def _observe(
     state: ImageState, image: Image, task: Task | None, now: float, shown: Shown
@@ -285,17 +271,42 @@ def _observe(
     )
 
 
-def _recounted(
-    states: Iterable[ImageState], clusters: ClusterCounts
-) -> list[tuple[ImageState, Block]]:
-    """The placed images whose cluster count `clusters` changes, with the count updated."""
-    changed = []
-    for state in states:
-        count = clusters.of(state.key)
-        if count != state.clusters and state.block is not None:
-            state.clusters = count
-            changed.append((state, state.block))
-    return changed
+class _Lines:
+    """Each image's lines in the blocks: placed whole when it is first seen, then only the part
+    that changed staged. It keeps the clusters' last count: a new image starts with its count,
+    and a new count re-renders only the images whose count it changes."""
+
+    def __init__(self, blocks: Blocks, shown: Shown, on_change: Callable[[], None]) -> None:
+        self._blocks, self._shown, self._on_change = blocks, shown, on_change
+        self._clusters = NO_CLUSTERS
+
+    def render(self, state: ImageState, values: tuple[bytes, ...] | None) -> None:
+        """Render health; stage it with `values` (None: keep the values as they are)."""
+        health = state.health(self._shown)
+        if state.block is None:
+            assert values is not None
+            state.clusters = self._clusters.of(state.key)
+            usage = state.usage(self._shown)
+            state.block = self._blocks.place(state.key, values + health + usage)
+        else:
+            kept = (None,) * len(VALUE_FAMILIES) if values is None else values
+            self._blocks.stage(state.block, state.key, kept + health + _KEEP_USAGE)
+        self._on_change()
+
+    def count_clusters(self, states: Iterable[ImageState], clusters: ClusterCounts) -> int:
+        """Stage the usage of the placed images whose count `clusters` changes; how many."""
+        self._clusters = clusters
+        changed = 0
+        for state in states:
+            count = clusters.of(state.key)
+            if count != state.clusters and state.block is not None:
+                state.clusters = count
+                usage = _KEEP_FETCHED + state.usage(self._shown)
+                self._blocks.stage(state.block, state.key, usage)
+                changed += 1
+        if changed:
+            self._on_change()
+        return changed
 
 
 def _has_twin(states: Collection[ImageKey], logged: set[ImageKey], key: ImageKey) -> bool:

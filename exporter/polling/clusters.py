@@ -75,11 +75,9 @@ class Clusters(Collector):
         self._store = store
         self._telemetry = telemetry
         self._shard = shard
-        self._cadence = cadence  # the image listings' (None: every scope every interval)
-        self._interval = interval
         self._now = clock
         self._listed: dict[Scope, tuple[GpuCluster, ...]] = {}  # last known, this shard's
-        self._resting: dict[Scope, tuple[float, int]] = {}  # found none: when, and wakes then
+        self._rest = _Rest(cadence, interval, clock)
         self._reported: set[Scope] = set()  # scopes with a discovery_up series
         self._lock = asyncio.Lock()
         self._registry = registry
@@ -89,7 +87,7 @@ class Clusters(Collector):
         """Take over what the poll this one replaces (a reload) knew of `scopes`, the scopes
         watched now: no count drops to 0, and the clusters of other scopes leave at once."""
         self._listed = dict(previous._listed)
-        self._resting = dict(previous._resting)
+        self._rest.since = dict(previous._rest.since)
         self._reported = set(previous._reported)
         self._retain(set(scopes))
         self._count()
@@ -110,7 +108,7 @@ class Clusters(Collector):
         wanted = set(scopes)
         async with self._lock:
             self._retain(wanted)
-            due = sorted(scope for scope in wanted if self._due(scope))
+            due = sorted(scope for scope in wanted if self._rest.due(scope))
             results = await asyncio.gather(*(self._list(scope) for scope in due))
             self._count()
         return all(results)
@@ -156,21 +154,6 @@ class Clusters(Collector):
         """Hand the images' cluster counts to the store, which re-renders those that changed."""
         self._store.count_clusters(ClusterCounts.of_listing(self._listed, self._unique()))
 
-    def _due(self, scope: Scope) -> bool:
-        """Whether `scope`'s clusters are listed now: unless they were found none and the scope's
-        images rest (and it was not woken since), within their cadence's interval."""
-        resting, cadence = self._resting.get(scope), self._cadence
-        if resting is None or cadence is None:
-            return True
-        state = cadence.cadence(scope)
-        if state is None or state in ("images", "failing"):
-            return True
-        since, wakes = resting
-        if cadence.wakes(scope) != wakes:
-            return True
-        # half a round of slack, as for images: a poll a little early must not wait a whole one
-        return self._now() - since >= cadence.every(state) - self._interval / 2
-
     def _unlisted(self, key: ImageKey) -> bool:
         """Whether the image is missing from its scope's listing: not in the store, or kept there
         only as an explicit image that its last fetch did not find."""
@@ -182,7 +165,7 @@ class Clusters(Collector):
             listed = await self._client.list_clusters(scope)
         except FetchError as exc:
             if exc.reason != "not_found":
-                self._resting.pop(scope, None)  # listed again every interval until it works
+                self._rest.forget(scope)  # listed again every interval until it works
                 self._up(scope, False)
                 log.warning(
                     "cluster listing failed: the last known clusters are kept",
@@ -197,11 +180,7 @@ class Clusters(Collector):
             owns = self._shard.owns
             clusters = tuple(c for c in listed if owns(as_gcore_writes(c.image_id or c.id)))
         self._listed[scope] = clusters
-        if clusters:
-            self._resting.pop(scope, None)
-        else:
-            wakes = self._cadence.wakes(scope) if self._cadence is not None else 0
-            self._resting[scope] = (self._now(), wakes)
+        self._rest.listed(scope, found=bool(clusters))
         self._up(scope, True)
         return True
 
@@ -218,11 +197,52 @@ class Clusters(Collector):
 
     def _forget(self, scope: Scope) -> None:
         self._listed.pop(scope, None)
-        self._resting.pop(scope, None)
+        self._rest.forget(scope)
         self._reported.discard(scope)
         for gauge in (self._telemetry.discovery_up, self._telemetry.discovery_last_success):
             with contextlib.suppress(KeyError):  # a listing that never worked has no last success
                 gauge.remove(*_labels(scope))
+
+
+class _Rest:
+    """When a scope's clusters are listed: every interval, unless their last listing found none
+    while the scope's images rest; then with the images' cadence, or at once when an image task
+    wakes the scope."""
+
+    def __init__(
+        self, cadence: ScopeCadence | None, interval: float, clock: Callable[[], float]
+    ) -> None:
+        self._cadence = cadence  # the image listings' (None: every scope every interval)
+        self._interval = interval
+        self._now = clock
+        self.since: dict[Scope, tuple[float, int]] = {}  # found none: when, and wakes then
+
+    def listed(self, scope: Scope, *, found: bool) -> None:
+        """A listing of `scope` worked; `found`: it held clusters (of this shard)."""
+        if found:
+            self.since.pop(scope, None)
+        else:
+            wakes = self._cadence.wakes(scope) if self._cadence is not None else 0
+            self.since[scope] = (self._now(), wakes)
+
+    def forget(self, scope: Scope) -> None:
+        """Listed every interval again: its listing failed, or it left."""
+        self.since.pop(scope, None)
+
+    def due(self, scope: Scope) -> bool:
+        """Whether `scope`'s clusters are listed now: unless they were found none and the scope's
+        images rest (and it was not woken since), within their cadence's interval."""
+        resting, cadence = self.since.get(scope), self._cadence
+        if resting is None or cadence is None:
+            return True
+        state = cadence.cadence(scope)
+        if state is None or state in ("images", "failing"):
+            return True
+        since, wakes = resting
+        if cadence.wakes(scope) != wakes:
+            return True
+        # half a round of slack, as for images: a poll a little early must not wait a whole one
+        return self._now() - since >= cadence.every(state) - self._interval / 2
 
 
 class _Folded:

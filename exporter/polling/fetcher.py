@@ -9,12 +9,13 @@ get a GET, a task lookup and series.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final, Literal
 
 import structlog
 
 from exporter.gcore.client import GcoreClient
+from exporter.gcore.models import Image
 from exporter.metrics.image_store import ImageStore
 from exporter.metrics.scope_health import ScopeHealth
 from exporter.polling.scope_cadence import ScopeCadence
@@ -173,18 +174,27 @@ class Fetcher:
             if page.ending in ("stuck", "bounded"):
                 outcome = page.ending
             own = [image for image in page.images if owns(image.id)]
-            locked = [image for image in own if image.task_id is not None]
-            found = await asyncio.gather(*(self._tasks.lock_of(image) for image in locked))
-            tasks = {image.id: task for image, task in zip(locked, found, strict=True)}
-            for number, image in enumerate(own, 1):
-                key = ImageKey(scope, image.id)
-                seen.add(key)
-                self._store.succeeded(key, image, tasks.get(image.id))
-                if number % RENDER_EVERY == 0:
-                    await asyncio.sleep(0)  # let scrapes in between
+            await _store_listed(self._store, self._tasks, scope, own, seen)
             await self._store.after_page()
             seen.update(_refuse(self._store, self._shard, scope, page.invalid))
         return "moved" if len(counts) > 1 else outcome
+
+
+async def _store_listed(
+    store: ImageStore, tasks: TaskCache, scope: Scope, images: Sequence[Image], seen: set[ImageKey]
+) -> None:
+    """Each listed image into the store with the task behind its lock (looked up together),
+    letting scrapes in every RENDER_EVERY images; its key into `seen` first, so that a listing
+    cut short by an error leaves the images stored before it fresh."""
+    locked = [image for image in images if image.task_id is not None]
+    found = await asyncio.gather(*(tasks.lock_of(image) for image in locked))
+    lock_of = {image.id: task for image, task in zip(locked, found, strict=True)}
+    for number, image in enumerate(images, 1):
+        key = ImageKey(scope, image.id)
+        seen.add(key)
+        store.succeeded(key, image, lock_of.get(image.id))
+        if number % RENDER_EVERY == 0:
+            await asyncio.sleep(0)  # let scrapes in between
 
 
 def _refuse(

@@ -12,7 +12,7 @@ import gc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -20,7 +20,7 @@ from exporter.metrics.image_store import ImageStore
 from exporter.metrics.telemetry import Telemetry
 from exporter.polling.fetcher import Fetcher, Target
 from exporter.polling.scope_cadence import ScopeCadence
-from exporter.vocabulary import ImageKey, Targets
+from exporter.vocabulary import ImageKey, Scope, Targets
 
 log = structlog.get_logger(__name__)
 
@@ -142,19 +142,7 @@ class Scheduler:
         concurrency, not with the number of ids.
         """
         started = time.monotonic()
-        scopes: list[Target] = []
-        images: list[Target] = []
-        skipped = resting = 0
-        due = self.cadence.due
-        for target in _polled(self._targets):
-            if target in self._claimed:
-                skipped += 1
-                continue
-            if not isinstance(target, ImageKey) and not due(target):
-                resting += 1
-                continue
-            self._claimed.add(target)  # a round starting meanwhile skips it
-            (images if isinstance(target, ImageKey) else scopes).append(target)
+        scopes, images, skipped, resting = _claim(self._targets, self._claimed, self.cadence.due)
         queue = iter(images)
         outcomes = [0, 0]  # failed, ok
 
@@ -194,6 +182,33 @@ class Scheduler:
         async with self._round_done:
             self._round_done.notify_all()
         return result
+
+
+class _Claimed(NamedTuple):
+    """What a round takes of its targets, and how many it leaves to others or to rest."""
+
+    scopes: list[Target]  # to list
+    images: list[Target]  # to fetch by id
+    skipped: int  # still held by an earlier round
+    resting: int  # scopes whose cadence calls for no listing now
+
+
+def _claim(targets: Targets, claimed: set[Target], due: Callable[[Scope], bool]) -> _Claimed:
+    """Claim each target not in `claimed` (a round starting meanwhile skips it), scopes only
+    when `due`."""
+    scopes: list[Target] = []
+    images: list[Target] = []
+    skipped = resting = 0
+    for target in _polled(targets):
+        if target in claimed:
+            skipped += 1
+            continue
+        if not isinstance(target, ImageKey) and not due(target):
+            resting += 1
+            continue
+        claimed.add(target)
+        (images if isinstance(target, ImageKey) else scopes).append(target)
+    return _Claimed(scopes, images, skipped, resting)
 
 
 def _log_round(result: RoundResult, store: ImageStore) -> None:
