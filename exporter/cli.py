@@ -29,6 +29,7 @@ from exporter.config.settings import (
     listen_address,
     load_settings,
 )
+from exporter.daemon.collector import SurvivorFreeze
 from exporter.daemon.lifecycle import POLLING, Polling, create_daemon
 from exporter.daemon.wiring import (
     demo_settings,
@@ -195,7 +196,7 @@ async def _serve(
     except socket.gaierror as exc:
         log.error("cannot listen", listen=settings.listen, problem=f"{host}: {exc.strerror}")
         return EXIT_LISTEN
-    app = create_daemon(settings, api_key, guard)
+    app = create_daemon(settings, api_key, guard, after_round=SurvivorFreeze())
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0, **server_options(app))
     await runner.setup()
     try:

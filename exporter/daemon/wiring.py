@@ -103,16 +103,22 @@ class Monitor:
     store: ImageStore
     publisher: Publisher
     scopes: ScopeHealth
+    after_round: Callable[[], None] = lambda: None  # the process's memory policy, per round
 
 
-def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time) -> Monitor:
+def new_monitor(
+    settings: Settings,
+    wall_clock: Callable[[], float] = time.time,
+    after_round: Callable[[], None] = lambda: None,
+) -> Monitor:
     telemetry = Telemetry(shard=settings.shard_assignment())
     publisher = Publisher(lambda: store.blocks(), telemetry.registry)
     store = ImageStore(
         stale_after=settings.effective_stale_after, clock=wall_clock, on_change=publisher.mark_dirty
     )
     telemetry.images.set_function(lambda: len(store))
-    return Monitor(telemetry, store, publisher, ScopeHealth(telemetry, wall_clock))
+    scopes = ScopeHealth(telemetry, wall_clock)
+    return Monitor(telemetry, store, publisher, scopes, after_round)
 
 
 @asynccontextmanager
@@ -194,6 +200,7 @@ async def open_poller(
                 interval=settings.interval,
                 workers=settings.concurrency,
                 wall_clock=wall_clock,
+                after_round=monitor.after_round,
             )
             yield Poller(
                 scheduler,

@@ -137,12 +137,14 @@ class Transport:
                 error = _http_error(answer)
                 if answer.status == 429:
                     self._pause(answer.headers, attempt)
-            retryable = error.reason in _RETRYABLE
-            if not retryable or attempt == policy.attempts:
-                raise error
-            delay = 0.0 if error.reason == "rate_limited" else self._backoff(attempt)
-            if time.monotonic() - started + delay + self.gate.remaining > policy.budget:
-                raise error
+            try:
+                if error.reason not in _RETRYABLE or attempt == policy.attempts:
+                    raise error
+                delay = 0.0 if error.reason == "rate_limited" else self._backoff(attempt)
+                if time.monotonic() - started + delay + self.gate.remaining > policy.budget:
+                    raise error
+            finally:  # raised, its traceback holds this frame: a cycle if the frame held it too
+                del error
             self._telemetry.request_retried(endpoint)
             await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
