@@ -507,6 +507,7 @@ class ChurnReport:
     seconds: float = 0.0
     images: int = 0
     rounds: int = 0
+    full_collections: int = 0  # the daemon's thaws of its frozen survivors
     scrapes: int = 0
     requests: int = 0
     faults: int = 0
@@ -525,7 +526,7 @@ class ChurnReport:
         return "\n".join(
             [
                 f"churned:     {self.seconds} s, {self.images} images, {self.rounds} rounds, "
-                f"{self.scrapes} scrapes",
+                f"{self.scrapes} scrapes, {self.full_collections} full collections",
                 f"RSS:         {self.rss_mib_30s} MiB at 30 s, {self.rss_mib_end} MiB at the end "
                 f"({self.growth_percent:+.1f}%), peak {self.rss_mib_peak} MiB",
                 f"requests:    {self.requests}, {self.faults} answered 500",
@@ -623,6 +624,7 @@ async def churn_soak(seconds: float, images: int, seed: int) -> ChurnReport:
             await runner.cleanup()
     report.requests = len(fake.requests)
     report.rounds = daemon.events["poll done"]
+    report.full_collections = daemon.events["full collection"]
     report.unexpected_errors = len(daemon.errors) + daemon.events["unexpected error while polling"]
     return report
 

@@ -88,8 +88,21 @@ async def test_the_memory_profile_says_what_the_bytes_are_for() -> None:
 
 
 async def test_the_other_benches_run_at_a_tiny_size() -> None:
-    assert "images:          50 (1 listing ok, 0 failed)" in await run_bench("bench.loop_lag", "50")
+    lag = await run_bench("bench.loop_lag", "50")
+    assert "images:          50 (1 listing ok, 0 failed)" in lag
+    assert "next poll:" in lag and "frozen, next:" in lag
     assert "| 20 | " in await run_bench("bench.explicit_ids", "20")
     slices = await run_bench("bench.slices", "50", "--rounds", "1")
     assert "50 discovered images, 1 rounds after the first:" in slices
     assert "| slices over | count | CPU ms | mostly |" in slices
+
+
+async def test_the_churn_soak_runs_briefly_and_reports_rss_at_30_s_and_at_the_end() -> None:
+    out = await run_bench("bench.soak", "--churn", "--seconds", "3", "--images", "60", "--json")
+    report = json.loads(out)
+    assert report["exit_code"] == 0 and report["stray_lines"] == []
+    assert report["unexpected_errors"] == 0
+    assert report["rounds"] >= 1 and report["scrapes"] >= 2
+    churn = report["churn"]
+    assert churn["status"] == 2 * churn["replaced"] == 2 * churn["lock"] > 0
+    assert 0 < report["rss_mib_30s"] <= report["rss_mib_peak"]

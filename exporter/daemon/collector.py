@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import gc
 
+import structlog
+
+log = structlog.get_logger("exporter.daemon.collector")
+
 
 class SurvivorFreeze:
     """Call after each poll round (the scheduler's `after_round`)."""
@@ -25,11 +29,12 @@ class SurvivorFreeze:
     def __call__(self) -> None:
         if allocated() - self._since >= self.budget:
             gc.unfreeze()
-            gc.collect()
+            freed = gc.collect()
             self._since = allocated()
             self.thaws += 1
             gc.freeze()
             self.budget = gc.get_freeze_count()
+            log.debug("full collection", freed=freed, frozen=self.budget)
         else:
             gc.freeze()
 
