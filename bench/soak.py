@@ -518,6 +518,8 @@ class ChurnReport:
     growth_percent: float = 0.0
     fds_end: int = 0
     tasks_end: int = 0
+    cpu_millicores: int = 0  # the daemon's average
+    exposition_mib: float = 0.0  # the last text body scraped
     unexpected_errors: int = 0
     stray_lines: list[str] = field(default_factory=list)
     exit_code: int | None = None
@@ -532,6 +534,7 @@ class ChurnReport:
                 f"requests:    {self.requests}, {self.faults} answered 500",
                 f"churn:       {dict(self.churn)}",
                 f"at the end:  {self.fds_end} open fds, {self.tasks_end} asyncio tasks",
+                f"daemon:      {self.cpu_millicores}m CPU, {self.exposition_mib} MiB exposition",
                 f"exit:        {self.exit_code}; unexpected errors {self.unexpected_errors}; "
                 f"stray log lines {len(self.stray_lines)}",
                 *(f"             {line}" for line in self.stray_lines),
@@ -641,13 +644,14 @@ async def churn(
             if daemon.process.returncode is not None:
                 raise RuntimeError(f"the exporter stopped: {daemon.stray[-5:]}")
             account.second(report)
-            async with http.get(url + "/metrics") as got:
-                await got.read()
+            async with http.get(url + "/metrics", headers={"Accept-Encoding": "identity"}) as got:
+                report.exposition_mib = round(len(await got.read()) / 2**20, 1)
             report.scrapes += 1
             for _ in range(4):
                 samples.append((time.monotonic() - started, daemon.sample()))
                 await asyncio.sleep(0.25)  # the pace of the churn: a second in four samples
     report.seconds = round(elapsed, 1)
+    report.cpu_millicores = round(1000 * daemon.cpu_seconds() / elapsed)
 
     def median(until: float) -> float:
         window = sorted(s.rss_mib for at, s in samples if until - RSS_WINDOW <= at <= until)
