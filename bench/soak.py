@@ -520,6 +520,7 @@ class ChurnReport:
     tasks_end: int = 0
     cpu_millicores: int = 0  # the daemon's average
     exposition_mib: float = 0.0  # the last text body scraped
+    images_end: int = 0  # exported in it: fewer when listings failed for `stale_after`
     unexpected_errors: int = 0
     stray_lines: list[str] = field(default_factory=list)
     exit_code: int | None = None
@@ -534,7 +535,8 @@ class ChurnReport:
                 f"requests:    {self.requests}, {self.faults} answered 500",
                 f"churn:       {dict(self.churn)}",
                 f"at the end:  {self.fds_end} open fds, {self.tasks_end} asyncio tasks",
-                f"daemon:      {self.cpu_millicores}m CPU, {self.exposition_mib} MiB exposition",
+                f"daemon:      {self.cpu_millicores}m CPU, {self.exposition_mib} MiB exposition "
+                f"of {self.images_end} images at the end",
                 f"exit:        {self.exit_code}; unexpected errors {self.unexpected_errors}; "
                 f"stray log lines {len(self.stray_lines)}",
                 *(f"             {line}" for line in self.stray_lines),
@@ -645,7 +647,9 @@ async def churn(
                 raise RuntimeError(f"the exporter stopped: {daemon.stray[-5:]}")
             account.second(report)
             async with http.get(url + "/metrics", headers={"Accept-Encoding": "identity"}) as got:
-                report.exposition_mib = round(len(await got.read()) / 2**20, 1)
+                body = await got.read()
+            report.exposition_mib = round(len(body) / 2**20, 1)
+            report.images_end = exported(body)
             report.scrapes += 1
             for _ in range(4):
                 samples.append((time.monotonic() - started, daemon.sample()))
@@ -661,6 +665,14 @@ async def churn(
     report.growth_percent = round(100 * (report.rss_mib_end / report.rss_mib_30s - 1), 1)
     report.rss_mib_peak = round(max(s.rss_mib for _, s in samples), 1)
     report.fds_end, report.tasks_end = samples[-1][1].fds, samples[-1][1].tasks or 0
+
+
+def exported(body: bytes) -> int:
+    """The daemon's `gcore_exporter_images` in a text body."""
+    for line in body.decode().splitlines():
+        if line.startswith("gcore_exporter_images "):
+            return int(float(line.split()[1]))
+    return 0
 
 
 def main() -> None:
