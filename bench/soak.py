@@ -553,8 +553,7 @@ class BusyAccount:
         self._next = 0
         self._tasks: list[str] = []  # oldest first: the fake forgets those past 1,000
         self._locks = 0
-        self._requests = 0
-        self._owed = 0.0  # faults due but not yet injected (a fraction of one)
+        self._requests = 0  # those of `fake.requests` already given their share of faults
         for _ in range(images):
             self._add()
 
@@ -589,13 +588,12 @@ class BusyAccount:
         for image_id in rng.sample(self.ids, CHURN_EVERY_SECOND["lock"]):
             self._lock(image_id)
         report.churn.update(CHURN_EVERY_SECOND)
-        requests = len(self.fake.requests)
-        self._owed += (requests - self._requests) * FAULT_SHARE
-        self._requests = requests
-        while self._owed >= 1:
-            self._owed -= 1
-            self.fake.inject(rng.choice([r"/images\?", r"/tasks/"]), 500)
-            report.faults += 1
+        # one 500 for each FAULT_SHARE of the last second's requests, on the same kind of request
+        for path in self.fake.requests[self._requests :]:
+            if rng.random() < FAULT_SHARE:
+                self.fake.inject("/tasks/" if "/tasks/" in path else r"/images\?", 500)
+                report.faults += 1
+        self._requests = len(self.fake.requests)
 
 
 async def churn_soak(seconds: float, images: int, seed: int) -> ChurnReport:
