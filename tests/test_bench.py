@@ -107,3 +107,4 @@ async def test_the_churn_soak_runs_briefly_and_reports_rss_at_30_s_and_at_the_en
     assert churn["status"] == 2 * churn["replaced"] == 2 * churn["lock"] > 0
     assert 0 < report["rss_mib_30s"] <= report["rss_mib_peak"]
     assert report["images_end"] == 60
+    assert report["full_collections"] >= 1  # the daemon's freeze: its first round thaws
