@@ -1,7 +1,8 @@
 """The daemon's policy for the garbage collector: survivors of a round frozen, thawed by work.
 
 A full collection walks every tracked object, at any moment of a poll: at 50,000 images that is
-hundreds of milliseconds during which no scrape is served (`python -m bench.loop_lag`). What
+80 ms (hundreds on a busy machine) during which no scrape is served (`python -m bench.loop_lag`:
+20 ms frozen). What
 survived a round (image states, keys, exposition blocks) mostly lives on, so it is frozen out of
 full collections; frozen objects are still freed by reference counting when dropped. Only a
 cycle among them escapes, so the freeze is lifted for one full collection once the process has
