@@ -2,6 +2,9 @@
 
 The fake Gcore API runs in another process, so its work and memory do not count here. A probe
 task measures how late a 5 ms sleep wakes up: how long a scrape could have waited for the loop.
+After the first poll, two more: one with what the first left alive open to full collections, one
+with it frozen out of them (`gc.freeze()`), each with its full collections and their longest pause:
+what freezing the survivors of a round is worth.
 Usage: `python -m bench.loop_lag [N]`.
 """
 
@@ -22,6 +25,7 @@ from pydantic import SecretStr
 from exporter.config.settings import load_settings
 from exporter.daemon.wiring import Upstream, new_monitor, open_scheduler
 from exporter.metrics.exposition import ExpositionCache
+from exporter.polling.scheduler import Scheduler
 from exporter.vocabulary import Scope, Targets
 
 KEY = "bench-key"
@@ -53,6 +57,41 @@ async def measured(work: Awaitable[T]) -> tuple[T, float, list[float]]:
     return result, wall, sorted(lags)
 
 
+class FullCollections:
+    """The pauses of full (generation 2) collections while installed as a `gc.callbacks` entry."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._started)
+
+    def line(self) -> str:
+        longest = max(self.pauses, default=0.0)
+        return f"{len(self.pauses)} full collections, longest {longest * 1e3:.1f} ms"
+
+
+async def next_poll(scheduler: Scheduler, *, frozen: bool) -> str:
+    """One more poll, with what earlier ones left alive frozen out of the collector or not."""
+    gc.unfreeze()
+    gc.collect()
+    if frozen:
+        gc.freeze()
+    collections = FullCollections()
+    gc.callbacks.append(collections)
+    try:
+        _, poll_s, lags = await measured(scheduler.run_once())
+    finally:
+        gc.callbacks.remove(collections)
+    return f"{poll_s:.2f} s; {lag_line(lags)}; {collections.line()}"
+
+
 def lag_line(lags: list[float]) -> str:
     if not lags:
         return "the loop never waited"
@@ -78,6 +117,9 @@ async def measure(port: int, images: int) -> None:
     monitor = new_monitor(settings)
     async with open_scheduler(settings, upstream, monitor) as scheduler:
         result, poll_s, poll_lags = await measured(scheduler.run_once())
+        first_rss = peak_rss_mib()
+        thawed = await next_poll(scheduler, frozen=False)
+        frozen = await next_poll(scheduler, frozen=True)
     cache = ExpositionCache()
     snapshot = monitor.publisher.current
     text, text_s, text_lags = await measured(cache.get(snapshot, openmetrics=False, gzipped=False))
@@ -85,12 +127,19 @@ async def measure(port: int, images: int) -> None:
     _, cached_s, _ = await measured(cache.get(snapshot, openmetrics=False, gzipped=True))
     print(f"images:          {images} ({result.ok} listing ok, {result.failed} failed)")
     print(f"poll:            {poll_s:.2f} s (list, validate, render); {lag_line(poll_lags)}")
+    print(f"next poll:       {thawed}")
+    print(f"frozen, next:    {frozen}")
     text_mib, packed_mib = text.size / 2**20, packed.size / 2**20
     print(f"first text body: {text_s * 1e3:.0f} ms, {text_mib:.1f} MiB; {lag_line(text_lags)}")
     print(f"gzip body:       {gzip_s * 1e3:.0f} ms, {packed_mib:.1f} MiB; {lag_line(gzip_lags)}")
     print(f"cached body:     {cached_s * 1e6:.0f} us")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS:        {rss:.0f} MiB")
+    print(
+        f"peak RSS:        {first_rss:.0f} MiB in the first poll, {peak_rss_mib():.0f} MiB in all"
+    )
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

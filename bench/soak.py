@@ -11,6 +11,12 @@ each body for duplicate series.
 Reported: RSS, open file descriptors (from /proc) and live asyncio tasks (the daemon's debug
 log line after each round) at the end of the warm-up and at the end, their peaks, and what
 happened. Usage: `python -m bench.soak [--seconds 300] [--images 300] [--json]`.
+
+`--churn` runs a busy account instead: one project/region of `--images` (default 2,000) listed
+every second, where each second 20 images are replaced by new ids, 40 change status and 20 change
+lock (half of them to a RUNNING task), about 5% of requests answer 500 and /metrics is scraped
+once. It reports RSS at 30 s and at the end (medians of the samples of the 5 s before each): what
+a round leaves behind for the collector shows up there as growth.
 """
 
 from __future__ import annotations
@@ -489,14 +495,197 @@ def print_report(report: Report) -> None:
         print(f"             {line}")
 
 
+CHURN_SCOPE = (1, 10)
+CHURN_EVERY_SECOND = {"replaced": 20, "status": 40, "lock": 20}
+FAULT_SHARE = 0.05
+RSS_WINDOW = 5.0
+"""Seconds of samples whose median makes the figure at 30 s and at the end."""
+
+
+@dataclass
+class ChurnReport:
+    seconds: float = 0.0
+    images: int = 0
+    rounds: int = 0
+    full_collections: int = 0  # the daemon's thaws of its frozen survivors
+    scrapes: int = 0
+    requests: int = 0
+    faults: int = 0
+    churn: Counter[str] = field(default_factory=Counter)
+    rss_mib_30s: float = 0.0
+    rss_mib_end: float = 0.0
+    rss_mib_peak: float = 0.0
+    growth_percent: float = 0.0
+    fds_end: int = 0
+    tasks_end: int = 0
+    cpu_millicores: int = 0  # the daemon's average
+    exposition_mib: float = 0.0  # the last text body scraped
+    images_end: int = 0  # exported in it: fewer when listings failed for `stale_after`
+    unexpected_errors: int = 0
+    stray_lines: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+
+    def lines(self) -> str:
+        return "\n".join(
+            [
+                f"churned:     {self.seconds} s, {self.images} images, {self.rounds} rounds, "
+                f"{self.scrapes} scrapes, {self.full_collections} full collections",
+                f"RSS:         {self.rss_mib_30s} MiB at 30 s, {self.rss_mib_end} MiB at the end "
+                f"({self.growth_percent:+.1f}%), peak {self.rss_mib_peak} MiB",
+                f"requests:    {self.requests}, {self.faults} answered 500",
+                f"churn:       {dict(self.churn)}",
+                f"at the end:  {self.fds_end} open fds, {self.tasks_end} asyncio tasks",
+                f"daemon:      {self.cpu_millicores}m CPU, {self.exposition_mib} MiB exposition "
+                f"of {self.images_end} images at the end",
+                f"exit:        {self.exit_code}; unexpected errors {self.unexpected_errors}; "
+                f"stray log lines {len(self.stray_lines)}",
+                *(f"             {line}" for line in self.stray_lines),
+            ]
+        )
+
+
+class BusyAccount:
+    """One scope of many images that changes every second, as a busy account does."""
+
+    def __init__(self, fake: FakeGcore, rng: random.Random, images: int) -> None:
+        self.fake, self.rng = fake, rng
+        self.ids: list[str] = []
+        self._next = 0
+        self._tasks: list[str] = []  # oldest first: the fake forgets those past 1,000
+        self._locks = 0
+        self._requests = 0  # those of `fake.requests` already given their share of faults
+        for _ in range(images):
+            self._add()
+
+    def _add(self) -> None:
+        self._next += 1
+        image_id = f"c4a40000-0000-4000-8000-{self._next:012d}"
+        self.fake.put_image(*CHURN_SCOPE, make_image(image_id, f"busy-{self._next}"))
+        self.ids.append(image_id)
+
+    def _lock(self, image_id: str) -> None:
+        """Half of the new locks name a RUNNING task, the others a task that ended or none."""
+        task_id: str | None = None
+        if self.rng.random() < 0.75:
+            self._locks += 1
+            task_id = f"7a5c0000-0000-4000-8000-{self._locks:012d}"
+            state = "RUNNING" if self.rng.random() < 2 / 3 else self.rng.choice(TASK_STATES[2:])
+            self.fake.put_task(make_task(task_id, state))
+            self._tasks.append(task_id)
+            if len(self._tasks) > 1000:
+                del self.fake.tasks[self._tasks.pop(0)]
+        self.fake.update_image(*CHURN_SCOPE, image_id, task_id=task_id)
+
+    def second(self, report: ChurnReport) -> None:
+        """One second of churn, and 500s for about FAULT_SHARE of the requests of the last one."""
+        rng = self.rng
+        for _ in range(CHURN_EVERY_SECOND["replaced"]):
+            gone = self.ids.pop(rng.randrange(len(self.ids)))
+            self.fake.remove_image(*CHURN_SCOPE, gone)
+            self._add()
+        for image_id in rng.sample(self.ids, CHURN_EVERY_SECOND["status"]):
+            self.fake.update_image(*CHURN_SCOPE, image_id, status=rng.choice(STATUSES))
+        for image_id in rng.sample(self.ids, CHURN_EVERY_SECOND["lock"]):
+            self._lock(image_id)
+        report.churn.update(CHURN_EVERY_SECOND)
+        # one 500 for each FAULT_SHARE of the last second's requests, on the same kind of request
+        for path in self.fake.requests[self._requests :]:
+            if rng.random() < FAULT_SHARE:
+                self.fake.inject("/tasks/" if "/tasks/" in path else r"/images\?", 500)
+                report.faults += 1
+        self._requests = len(self.fake.requests)
+
+
+async def churn_soak(seconds: float, images: int, seed: int) -> ChurnReport:
+    rng = random.Random(seed)
+    fake = FakeGcore(api_key=f"churn-key-{rng.randrange(10**9)}")
+    account = BusyAccount(fake, rng, images)
+    runner, fake_url = await serve_fake(fake)
+    report = ChurnReport(images=images)
+    with tempfile.TemporaryDirectory(prefix="churn-") as work:
+        config, key = Path(work) / "config.yaml", Path(work) / "api-key"
+        project, region = CHURN_SCOPE
+        lines = [f"targets: [{project}/{region}]", "interval: 1s", "log_level: debug"]
+        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_key(key, fake.api_key)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GCORE_")}
+        env |= {"GCORE_BASE_URL": fake_url, "GCORE_API_KEY_FILE": str(key)}
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "exporter", "--config", str(config)),
+            *("--listen", f"127.0.0.1:{port}", "--log-format", "json"),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        daemon = Daemon(process)
+        try:
+            await churn(daemon, account, report, f"http://127.0.0.1:{port}", seconds)
+        finally:
+            report.exit_code = await daemon.stop() if process.returncode is None else None
+            report.stray_lines = daemon.stray[:20]
+            await runner.cleanup()
+    report.requests = len(fake.requests)
+    report.rounds = daemon.events["poll done"]
+    report.full_collections = daemon.events["full collection"]
+    report.unexpected_errors = len(daemon.errors) + daemon.events["unexpected error while polling"]
+    return report
+
+
+async def churn(
+    daemon: Daemon, account: BusyAccount, report: ChurnReport, url: str, seconds: float
+) -> None:
+    """A second of churn, a scrape and four samples of RSS, every second for `seconds`."""
+    samples: list[tuple[float, Sample]] = []
+    async with aiohttp.ClientSession() as http:
+        await until_ready(http, url, daemon)
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < seconds:
+            if daemon.process.returncode is not None:
+                raise RuntimeError(f"the exporter stopped: {daemon.stray[-5:]}")
+            account.second(report)
+            async with http.get(url + "/metrics", headers={"Accept-Encoding": "identity"}) as got:
+                body = await got.read()
+            report.exposition_mib = round(len(body) / 2**20, 1)
+            report.images_end = exported(body)
+            report.scrapes += 1
+            for _ in range(4):
+                samples.append((time.monotonic() - started, daemon.sample()))
+                await asyncio.sleep(0.25)  # the pace of the churn: a second in four samples
+    report.seconds = round(elapsed, 1)
+    report.cpu_millicores = round(1000 * daemon.cpu_seconds() / elapsed)
+
+    def median(until: float) -> float:
+        window = sorted(s.rss_mib for at, s in samples if until - RSS_WINDOW <= at <= until)
+        return round(window[len(window) // 2], 1)
+
+    report.rss_mib_30s, report.rss_mib_end = median(min(30.0, elapsed)), median(elapsed)
+    report.growth_percent = round(100 * (report.rss_mib_end / report.rss_mib_30s - 1), 1)
+    report.rss_mib_peak = round(max(s.rss_mib for _, s in samples), 1)
+    report.fds_end, report.tasks_end = samples[-1][1].fds, samples[-1][1].tasks or 0
+
+
+def exported(body: bytes) -> int:
+    """The daemon's `gcore_exporter_images` in a text body."""
+    for line in body.decode().splitlines():
+        if line.startswith("gcore_exporter_images "):
+            return int(float(line.split()[1]))
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=300.0)
-    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--images", type=int, help="default 300, or 2,000 with --churn")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--churn", action="store_true", help="a busy account (see above)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
-    report = asyncio.run(soak(args.seconds, args.images, args.seed))
+    if args.churn:
+        churned = asyncio.run(churn_soak(args.seconds, args.images or 2000, args.seed))
+        print(json.dumps(vars(churned)) if args.json else churned.lines())
+        return
+    report = asyncio.run(soak(args.seconds, args.images or 300, args.seed))
     if args.json:
         print(json.dumps(vars(report)))
     else:

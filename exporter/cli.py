@@ -24,6 +24,7 @@ from exporter.config.flags import build_parser as build_settings_parser
 from exporter.config.flags import parse
 from exporter.config.keys import KeySource
 from exporter.config.settings import ConfigError, Settings, listen_address, load_settings
+from exporter.daemon.collector import SurvivorFreeze
 from exporter.daemon.lifecycle import POLLING, Polling, create_daemon
 from exporter.daemon.wiring import (
     demo_settings,
@@ -120,7 +121,7 @@ async def _serve(
         except socket.gaierror as exc:
             log.error("cannot listen", listen=text, problem=f"{host}: {exc.strerror}")
             return EXIT_LISTEN
-    app = create_daemon(settings, api_key, guard)
+    app = create_daemon(settings, api_key, guard, after_round=SurvivorFreeze())
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0, **server_options(app))
     await runner.setup()
     try:

@@ -91,7 +91,9 @@ async def test_the_memory_profile_says_what_the_bytes_are_for() -> None:
 
 
 async def test_the_other_benches_run_at_a_tiny_size() -> None:
-    assert "images:          50 (1 listing ok, 0 failed)" in await run_bench("bench.loop_lag", "50")
+    lag = await run_bench("bench.loop_lag", "50")
+    assert "images:          50 (1 listing ok, 0 failed)" in lag
+    assert "next poll:" in lag and "frozen, next:" in lag
     assert "| 20 | " in await run_bench("bench.explicit_ids", "20")
     assert "| 50 | 5 | " in await run_bench("bench.cluster_publication", "50", "--repeat", "1")
     slices = await run_bench("bench.slices", "50", "--rounds", "1")
@@ -122,3 +124,16 @@ async def test_the_auth_flood_bench_runs_at_a_tiny_size() -> None:
         assert " requests, p50 " in line
         assert " ms, p99 " in line
     assert lines[4].startswith("  a first login:        answered ")
+
+
+async def test_the_churn_soak_runs_briefly_and_reports_rss_at_30_s_and_at_the_end() -> None:
+    out = await run_bench("bench.soak", "--churn", "--seconds", "3", "--images", "60", "--json")
+    report = json.loads(out)
+    assert report["exit_code"] == 0 and report["stray_lines"] == []
+    assert report["unexpected_errors"] == 0
+    assert report["rounds"] >= 1 and report["scrapes"] >= 2
+    churn = report["churn"]
+    assert churn["status"] == 2 * churn["replaced"] == 2 * churn["lock"] > 0
+    assert 0 < report["rss_mib_30s"] <= report["rss_mib_peak"]
+    assert report["images_end"] == 60
+    assert report["full_collections"] >= 1  # the daemon's freeze: its first round thaws

@@ -183,30 +183,35 @@ class Cycle:
         self.me = self
 
 
-async def test_what_outlives_a_round_is_frozen_until_the_hourly_thaw(
-    fake: FakeGcore, start: Start
+async def test_a_round_leaves_the_collector_to_the_process_and_then_calls_its_policy(
+    fake: FakeGcore, fake_url: str
 ) -> None:
-    """Full collections skip what survived a round; a cycle frozen with it waits for the thaw,
-    every 60 rounds at an interval of 60 s."""
+    """The scheduler freezes nothing itself (a cycle it outlived is collected), and calls
+    `after_round` once per round, once the round is published."""
     fake.put_image(1, 2, make_image(KEY.image_id, "keeper"))
-    running = await start(Targets((KEY,), ()), Clock())
-    gc.unfreeze()  # what earlier tests froze
-    gc.disable()  # no automatic collection may free the cycle before a round freezes it
-    try:
-        leak = Cycle()
-        freed = weakref.ref(leak)
-        del leak
-        await running.scheduler.run_once()  # round 1: frozen
-        assert gc.get_freeze_count() > 0
-        while running.scheduler.rounds_completed < 59:
-            await running.scheduler.run_once()
-        gc.collect()
-        assert freed() is not None  # frozen: a full collection does not see it
-        await running.scheduler.run_once()  # round 60: thawed and collected
-        assert freed() is None
-    finally:
-        gc.unfreeze()
-        gc.enable()
+    settings = load_settings(demo=True, interval=60, stale_after=300, timeout=2, concurrency=4)
+    published: list[bool] = []
+
+    def after_round() -> None:
+        samples = parse_samples(render(monitor.publisher.current, openmetrics=False).decode())
+        published.append(value(samples, "gcore_gpu_image_up", image_id=KEY.image_id) == 1)
+
+    monitor = new_monitor(settings, after_round=after_round)
+    upstream = Upstream(fake_url, SecretStr(API_KEY), Targets((KEY,), ()))
+    async with open_scheduler(settings, upstream, monitor) as scheduler:
+        gc.unfreeze()  # what earlier tests froze
+        gc.disable()  # no automatic collection may free the cycle before a round could freeze it
+        try:
+            leak = Cycle()
+            freed = weakref.ref(leak)
+            del leak
+            await scheduler.run_once()
+            await scheduler.run_once()
+            gc.collect()
+            assert freed() is None
+        finally:
+            gc.enable()
+    assert published == [True, True]
 
 
 async def test_a_listing_lets_the_loop_run_between_every_few_images_it_renders(

@@ -209,14 +209,16 @@ def create_daemon(
     guard: WebGuard | None = None,
     wall_clock: Callable[[], float] = time.time,
     retry: RetryFor = retry_policy,
+    after_round: Callable[[], None] = lambda: None,
 ) -> web.Application:
     """The HTTP app with polling started and stopped through its `cleanup_ctx`.
 
     `guard` is the web config already loaded (by the CLI, to validate it first); without it the
     settings' `web_config_file` is loaded here, so no caller serves unprotected by omission.
     `retry` makes each poller's retry policy from its settings.
+    `after_round` is the process's memory policy (the CLI's), run after each poll round.
     """
-    monitor = new_monitor(settings, wall_clock)
+    monitor = new_monitor(settings, wall_clock, after_round)
     guard = guard or WebGuard.load(settings.web_config_file)
     app = create_app(
         monitor.publisher,

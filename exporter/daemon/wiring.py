@@ -138,6 +138,7 @@ class Monitor:
     publisher: Publisher
     scopes: ScopeHealth
     outcomes: TaskOutcomes  # what image tasks were counted: never twice, even across reloads
+    after_round: Callable[[], None] = lambda: None  # the process's memory policy, per round
 
 
 def selection_of(settings: Settings) -> Selection:
@@ -150,7 +151,11 @@ def selection_of(settings: Settings) -> Selection:
     )
 
 
-def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time) -> Monitor:
+def new_monitor(
+    settings: Settings,
+    wall_clock: Callable[[], float] = time.time,
+    after_round: Callable[[], None] = lambda: None,
+) -> Monitor:
     telemetry = Telemetry(shard=settings.shard_assignment())
     selection = selection_of(settings)
     shown = selection.shown()
@@ -163,7 +168,8 @@ def new_monitor(settings: Settings, wall_clock: Callable[[], float] = time.time)
     )
     telemetry.images.set_function(lambda: len(store))
     outcomes = TaskOutcomes(OutcomeTally(telemetry.registry))
-    return Monitor(telemetry, store, publisher, ScopeHealth(telemetry, wall_clock), outcomes)
+    scopes = ScopeHealth(telemetry, wall_clock)
+    return Monitor(telemetry, store, publisher, scopes, outcomes, after_round)
 
 
 RetryFor = Callable[[Settings], RetryPolicy]
@@ -287,6 +293,7 @@ async def open_poller(
                 interval=settings.interval,
                 workers=settings.concurrency,
                 wall_clock=wall_clock,
+                after_round=monitor.after_round,
             )
             poller = Poller(
                 scheduler,

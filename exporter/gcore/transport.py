@@ -158,12 +158,15 @@ class Transport:
                 error = _http_error(answer)
                 if answer.status == 429:
                     self._pause(answer.headers, attempt)
-            retryable = _should_retry(error, answer)
-            if not retryable or attempt == policy.attempts:
-                raise error
-            delay = 0.0 if error.reason == "rate_limited" else self._backoff(attempt)
-            if time.monotonic() - started + delay + self.gate.remaining > policy.budget:
-                raise error
+            try:
+                retryable = _should_retry(error, answer)
+                if not retryable or attempt == policy.attempts:
+                    raise error
+                delay = 0.0 if error.reason == "rate_limited" else self._backoff(attempt)
+                if time.monotonic() - started + delay + self.gate.remaining > policy.budget:
+                    raise error
+            finally:  # raised, its traceback holds this frame: a cycle if the frame held it too
+                del error
             self._telemetry.request_retried(endpoint)
             await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover

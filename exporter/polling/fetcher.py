@@ -118,7 +118,8 @@ class Fetcher:
             if outcome == "moved":  # the list changed under our pages: once more
                 outcome = await self._absorb_listing(scope, seen)
         except Exception as exc:  # a bug too: the scope is down and its images age, not frozen
-            error = exc if isinstance(exc, FetchError) else _unexpected(exc)
+            # without its traceback, which holds this frame (a cycle) and the listing's pages
+            error = exc.with_traceback(None) if isinstance(exc, FetchError) else _unexpected(exc)
             if error is not exc:
                 log.exception("unexpected error while listing", target=repr(scope))
             if error.reason == "not_found" and scope in self._discovered:

@@ -8,7 +8,6 @@ round ends with `publish_round` (the poller's publishing path), before it counts
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -52,7 +51,9 @@ class Scheduler:
         interval: float,
         workers: int = 8,
         wall_clock: Callable[[], float] = time.time,
+        after_round: Callable[[], None] = lambda: None,
     ) -> None:
+        """`after_round` runs once a round is published: the process's memory policy, say."""
         self._fetcher = fetcher
         self._targets = targets
         self._wanted = frozenset(_polled(targets))
@@ -61,6 +62,7 @@ class Scheduler:
         self._telemetry = telemetry
         self._interval = interval
         self._now = wall_clock
+        self._after_round = after_round
         self._workers = workers
         self._claimed: set[Target] = set()  # held by a round, from its start until fetched
         self._rounds: set[asyncio.Task[RoundResult]] = set()
@@ -117,18 +119,6 @@ class Scheduler:
             if target not in self._claimed:
                 self._fetcher.forget(target, targets)
 
-    def _freeze_survivors(self) -> None:
-        """Hide what outlived the round (image states and keys, mostly) from the collector.
-
-        A full collection walks every tracked object: tens of ms at 10,000s of images, at any
-        moment of a poll. Frozen objects are still freed when no longer referenced; a cycle frozen
-        by mistake is collected at the hourly thaw.
-        """
-        if self.rounds_completed % max(1, round(3600 / self._interval)) == 0:
-            gc.unfreeze()
-            gc.collect()
-        gc.freeze()
-
     def _release(self, target: Target) -> None:
         self._claimed.discard(target)
         if target not in self._wanted:
@@ -177,7 +167,7 @@ class Scheduler:
         telemetry.last_poll.set(self._now())
         self.rounds_completed += 1
         await self._publish_round()
-        self._freeze_survivors()
+        self._after_round()
         _log_round(result, self._store)
         async with self._round_done:
             self._round_done.notify_all()
