@@ -36,7 +36,7 @@ test: lint typecheck pytest
 # The tests without those marked slow (end-to-end with Prometheus, soak, bench smoke, wheel
 # install): under a minute, for while you work; `make test` runs everything.
 test-fast: $(VENV)/.installed-test
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" -n 2  # two workers (pytest-xdist): about 50 s on 2 cores
 
 # One table (also written to bench-results.json): 1k, 10k and 50k discovered images and 2,000
 # explicit ids, next to prometheus_client's stock handler and a prebuilt buffer; then the scrape
