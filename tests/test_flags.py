@@ -101,6 +101,16 @@ def test_an_old_flag_sets_what_its_new_name_sets(old: str) -> None:
     assert (flags[name], used) == (parsed, {})
 
 
+def test_a_switch_stores_what_its_declaration_says() -> None:
+    """`--demo` turns a setting on, `--no-clusters` turns one off; neither given sets nothing, so
+    the environment and the config file still decide."""
+    flags, _ = parse(build_parser(), ["--demo", "--no-clusters"])
+    assert (flags["demo"], flags["clusters"]) == (True, False)
+    flags, _ = parse(build_parser(), [])
+    assert flags.get("clusters") is None
+    assert Settings.model_fields["clusters"].default is True
+
+
 async def test_old_flags_still_work_and_warn_once(tmp_path: Path) -> None:
     web = tmp_path / "web.yml"
     web.write_text("{}\n", encoding="utf-8")
